@@ -1,0 +1,198 @@
+//! Small helpers that give wasi:sockets the shape of the BSD calls.
+//!
+//! wasi:sockets never blocks inside a call. Slow operations are split in two
+//! (`start-bind` / `finish-bind`), and "would block" is an answer, not a wait.
+//! Where WinSock would block, these helpers wait on a pollable instead.
+
+use crate::wasi::io::poll::Pollable;
+use crate::wasi::io::streams::{InputStream, OutputStream, StreamError};
+use crate::wasi::sockets::network::{
+    ErrorCode, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress, Network,
+};
+use crate::wasi::sockets::tcp::TcpSocket;
+use crate::wasi::sockets::tcp_create_socket::create_tcp_socket;
+use std::net::{IpAddr, SocketAddr};
+
+/// The address to listen on: `LISTEN_ADDR` from the environment the host
+/// gives us, or `default`.
+pub fn listen_addr(default: &str) -> Result<SocketAddr, String> {
+    let env = crate::wasi::cli::environment::get_environment();
+    let text = env
+        .iter()
+        .find(|(key, _)| key == "LISTEN_ADDR")
+        .map_or(default, |(_, value)| value.as_str());
+    text.parse()
+        .map_err(|_| format!("`{text}` is not an IP:port address such as {default}"))
+}
+
+/// socket(): a new TCP socket of the address's family.
+pub fn socket(addr: SocketAddr) -> Result<TcpSocket, String> {
+    let family = match addr {
+        SocketAddr::V4(_) => IpAddressFamily::Ipv4,
+        SocketAddr::V6(_) => IpAddressFamily::Ipv6,
+    };
+    create_tcp_socket(family).map_err(describe)
+}
+
+/// bind(): `start-bind` checks the arguments (and the host's grant),
+/// `finish-bind` completes it, answering `would-block` until it has.
+pub fn bind(sock: &TcpSocket, network: &Network, addr: SocketAddr) -> Result<(), String> {
+    sock.start_bind(network, to_wasi(addr)).map_err(describe)?;
+    finish(sock, || sock.finish_bind())
+}
+
+/// listen(): set the backlog, then `start-listen` / `finish-listen`.
+pub fn listen(sock: &TcpSocket, backlog: u64) -> Result<(), String> {
+    sock.set_listen_backlog_size(backlog).map_err(describe)?;
+    sock.start_listen().map_err(describe)?;
+    finish(sock, || sock.finish_listen())
+}
+
+/// Calls a `finish-*` function until it stops answering `would-block`,
+/// sleeping on the socket's pollable in between.
+fn finish(sock: &TcpSocket, mut step: impl FnMut() -> Result<(), ErrorCode>) -> Result<(), String> {
+    let ready = sock.subscribe();
+    loop {
+        match step() {
+            Err(ErrorCode::WouldBlock) => ready.block(),
+            other => return other.map_err(describe),
+        }
+    }
+}
+
+/// One accepted connection: the socket and its two streams.
+///
+/// Fields drop in declaration order: the streams before the socket they
+/// belong to. The other order traps ("resource has children"), which is
+/// why closesocket() is "drop the streams, then the socket".
+pub struct Client {
+    input: InputStream,
+    output: OutputStream,
+    _socket: TcpSocket,
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+/// accept(): `accept` never blocks, so wait on the listener's pollable
+/// until a connection is ready, the way a blocking accept() would.
+pub fn accept(listener: &TcpSocket) -> Result<Client, String> {
+    let ready: Pollable = listener.subscribe();
+    let (socket, input, output) = loop {
+        match listener.accept() {
+            Err(ErrorCode::WouldBlock) => ready.block(),
+            other => break other.map_err(describe)?,
+        }
+    };
+    // The client's address, as accept() fills in `clientaddr`. This fails
+    // when the client has already gone; `socket` and its streams are then
+    // dropped here, streams first.
+    let peer = match socket.remote_address() {
+        Ok(addr) => from_wasi(addr),
+        Err(e) => {
+            drop((input, output));
+            return Err(describe(e));
+        }
+    };
+    Ok(Client { input, output, _socket: socket, ip: peer.ip(), port: peer.port() })
+}
+
+/// What one recv() returned.
+pub enum Recv {
+    /// 1..=len bytes: whatever had arrived, maybe less than asked for.
+    Data(Vec<u8>),
+    /// recv() == 0: the peer closed its side (the stream is `closed`).
+    Closed,
+    /// SOCKET_ERROR.
+    Failed(String),
+}
+
+impl Client {
+    /// recv(): wait for at least one byte, then take up to `len`.
+    pub fn recv(&self, len: u64) -> Recv {
+        loop {
+            match self.input.blocking_read(len) {
+                // An empty read is not the end of the stream: wait again.
+                Ok(buf) if buf.is_empty() => continue,
+                Ok(buf) => return Recv::Data(buf),
+                Err(StreamError::Closed) => return Recv::Closed,
+                Err(StreamError::LastOperationFailed(e)) => {
+                    return Recv::Failed(e.to_debug_string());
+                }
+            }
+        }
+    }
+
+    /// send(), all of it: write no more than `check-write` allows at a time
+    /// (writing more traps), then flush so that nothing is left behind.
+    pub fn send_all(&self, mut buf: &[u8]) -> Result<(), String> {
+        let ready = self.output.subscribe();
+        while !buf.is_empty() {
+            let allowed = self.output.check_write().map_err(stream_error)?;
+            if allowed == 0 {
+                // The send buffer is full: wait, as a blocking send() would.
+                ready.block();
+                continue;
+            }
+            let n = buf.len().min(usize::try_from(allowed).unwrap_or(usize::MAX));
+            self.output.write(&buf[..n]).map_err(stream_error)?;
+            buf = &buf[n..];
+        }
+        self.output.blocking_flush().map_err(stream_error)
+    }
+}
+
+/// Received bytes as one printable line: escaped, and cut after 64 bytes.
+pub fn printable(buf: &[u8]) -> String {
+    const SHOWN: usize = 64;
+    let mut line = buf[..buf.len().min(SHOWN)].escape_ascii().to_string();
+    if buf.len() > SHOWN {
+        line += &format!("... ({} bytes)", buf.len());
+    }
+    line
+}
+
+fn describe(e: ErrorCode) -> String {
+    format!("{} ({})", e.name(), first_line(e.message()))
+}
+
+fn stream_error(e: StreamError) -> String {
+    match e {
+        StreamError::Closed => "the connection is closed".to_string(),
+        StreamError::LastOperationFailed(e) => e.to_debug_string(),
+    }
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().trim_end_matches('.').to_string()
+}
+
+fn to_wasi(addr: SocketAddr) -> IpSocketAddress {
+    match addr {
+        SocketAddr::V4(a) => {
+            let [a0, a1, a2, a3] = a.ip().octets();
+            IpSocketAddress::Ipv4(Ipv4SocketAddress { port: a.port(), address: (a0, a1, a2, a3) })
+        }
+        SocketAddr::V6(a) => {
+            let [s0, s1, s2, s3, s4, s5, s6, s7] = a.ip().segments();
+            IpSocketAddress::Ipv6(Ipv6SocketAddress {
+                port: a.port(),
+                flow_info: a.flowinfo(),
+                address: (s0, s1, s2, s3, s4, s5, s6, s7),
+                scope_id: a.scope_id(),
+            })
+        }
+    }
+}
+
+fn from_wasi(addr: IpSocketAddress) -> SocketAddr {
+    match addr {
+        IpSocketAddress::Ipv4(a) => {
+            let (a0, a1, a2, a3) = a.address;
+            SocketAddr::from(([a0, a1, a2, a3], a.port))
+        }
+        IpSocketAddress::Ipv6(a) => {
+            let (s0, s1, s2, s3, s4, s5, s6, s7) = a.address;
+            SocketAddr::from(([s0, s1, s2, s3, s4, s5, s6, s7], a.port))
+        }
+    }
+}

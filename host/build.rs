@@ -1,0 +1,106 @@
+//! Builds the default guest (`guest/`) for `wasm32-wasip2` and precompiles
+//! it, so that `host` embeds ready-to-run machine code and starts without
+//! running Cranelift.
+//!
+//! The guest is built by a nested `cargo build` into its own target
+//! directory (`target/guests`), so it never waits on the outer build's lock.
+
+#[path = "src/engine.rs"]
+mod engine;
+
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeSet;
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const GUEST_TARGET: &str = "wasm32-wasip2";
+
+fn main() -> Result<()> {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
+    let workspace = manifest_dir.parent().context("host/ has no parent")?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    let target_dir = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    let guests_dir = target_dir.join("guests");
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
+
+    let wasm = build_guest(workspace, &guests_dir, "guest")?;
+    let bytes = std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
+    let engine = wasmtime::Engine::new(&engine::config())?;
+    let precompiled = engine
+        .precompile_component(&bytes)
+        .map_err(anyhow::Error::from)
+        .context("precompiling the default guest")?;
+    std::fs::write(out_dir.join("guest.cwasm"), precompiled)?;
+    // Tests run the same guest from a file, the way users run their own.
+    println!("cargo:rustc-env=DEFAULT_GUEST_WASM={}", wasm.display());
+    Ok(())
+}
+
+/// `cargo build --release --target wasm32-wasip2 -p <package>`; returns the
+/// component it wrote.
+fn build_guest(workspace: &Path, target_dir: &Path, package: &str) -> Result<PathBuf> {
+    check_target_installed()?;
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace)
+        .args(["build", "--release", "--target", GUEST_TARGET, "--package", package])
+        .env("CARGO_TARGET_DIR", target_dir)
+        // Flags meant for the host (say, -C target-cpu=native) do not
+        // apply to WebAssembly.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .status()
+        .context("running cargo to build the guest")?;
+    if !status.success() {
+        bail!("building the `{package}` guest for {GUEST_TARGET} failed (see the errors above)");
+    }
+    let wasm = target_dir.join(GUEST_TARGET).join("release").join(format!("{package}.wasm"));
+    rerun_if_sources_change(&wasm)?;
+    Ok(wasm)
+}
+
+/// A clear message instead of "can't find crate for `core`".
+fn check_target_installed() -> Result<()> {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = Command::new(rustc).args(["--print", "sysroot"]).output()?;
+    let sysroot = PathBuf::from(String::from_utf8(out.stdout)?.trim());
+    if !sysroot.join("lib/rustlib").join(GUEST_TARGET).exists() {
+        bail!(
+            "the {GUEST_TARGET} target is not installed for this toolchain; \
+             run `rustup target add {GUEST_TARGET}`"
+        );
+    }
+    Ok(())
+}
+
+/// Reads the `.d` file cargo wrote next to the artifact: every source file
+/// the guest was built from, so that this script reruns when one changes.
+fn rerun_if_sources_change(artifact: &Path) -> Result<()> {
+    let deps = artifact.with_extension("d");
+    let text = std::fs::read_to_string(&deps)
+        .with_context(|| format!("reading {}", deps.display()))?;
+    let mut files = BTreeSet::new();
+    for line in text.lines() {
+        let Some((_, inputs)) = line.split_once(": ") else { continue };
+        let mut parts = inputs.split_whitespace();
+        while let Some(part) = parts.next() {
+            let mut file = part.to_string();
+            // Spaces in paths are escaped as "\ ".
+            while file.ends_with('\\') {
+                file.pop();
+                file.push(' ');
+                file.push_str(parts.next().unwrap_or_default());
+            }
+            files.insert(file);
+        }
+    }
+    files.insert("../guest/Cargo.toml".into());
+    files.insert("../Cargo.lock".into());
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    Ok(())
+}

@@ -8,7 +8,7 @@
 #[path = "src/engine.rs"]
 mod engine;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::env;
 use std::path::{Path, PathBuf};
@@ -46,7 +46,14 @@ fn build_guest(workspace: &Path, target_dir: &Path, package: &str) -> Result<Pat
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(workspace)
-        .args(["build", "--release", "--target", GUEST_TARGET, "--package", package])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            GUEST_TARGET,
+            "--package",
+            package,
+        ])
         .env("CARGO_TARGET_DIR", target_dir)
         // Flags meant for the host (say, -C target-cpu=native) do not
         // apply to WebAssembly.
@@ -57,7 +64,10 @@ fn build_guest(workspace: &Path, target_dir: &Path, package: &str) -> Result<Pat
     if !status.success() {
         bail!("building the `{package}` guest for {GUEST_TARGET} failed (see the errors above)");
     }
-    let wasm = target_dir.join(GUEST_TARGET).join("release").join(format!("{package}.wasm"));
+    let wasm = target_dir
+        .join(GUEST_TARGET)
+        .join("release")
+        .join(format!("{package}.wasm"));
     rerun_if_sources_change(&wasm)?;
     Ok(wasm)
 }
@@ -80,11 +90,13 @@ fn check_target_installed() -> Result<()> {
 /// the guest was built from, so that this script reruns when one changes.
 fn rerun_if_sources_change(artifact: &Path) -> Result<()> {
     let deps = artifact.with_extension("d");
-    let text = std::fs::read_to_string(&deps)
-        .with_context(|| format!("reading {}", deps.display()))?;
+    let text =
+        std::fs::read_to_string(&deps).with_context(|| format!("reading {}", deps.display()))?;
     let mut files = BTreeSet::new();
     for line in text.lines() {
-        let Some((_, inputs)) = line.split_once(": ") else { continue };
+        let Some((_, inputs)) = line.split_once(": ") else {
+            continue;
+        };
         let mut parts = inputs.split_whitespace();
         while let Some(part) = parts.next() {
             let mut file = part.to_string();

@@ -67,11 +67,17 @@ impl exports::wasi::cli::run::Guest for EchoServer {
                     continue;
                 }
             };
-            println!("\n[TCP server] client connected: IP address={} port={}", client.ip, client.port);
+            println!(
+                "\n[TCP server] client connected: IP address={} port={}",
+                client.ip, client.port
+            );
 
             echo(&client);
 
-            println!("[TCP server] client disconnected: IP address={} port={}", client.ip, client.port);
+            println!(
+                "[TCP server] client disconnected: IP address={} port={}",
+                client.ip, client.port
+            );
             // closesocket(client_sock): dropping `client` drops its streams
             // first, then its socket (see `net::Client`).
         }
@@ -89,7 +95,12 @@ fn echo(client: &Client) {
             // SOCKET_ERROR, e.g. the client reset the connection.
             Recv::Failed(e) => return err_display("recv()", e),
         };
-        println!("[TCP/{}:{}] {}", client.ip, client.port, net::printable(&buf));
+        println!(
+            "[TCP/{}:{}] {}",
+            client.ip,
+            client.port,
+            net::printable(&buf)
+        );
 
         // send(client_sock, buf, retval, 0): all of it, then flush.
         if let Err(e) = client.send_all(&buf) {

@@ -93,7 +93,13 @@ pub fn accept(listener: &TcpSocket) -> Result<Client, String> {
             return Err(describe(e));
         }
     };
-    Ok(Client { input, output, _socket: socket, ip: peer.ip(), port: peer.port() })
+    Ok(Client {
+        input,
+        output,
+        _socket: socket,
+        ip: peer.ip(),
+        port: peer.port(),
+    })
 }
 
 /// What one recv() returned.
@@ -133,7 +139,9 @@ impl Client {
                 ready.block();
                 continue;
             }
-            let n = buf.len().min(usize::try_from(allowed).unwrap_or(usize::MAX));
+            let n = buf
+                .len()
+                .min(usize::try_from(allowed).unwrap_or(usize::MAX));
             self.output.write(&buf[..n]).map_err(stream_error)?;
             buf = &buf[n..];
         }
@@ -163,14 +171,21 @@ fn stream_error(e: StreamError) -> String {
 }
 
 fn first_line(text: &str) -> String {
-    text.lines().next().unwrap_or_default().trim_end_matches('.').to_string()
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('.')
+        .to_string()
 }
 
 fn to_wasi(addr: SocketAddr) -> IpSocketAddress {
     match addr {
         SocketAddr::V4(a) => {
             let [a0, a1, a2, a3] = a.ip().octets();
-            IpSocketAddress::Ipv4(Ipv4SocketAddress { port: a.port(), address: (a0, a1, a2, a3) })
+            IpSocketAddress::Ipv4(Ipv4SocketAddress {
+                port: a.port(),
+                address: (a0, a1, a2, a3),
+            })
         }
         SocketAddr::V6(a) => {
             let [s0, s1, s2, s3, s4, s5, s6, s7] = a.ip().segments();

@@ -2,10 +2,10 @@
 //!
 //! Every way a file can be wrong gets its own one-line explanation.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{bail, Context, Result};
 use std::path::Path;
-use wasmtime::Engine;
 use wasmtime::component::Component;
+use wasmtime::Engine;
 
 /// The default echo guest, compiled to machine code by `build.rs`.
 static DEFAULT_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest.cwasm"));
@@ -46,7 +46,9 @@ fn load_file(engine: &Engine, path: &Path) -> Result<Component> {
         );
     }
     if !wasmparser::Parser::is_component(&bytes) {
-        bail!("{shown} is not a WebAssembly component (it does not start with the `\\0asm` header)");
+        bail!(
+            "{shown} is not a WebAssembly component (it does not start with the `\\0asm` header)"
+        );
     }
     Component::from_binary(engine, &bytes)
         .map_err(anyhow::Error::from)

@@ -26,10 +26,15 @@ impl Grants {
     /// Decides one use of one address, and logs the decision.
     pub fn check(&self, addr: SocketAddr, use_: SocketAddrUse) -> bool {
         let allowed = match use_ {
-            SocketAddrUse::TcpBind => {
-                self.listen.contains(&addr) || (self.is_implicit_bind(addr) && !self.connect.is_empty())
-            }
-            SocketAddrUse::TcpListen => self.listen.iter().any(|granted| listen_matches(*granted, addr)),
+            // Binding the wildcard address on a system-picked port grants
+            // nothing by itself (listen and connect are checked again), and
+            // it is what connect() does implicitly: allowing it lets the
+            // connect check below name the real destination.
+            SocketAddrUse::TcpBind => self.listen.contains(&addr) || is_any_port_wildcard(addr),
+            SocketAddrUse::TcpListen => self
+                .listen
+                .iter()
+                .any(|granted| listen_matches(*granted, addr)),
             SocketAddrUse::TcpAccept => true,
             SocketAddrUse::TcpConnect => self.connect.contains(&addr),
             SocketAddrUse::UdpBind | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => self.udp,
@@ -38,16 +43,15 @@ impl Grants {
         match (allowed, use_) {
             (true, SocketAddrUse::TcpListen) => tracing::info!("guest listening on {addr}"),
             (true, SocketAddrUse::TcpConnect) => tracing::info!("guest connecting to {addr}"),
-            (true, SocketAddrUse::TcpAccept) => tracing::debug!("guest accepting a client from {addr}"),
+            (true, SocketAddrUse::TcpAccept) => {
+                tracing::debug!("guest accepting a client from {addr}")
+            }
             (true, _) => tracing::debug!("allowed: {what} {addr}"),
-            (false, _) => tracing::warn!("denied: {what} {addr} ({})", self.how_to_grant(addr, use_)),
+            (false, _) => {
+                tracing::warn!("denied: {what} {addr} ({})", self.how_to_grant(addr, use_))
+            }
         }
         allowed
-    }
-
-    /// The wildcard address a connect() binds to implicitly.
-    fn is_implicit_bind(&self, addr: SocketAddr) -> bool {
-        addr.ip().is_unspecified() && addr.port() == 0
     }
 
     fn how_to_grant(&self, addr: SocketAddr, use_: SocketAddrUse) -> String {
@@ -72,6 +76,11 @@ impl Grants {
             _ => format!("the guest may only listen on {}", list.join(", ")),
         }
     }
+}
+
+/// `0.0.0.0:0` or `[::]:0`: the address a connect() binds to implicitly.
+fn is_any_port_wildcard(addr: SocketAddr) -> bool {
+    addr.ip().is_unspecified() && addr.port() == 0
 }
 
 /// A listener's real address against a grant: the same IP, and the same
@@ -101,7 +110,10 @@ mod tests {
     }
 
     fn listen_only(s: &str) -> Grants {
-        Grants { listen: vec![addr(s)], ..Grants::default() }
+        Grants {
+            listen: vec![addr(s)],
+            ..Grants::default()
+        }
     }
 
     #[test]
@@ -127,18 +139,28 @@ mod tests {
     fn nothing_else_is_granted_by_default() {
         let g = listen_only("0.0.0.0:9000");
         assert!(!g.check(addr("127.0.0.1:80"), SocketAddrUse::TcpConnect));
-        assert!(!g.check(addr("0.0.0.0:0"), SocketAddrUse::TcpBind));
+        assert!(!g.check(addr("0.0.0.0:43210"), SocketAddrUse::TcpListen));
         assert!(!g.check(addr("0.0.0.0:0"), SocketAddrUse::UdpBind));
         assert!(!g.check(addr("8.8.8.8:53"), SocketAddrUse::UdpSend));
         assert!(g.check(addr("10.0.0.7:5555"), SocketAddrUse::TcpAccept));
     }
 
     #[test]
-    fn connect_grant_covers_its_address_and_the_implicit_bind() {
-        let g = Grants { connect: vec![addr("127.0.0.1:5432")], ..listen_only("0.0.0.0:9000") };
+    fn connect_grant_covers_its_address_only() {
+        let g = Grants {
+            connect: vec![addr("127.0.0.1:5432")],
+            ..listen_only("0.0.0.0:9000")
+        };
         assert!(g.check(addr("127.0.0.1:5432"), SocketAddrUse::TcpConnect));
-        assert!(g.check(addr("0.0.0.0:0"), SocketAddrUse::TcpBind));
         assert!(!g.check(addr("127.0.0.1:5433"), SocketAddrUse::TcpConnect));
-        assert!(!g.check(addr("0.0.0.0:0"), SocketAddrUse::TcpListen));
+    }
+
+    #[test]
+    fn a_wildcard_bind_on_port_zero_grants_no_listener() {
+        let g = listen_only("127.0.0.1:0");
+        assert!(g.check(addr("0.0.0.0:0"), SocketAddrUse::TcpBind));
+        assert!(g.check(addr("[::]:0"), SocketAddrUse::TcpBind));
+        assert!(!g.check(addr("0.0.0.0:40000"), SocketAddrUse::TcpListen));
+        assert!(!g.check(addr("[::]:40000"), SocketAddrUse::TcpListen));
     }
 }

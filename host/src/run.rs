@@ -4,17 +4,17 @@ use crate::cli::Args;
 use crate::policy::Grants;
 use crate::sandbox::{self, GuestState};
 use crate::{engine, guest};
-use anyhow::{Context, Result, bail};
+use anyhow::{bail, Context, Result};
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use wasmtime::component::Component;
 use wasmtime::{Engine, Store, Trap, WasmBacktrace};
-use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::I32Exit;
 
 /// How often compiled guest code checks in with the host. A guest that
 /// spins in a loop yields this often, so a stop request is seen quickly.
@@ -42,7 +42,9 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let linker = sandbox::linker(&engine, &grants, &env)?;
     let pre = command_pre(&linker, &component)?;
 
-    let argv: Vec<String> = std::iter::once(name.clone()).chain(args.guest_args.iter().cloned()).collect();
+    let argv: Vec<String> = std::iter::once(name.clone())
+        .chain(args.guest_args.iter().cloned())
+        .collect();
     let mut store = Store::new(&engine, GuestState::new(&grants, &argv, &env));
     // At every epoch tick, yield to the async runtime (where the stop
     // signal is waiting), then carry on for one more tick.
@@ -50,8 +52,15 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     store.epoch_deadline_async_yield_and_update(1);
     let _ticker = EpochTicker::start(&engine);
 
-    tracing::info!("running {name}; granted: listen on {}; everything else is denied", args.listen);
-    let command = pre.instantiate_async(&mut store).await.map_err(anyhow::Error::from).context("instantiating the guest")?;
+    tracing::info!(
+        "running {name}; granted: listen on {}; everything else is denied",
+        args.listen
+    );
+    let command = pre
+        .instantiate_async(&mut store)
+        .await
+        .map_err(anyhow::Error::from)
+        .context("instantiating the guest")?;
     tokio::select! {
         result = command.wasi_cli_run().call_run(&mut store) => match result {
             Ok(Ok(())) => {
@@ -88,7 +97,10 @@ fn check_can_listen(addr: SocketAddr) -> Result<()> {
 }
 
 /// Links the guest's imports and finds its `wasi:cli/run` export.
-fn command_pre(linker: &wasmtime::component::Linker<GuestState>, component: &Component) -> Result<CommandPre<GuestState>> {
+fn command_pre(
+    linker: &wasmtime::component::Linker<GuestState>,
+    component: &Component,
+) -> Result<CommandPre<GuestState>> {
     let engine = linker.engine();
     let exports_run = component
         .component_type()
@@ -104,7 +116,9 @@ fn command_pre(linker: &wasmtime::component::Linker<GuestState>, component: &Com
     let instance_pre = linker.instantiate_pre(component).map_err(|e| {
         anyhow::anyhow!("the guest needs an import this host does not provide: {e:#}")
     })?;
-    CommandPre::new(instance_pre).map_err(anyhow::Error::from).context("the guest's `wasi:cli/run` export has an unexpected type")
+    CommandPre::new(instance_pre)
+        .map_err(anyhow::Error::from)
+        .context("the guest's `wasi:cli/run` export has an unexpected type")
 }
 
 /// Turns the guest's `exit(n)` into our exit status, and a trap into a
@@ -117,7 +131,12 @@ fn guest_failure(e: wasmtime::Error) -> Result<ExitCode> {
     if let Some(trap) = e.downcast_ref::<Trap>() {
         let backtrace = e
             .downcast_ref::<WasmBacktrace>()
-            .map(|bt| bt.to_string().replace("error while executing at wasm backtrace:", "wasm backtrace:"))
+            .map(|bt| {
+                bt.to_string().replace(
+                    "error while executing at wasm backtrace:",
+                    "wasm backtrace:",
+                )
+            })
             .unwrap_or_default();
         bail!("the guest trapped: {trap}\n{backtrace}");
     }

@@ -1,0 +1,10 @@
+//! Integration tests: the real `host` binary, real guest components, real
+//! TCP clients on loopback. Every host listens on a system-picked port
+//! (`--listen 127.0.0.1:0`), and a test waits for readiness by connecting.
+
+mod support;
+
+mod echo;
+mod errors;
+mod sandbox;
+mod shutdown;

@@ -1,0 +1,60 @@
+//! SIGINT and SIGTERM stop the host gracefully (exit status 0) wherever the
+//! guest is, and free the port at once.
+
+use crate::support::guests::test_guest;
+use crate::support::{assert_echoes, connect, Host};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+
+fn assert_stops_cleanly(host: Host, signal: libc::c_int, name: &str) {
+    host.signal(signal);
+    let (status, output) = host.wait();
+    assert!(status.success(), "exit status {status:?}\n{output}");
+    assert!(
+        output.contains(&format!("{name} received: stopping the guest")),
+        "{output}"
+    );
+}
+
+fn assert_port_free(addr: SocketAddr) {
+    TcpListener::bind(addr).unwrap_or_else(|e| panic!("{addr} is not free again: {e}"));
+}
+
+#[test]
+fn sigint_while_the_guest_waits_in_accept() {
+    let (host, addr) = Host::serve(None);
+    assert_echoes(addr, b"before");
+    host.wait_for("client disconnected");
+    assert_stops_cleanly(host, libc::SIGINT, "SIGINT");
+    assert_port_free(addr);
+}
+
+#[test]
+fn sigterm_while_a_client_is_connected() {
+    let (host, addr) = Host::serve(None);
+    let mut client = connect(addr);
+    client.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    client.read_exact(&mut buf).unwrap();
+    assert_stops_cleanly(host, libc::SIGTERM, "SIGTERM");
+    // The client sees its connection end.
+    assert!(matches!(client.read(&mut buf), Ok(0) | Err(_)));
+    // The closed connection may linger in TIME_WAIT; binding again works anyway.
+    assert_port_free(addr);
+}
+
+#[test]
+fn sigterm_while_the_guest_spins() {
+    let guest = test_guest("spin");
+    let host = Host::start(&["--listen", "127.0.0.1:0", guest.to_str().unwrap()]);
+    host.wait_for("spinning");
+    assert_stops_cleanly(host, libc::SIGTERM, "SIGTERM");
+}
+
+#[test]
+fn sigint_while_the_guest_spins() {
+    let guest = test_guest("spin");
+    let host = Host::start(&["--listen", "127.0.0.1:0", guest.to_str().unwrap()]);
+    host.wait_for("spinning");
+    assert_stops_cleanly(host, libc::SIGINT, "SIGINT");
+}

@@ -1,0 +1,49 @@
+//! The guest components the tests run.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The default echo guest as a file, the way users run their own guests
+/// (`host guest.wasm`). `build.rs` built it.
+pub fn default_guest() -> PathBuf {
+    PathBuf::from(env!("DEFAULT_GUEST_WASM"))
+}
+
+/// A guest from `tests/guests/src/bin/<name>.rs`, built on first use.
+pub fn test_guest(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(build_test_guests);
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(path.exists(), "no test guest {}", path.display());
+    path
+}
+
+/// Builds the `test-guests` package for wasm32-wasip2 into the same target
+/// directory `build.rs` uses for the default guest.
+fn build_test_guests() -> PathBuf {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"))
+        .join("guests");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&workspace)
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--package",
+            "test-guests",
+        ])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .expect("running cargo to build the test guests");
+    assert!(status.success(), "building the test guests failed");
+    target_dir.join("wasm32-wasip2").join("release")
+}

@@ -1,0 +1,229 @@
+//! Running the host and talking to it.
+
+pub mod guests;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long to wait for something that should happen at once before
+/// declaring the test failed. A guard against hangs, not a timing goal.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The `host` binary, with a clean logging configuration.
+pub fn host_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_host"));
+    cmd.env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// A running host, its output collected line by line as it arrives.
+pub struct Host {
+    child: Child,
+    output: Arc<Output>,
+    command: String,
+}
+
+#[derive(Default)]
+struct Output {
+    lines: Mutex<Vec<String>>,
+    changed: Condvar,
+}
+
+impl Host {
+    /// Starts `host` with these arguments.
+    pub fn start(args: &[&str]) -> Host {
+        Self::start_command(host_command().args(args))
+    }
+
+    pub fn start_command(cmd: &mut Command) -> Host {
+        let command = format!("{cmd:?}");
+        let mut child = cmd.spawn().expect("the host binary starts");
+        let output = Arc::new(Output::default());
+        collect(child.stdout.take().unwrap(), &output);
+        collect(child.stderr.take().unwrap(), &output);
+        Host {
+            child,
+            output,
+            command,
+        }
+    }
+
+    /// Starts a guest (None: the built-in one) on a system-picked loopback
+    /// port and returns once the address it listens on is known.
+    pub fn serve(guest: Option<&Path>) -> (Host, SocketAddr) {
+        let mut args = vec!["--listen".to_string(), "127.0.0.1:0".to_string()];
+        args.extend(guest.map(|g| g.display().to_string()));
+        let host = Self::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let addr = host.listen_addr();
+        (host, addr)
+    }
+
+    /// The address from the host's "guest listening on ADDR" log line.
+    pub fn listen_addr(&self) -> SocketAddr {
+        let line = self.wait_for("guest listening on ");
+        let addr = line.rsplit(' ').next().unwrap();
+        addr.parse()
+            .unwrap_or_else(|_| panic!("no address in {line:?}"))
+    }
+
+    /// Waits until a line containing `needle` has been printed; returns it.
+    pub fn wait_for(&self, needle: &str) -> String {
+        self.wait_for_nth(needle, 1)
+    }
+
+    /// Waits until `n` lines containing `needle` have been printed; returns the last.
+    pub fn wait_for_nth(&self, needle: &str, n: usize) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        let mut lines = self.output.lines.lock().unwrap();
+        loop {
+            if let Some(line) = lines.iter().filter(|l| l.contains(needle)).nth(n - 1) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                drop(lines);
+                panic!("never saw {needle:?} (x{n})\n{}", self.report());
+            }
+            lines = self.output.changed.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    /// Everything printed so far.
+    pub fn output(&self) -> String {
+        self.output.lines.lock().unwrap().join("\n")
+    }
+
+    /// The command and its output, for failure messages.
+    pub fn report(&self) -> String {
+        format!(
+            "command: {}\n--- output ---\n{}\n---",
+            self.command,
+            self.output()
+        )
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill failed");
+    }
+
+    /// Waits for the host to exit, and for its output to be complete.
+    pub fn wait(mut self) -> (ExitStatus, String) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.wait_for_eof();
+                return (status, self.output());
+            }
+            if Instant::now() > deadline {
+                panic!("the host did not exit\n{}", self.report());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Both output pipes closed (the collectors push a marker at EOF).
+    fn wait_for_eof(&self) {
+        self.wait_for_nth(EOF_MARK, 2);
+        self.output.lines.lock().unwrap().retain(|l| l != EOF_MARK);
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const EOF_MARK: &str = "\u{0}<eof>";
+
+fn collect(pipe: impl Read + Send + 'static, output: &Arc<Output>) {
+    let output = Arc::clone(output);
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            output.lines.lock().unwrap().push(line);
+            output.changed.notify_all();
+        }
+        output.lines.lock().unwrap().push(EOF_MARK.to_string());
+        output.changed.notify_all();
+    });
+}
+
+/// Connects, retrying while the listener is not up yet (readiness by
+/// connecting: the host logs the address just before the guest listens).
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(stream) => {
+                stream.set_read_timeout(Some(PATIENCE)).unwrap();
+                return stream;
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("cannot connect to {addr}: {e}"),
+        }
+    }
+}
+
+/// Sends `data` from a second thread while reading the echo here, so that
+/// neither side's buffers can fill up and deadlock; then half-closes and
+/// checks that exactly `data` came back, then end of stream.
+pub fn assert_echoes(addr: SocketAddr, data: &[u8]) {
+    let stream = connect(addr);
+    assert_echoes_on(stream, data, &[data.len()]);
+}
+
+/// Like [`assert_echoes`], on a connected stream, writing `data` in pieces
+/// of the given sizes (cycled).
+pub fn assert_echoes_on(mut stream: TcpStream, data: &[u8], pieces: &[usize]) {
+    stream.set_nodelay(true).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let (owned, pieces) = (data.to_vec(), pieces.to_vec());
+    let sender = std::thread::spawn(move || {
+        let mut rest = &owned[..];
+        for size in pieces.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (piece, tail) = rest.split_at((*size).clamp(1, rest.len()));
+            writer.write_all(piece).unwrap();
+            rest = tail;
+        }
+        writer.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut echoed = Vec::with_capacity(data.len());
+    stream
+        .read_to_end(&mut echoed)
+        .expect("reading the echo until end of stream");
+    sender.join().unwrap();
+    assert_eq!(echoed.len(), data.len(), "echoed length");
+    assert!(echoed == data, "the echo differs from what was sent");
+}
+
+/// Deterministic pseudo-random bytes (every value, NUL included).
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}

@@ -1,49 +1,75 @@
-//! Echo is byte-exact, whatever the shape of the traffic.
+//! Echo is byte-exact, whatever the shape of the traffic, for every echo
+//! guest: each check below runs against the built-in guest and against
+//! the lesson's one-client-at-a-time guest.
 
-use crate::support::guests::default_guest;
+use crate::support::guests::{default_guest, EchoGuest};
 use crate::support::{assert_echoes, assert_echoes_on, connect, pattern, Host};
 use socket2::SockRef;
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-#[test]
-fn one_byte() {
-    let (_host, addr) = Host::serve(None);
+/// One `#[test]` per check and per guest.
+macro_rules! for_each_echo_guest {
+    ($($check:ident),* $(,)?) => {
+        mod built_in {
+            $( #[test] fn $check() { super::$check(super::EchoGuest::BuiltIn) } )*
+        }
+        mod iterative {
+            $( #[test] fn $check() { super::$check(super::EchoGuest::Iterative) } )*
+        }
+    };
+}
+
+for_each_echo_guest!(
+    one_byte,
+    a_line_of_text,
+    binary_with_nul_bytes,
+    one_mib_sent_in_one_go_while_reading_concurrently,
+    many_small_sends,
+    pipelined_messages_arriving_in_arbitrary_pieces,
+    half_close_returns_every_byte_then_eof,
+    clients_are_served_one_after_another,
+    a_client_that_resets_mid_stream_does_not_stop_the_server,
+    a_client_that_resets_right_after_connecting_does_not_stop_the_server,
+);
+
+fn serve(guest: EchoGuest) -> (Host, SocketAddr) {
+    Host::serve(guest.file().as_deref())
+}
+
+fn one_byte(guest: EchoGuest) {
+    let (_host, addr) = serve(guest);
     assert_echoes(addr, b"x");
 }
 
-#[test]
-fn a_line_of_text() {
-    let (_host, addr) = Host::serve(None);
+fn a_line_of_text(guest: EchoGuest) {
+    let (_host, addr) = serve(guest);
     assert_echoes(addr, "hello, echo server! 안녕하세요\n".as_bytes());
 }
 
-#[test]
-fn binary_with_nul_bytes() {
-    let (_host, addr) = Host::serve(None);
+fn binary_with_nul_bytes(guest: EchoGuest) {
+    let (_host, addr) = serve(guest);
     let mut data = pattern(4096, 1);
     data[..4].copy_from_slice(&[0, 0, 0xff, 0]);
     assert_echoes(addr, &data);
 }
 
-#[test]
-fn one_mib_sent_in_one_go_while_reading_concurrently() {
-    let (_host, addr) = Host::serve(None);
+fn one_mib_sent_in_one_go_while_reading_concurrently(guest: EchoGuest) {
+    let (_host, addr) = serve(guest);
     assert_echoes(addr, &pattern(1 << 20, 2));
 }
 
-#[test]
-fn many_small_sends() {
-    let (_host, addr) = Host::serve(None);
+fn many_small_sends(guest: EchoGuest) {
+    let (_host, addr) = serve(guest);
     let data = pattern(5000, 3);
     assert_echoes_on(connect(addr), &data, &[1, 2, 3]);
 }
 
-#[test]
-fn pipelined_messages_arriving_in_arbitrary_pieces() {
-    let (_host, addr) = Host::serve(None);
+fn pipelined_messages_arriving_in_arbitrary_pieces(guest: EchoGuest) {
+    let (_host, addr) = serve(guest);
     // Messages of many sizes back to back, cut into pieces that straddle
-    // both the messages and the guest's 512-byte reads.
+    // both the messages and the guests' read sizes.
     let data: Vec<u8> = (0..200)
         .flat_map(|i| {
             let mut message = format!("message {i}:").into_bytes();
@@ -55,9 +81,8 @@ fn pipelined_messages_arriving_in_arbitrary_pieces() {
     assert_echoes_on(connect(addr), &data, &[1, 511, 7, 513, 2000, 64, 3]);
 }
 
-#[test]
-fn half_close_returns_every_byte_then_eof() {
-    let (_host, addr) = Host::serve(None);
+fn half_close_returns_every_byte_then_eof(guest: EchoGuest) {
+    let (_host, addr) = serve(guest);
     let mut client = connect(addr);
     let data = pattern(100_000, 4);
     // Small enough to sit in the socket buffers: send it all, then close
@@ -74,17 +99,15 @@ fn half_close_returns_every_byte_then_eof() {
     );
 }
 
-#[test]
-fn clients_are_served_one_after_another() {
-    let (_host, addr) = Host::serve(None);
+fn clients_are_served_one_after_another(guest: EchoGuest) {
+    let (_host, addr) = serve(guest);
     for i in 0..5 {
         assert_echoes(addr, format!("client {i}").as_bytes());
     }
 }
 
-#[test]
-fn a_client_that_resets_mid_stream_does_not_stop_the_server() {
-    let (host, addr) = Host::serve(None);
+fn a_client_that_resets_mid_stream_does_not_stop_the_server(guest: EchoGuest) {
+    let (host, addr) = serve(guest);
     let mut client = connect(addr);
     client.write_all(&pattern(10_000, 5)).unwrap();
     // Read some of the echo, so the guest is surely inside its echo loop...
@@ -96,9 +119,8 @@ fn a_client_that_resets_mid_stream_does_not_stop_the_server() {
     assert_echoes(addr, b"still here");
 }
 
-#[test]
-fn a_client_that_resets_right_after_connecting_does_not_stop_the_server() {
-    let (_host, addr) = Host::serve(None);
+fn a_client_that_resets_right_after_connecting_does_not_stop_the_server(guest: EchoGuest) {
+    let (_host, addr) = serve(guest);
     for _ in 0..5 {
         reset(connect(addr));
     }
@@ -106,13 +128,13 @@ fn a_client_that_resets_right_after_connecting_does_not_stop_the_server() {
 }
 
 #[test]
-fn a_guest_from_a_file_echoes_the_same() {
+fn the_built_in_guest_from_a_file_echoes_the_same() {
     let guest = default_guest();
     let (_host, addr) = Host::serve(Some(&guest));
     assert_echoes(addr, &pattern(70_000, 6));
 }
 
-fn reset(stream: std::net::TcpStream) {
+pub fn reset(stream: std::net::TcpStream) {
     SockRef::from(&stream)
         .set_linger(Some(Duration::ZERO))
         .unwrap();

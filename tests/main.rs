@@ -4,6 +4,7 @@
 
 mod support;
 
+mod concurrency;
 mod echo;
 mod errors;
 mod sandbox;

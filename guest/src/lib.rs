@@ -1,19 +1,20 @@
-//! The textbook WinSock echo server, rebuilt on `wasi:sockets`.
+//! The echo server, serving many clients at once: step 2 of the lesson.
 //!
-//! Read `run` from top to bottom: it is the seed's `main()`, one step after
-//! another, each step named by the WinSock call it replaces. The two-phase
-//! and polling details live in `net.rs` so that this file stays the lesson.
+//! Step 1 (`guest-iterative/`) is the seed's server: it blocks in accept(),
+//! then in recv() for one client, so a second client waits in the backlog
+//! until the first leaves. The textbook's next chapter fixes that with
+//! `select()`/`WSAPoll()`: wait for *any* socket to be ready, then handle
+//! just that one. In WASI 0.2 that wait is `wasi:io/poll.poll` over a list
+//! of pollables: the listener's, and one per connection.
 //!
-//! Run it (terminal 1), then talk to it (terminal 2):
+//! Run it (terminal 1), then talk to it from several terminals at once:
 //!
 //! ```text
 //! cargo run -p host                  # the host embeds this guest
 //! nc 127.0.0.1 9000                  # type a line: it comes back
 //! ```
-//!
-//! This guest serves one client at a time, exactly like the seed: a second
-//! client waits in the listen backlog until the first one leaves.
 
+mod conn;
 mod net;
 
 wit_bindgen::generate!({
@@ -22,14 +23,12 @@ wit_bindgen::generate!({
     generate_all,
 });
 
-use net::{Client, Recv};
+use conn::{Connection, Progress};
+use wasi::io::poll::{poll, Pollable};
 use wasi::sockets::instance_network::instance_network;
 
 /// The seed's `SERVERPORT`, used when the host passes no `LISTEN_ADDR`.
 const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:9000";
-
-/// The seed's `BUFSIZE`: the most one `recv()` asks for.
-const BUFSIZE: u64 = 512;
 
 /// WinSock's `SOMAXCONN`: "as many pending connections as the system allows".
 /// wasi:sockets takes a number; the host caps it at the kernel's limit.
@@ -39,72 +38,68 @@ struct EchoServer;
 
 impl exports::wasi::cli::run::Guest for EchoServer {
     fn run() -> Result<(), ()> {
-        // WSAStartup(): not needed. There is no socket library to load; the
-        // host grants this component a network when it instantiates it.
+        // WSAStartup(): not needed; the host grants the network.
         let network = instance_network();
 
         // SOCKADDR_IN serveraddr = { AF_INET, INADDR_ANY, htons(SERVERPORT) }
         let addr = net::listen_addr(DEFAULT_LISTEN_ADDR).or_else(quit("LISTEN_ADDR"))?;
 
-        // socket(AF_INET, SOCK_STREAM, 0)
+        // socket(), bind(), listen(): exactly as in step 1.
         let listen_sock = net::socket(addr).or_else(quit("socket()"))?;
-
-        // bind(listen_sock, &serveraddr): start-bind, then finish-bind.
         net::bind(&listen_sock, &network, addr).or_else(quit("bind()"))?;
-
-        // listen(listen_sock, SOMAXCONN): start-listen, then finish-listen.
         net::listen(&listen_sock, SOMAXCONN).or_else(quit("listen()"))?;
         println!("[TCP server] listening on {addr}");
 
+        // The listener's pollable is ready when accept() has a client.
+        let listener_ready = listen_sock.subscribe();
+        let mut clients: Vec<Connection> = Vec::new();
+
         loop {
-            // accept(listen_sock, &clientaddr, &addrlen): wait on the
-            // listener's pollable (the blocking part), then accept.
-            let client = match net::accept(&listen_sock) {
-                Ok(client) => client,
-                Err(e) => {
-                    // A client that reset before we accepted it: not fatal.
-                    err_display("accept()", e);
-                    continue;
+            // WSAPoll(): wait until the listener or any client is ready.
+            // Entry 0 is the listener; entry i + 1 is clients[i], waiting
+            // either to read (recv) or to write (send), never both.
+            let mut waiting: Vec<&Pollable> = Vec::with_capacity(clients.len() + 1);
+            waiting.push(&listener_ready);
+            waiting.extend(clients.iter().map(Connection::pollable));
+            let ready = poll(&waiting);
+
+            let mut finished = false;
+            for index in ready {
+                match index.checked_sub(1) {
+                    // accept(): take every client that is waiting.
+                    None => accept_all(&listen_sock, &mut clients),
+                    // recv() and send() for one client, as far as it can
+                    // go without waiting.
+                    Some(i) => finished |= clients[i as usize].on_ready() == Progress::Done,
                 }
-            };
-            println!(
-                "\n[TCP server] client connected: IP address={} port={}",
-                client.ip, client.port
-            );
+            }
 
-            echo(&client);
-
-            println!(
-                "[TCP server] client disconnected: IP address={} port={}",
-                client.ip, client.port
-            );
-            // closesocket(client_sock): dropping `client` drops its streams
-            // first, then its socket (see `net::Client`).
+            // closesocket() for every client that is done: dropping a
+            // `Connection` drops its streams, then its socket.
+            if finished {
+                clients.retain(|client| {
+                    let done = client.is_done();
+                    if done {
+                        println!("[TCP server] client disconnected: {}", client.peer);
+                    }
+                    !done
+                });
+            }
         }
     }
 }
 
-/// The recv()/send() loop for one client, until it closes or fails.
-fn echo(client: &Client) {
+/// accept() until no client is waiting. A client that left before we got
+/// to it is reported and skipped, never fatal.
+fn accept_all(listen_sock: &wasi::sockets::tcp::TcpSocket, clients: &mut Vec<Connection>) {
     loop {
-        // recv(client_sock, buf, BUFSIZE, 0)
-        let buf = match client.recv(BUFSIZE) {
-            Recv::Data(buf) => buf,
-            // recv() == 0: the client closed its side.
-            Recv::Closed => return,
-            // SOCKET_ERROR, e.g. the client reset the connection.
-            Recv::Failed(e) => return err_display("recv()", e),
-        };
-        println!(
-            "[TCP/{}:{}] {}",
-            client.ip,
-            client.port,
-            net::printable(&buf)
-        );
-
-        // send(client_sock, buf, retval, 0): all of it, then flush.
-        if let Err(e) = client.send_all(&buf) {
-            return err_display("send()", e);
+        match net::try_accept(listen_sock) {
+            Ok(Some(accepted)) => {
+                println!("[TCP server] client connected: {}", accepted.peer);
+                clients.push(Connection::new(accepted));
+            }
+            Ok(None) => return,
+            Err(e) => return eprintln!("[TCP server] accept() failed: {e}"),
         }
     }
 }
@@ -115,11 +110,6 @@ fn quit<T>(call: &'static str) -> impl FnOnce(String) -> Result<T, ()> {
         eprintln!("[TCP server] {call} failed: {e}");
         Err(())
     }
-}
-
-/// The seed's `err_display`: report an error and carry on.
-fn err_display(call: &str, e: String) {
-    eprintln!("[TCP server] {call} failed: {e}");
 }
 
 export!(EchoServer);

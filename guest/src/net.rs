@@ -4,14 +4,13 @@
 //! (`start-bind` / `finish-bind`), and "would block" is an answer, not a wait.
 //! Where WinSock would block, these helpers wait on a pollable instead.
 
-use crate::wasi::io::poll::Pollable;
 use crate::wasi::io::streams::{InputStream, OutputStream, StreamError};
 use crate::wasi::sockets::network::{
     ErrorCode, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress, Network,
 };
 use crate::wasi::sockets::tcp::TcpSocket;
 use crate::wasi::sockets::tcp_create_socket::create_tcp_socket;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 /// The address to listen on: `LISTEN_ADDR` from the environment the host
 /// gives us, or `default`.
@@ -60,110 +59,51 @@ fn finish(sock: &TcpSocket, mut step: impl FnMut() -> Result<(), ErrorCode>) -> 
     }
 }
 
-/// One accepted connection: the socket and its two streams.
+/// One accepted connection: the socket, its two streams, and the
+/// client's address.
 ///
 /// Fields drop in declaration order: the streams before the socket they
 /// belong to. The other order traps ("resource has children"), which is
 /// why closesocket() is "drop the streams, then the socket".
-pub struct Client {
-    input: InputStream,
-    output: OutputStream,
-    _socket: TcpSocket,
-    pub ip: IpAddr,
-    pub port: u16,
+pub struct Accepted {
+    pub input: InputStream,
+    pub output: OutputStream,
+    /// Never used directly: held so that it closes after its streams.
+    #[allow(dead_code)]
+    pub socket: TcpSocket,
+    pub peer: SocketAddr,
 }
 
-/// accept(): `accept` never blocks, so wait on the listener's pollable
-/// until a connection is ready, the way a blocking accept() would.
-pub fn accept(listener: &TcpSocket) -> Result<Client, String> {
-    let ready: Pollable = listener.subscribe();
-    let (socket, input, output) = loop {
-        match listener.accept() {
-            Err(ErrorCode::WouldBlock) => ready.block(),
-            other => break other.map_err(describe)?,
-        }
+/// accept(), without blocking: `Ok(None)` when no connection is waiting
+/// (the listener's pollable says when to try again).
+pub fn try_accept(listener: &TcpSocket) -> Result<Option<Accepted>, String> {
+    let (socket, input, output) = match listener.accept() {
+        Ok(accepted) => accepted,
+        Err(ErrorCode::WouldBlock) => return Ok(None),
+        Err(e) => return Err(describe(e)),
     };
     // The client's address, as accept() fills in `clientaddr`. This fails
     // when the client has already gone; `socket` and its streams are then
     // dropped here, streams first.
-    let peer = match socket.remote_address() {
-        Ok(addr) => from_wasi(addr),
+    match socket.remote_address() {
+        Ok(addr) => Ok(Some(Accepted {
+            input,
+            output,
+            socket,
+            peer: from_wasi(addr),
+        })),
         Err(e) => {
             drop((input, output));
-            return Err(describe(e));
-        }
-    };
-    Ok(Client {
-        input,
-        output,
-        _socket: socket,
-        ip: peer.ip(),
-        port: peer.port(),
-    })
-}
-
-/// What one recv() returned.
-pub enum Recv {
-    /// 1..=len bytes: whatever had arrived, maybe less than asked for.
-    Data(Vec<u8>),
-    /// recv() == 0: the peer closed its side (the stream is `closed`).
-    Closed,
-    /// SOCKET_ERROR.
-    Failed(String),
-}
-
-impl Client {
-    /// recv(): wait for at least one byte, then take up to `len`.
-    pub fn recv(&self, len: u64) -> Recv {
-        loop {
-            match self.input.blocking_read(len) {
-                // An empty read is not the end of the stream: wait again.
-                Ok(buf) if buf.is_empty() => continue,
-                Ok(buf) => return Recv::Data(buf),
-                Err(StreamError::Closed) => return Recv::Closed,
-                Err(StreamError::LastOperationFailed(e)) => {
-                    return Recv::Failed(e.to_debug_string());
-                }
-            }
+            Err(format!("remote-address: {}", describe(e)))
         }
     }
-
-    /// send(), all of it: write no more than `check-write` allows at a time
-    /// (writing more traps), then flush so that nothing is left behind.
-    pub fn send_all(&self, mut buf: &[u8]) -> Result<(), String> {
-        let ready = self.output.subscribe();
-        while !buf.is_empty() {
-            let allowed = self.output.check_write().map_err(stream_error)?;
-            if allowed == 0 {
-                // The send buffer is full: wait, as a blocking send() would.
-                ready.block();
-                continue;
-            }
-            let n = buf
-                .len()
-                .min(usize::try_from(allowed).unwrap_or(usize::MAX));
-            self.output.write(&buf[..n]).map_err(stream_error)?;
-            buf = &buf[n..];
-        }
-        self.output.blocking_flush().map_err(stream_error)
-    }
 }
 
-/// Received bytes as one printable line: escaped, and cut after 64 bytes.
-pub fn printable(buf: &[u8]) -> String {
-    const SHOWN: usize = 64;
-    let mut line = buf[..buf.len().min(SHOWN)].escape_ascii().to_string();
-    if buf.len() > SHOWN {
-        line += &format!("... ({} bytes)", buf.len());
-    }
-    line
-}
-
-fn describe(e: ErrorCode) -> String {
+pub fn describe(e: ErrorCode) -> String {
     format!("{} ({})", e.name(), first_line(e.message()))
 }
 
-fn stream_error(e: StreamError) -> String {
+pub fn stream_error(e: StreamError) -> String {
     match e {
         StreamError::Closed => "the connection is closed".to_string(),
         StreamError::LastOperationFailed(e) => e.to_debug_string(),

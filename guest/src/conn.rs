@@ -1,0 +1,139 @@
+//! One client of the event loop: recv() what arrived, send() it back,
+//! never waiting inside a call.
+//!
+//! Backpressure: a connection holds at most [`MAX_BUFFERED`] bytes that
+//! were received but not yet sent, and reads nothing more until they are
+//! sent. A client that sends without reading is therefore slowed down by
+//! TCP itself, costs at most that much memory, and never stalls the others.
+
+use crate::net::{stream_error, Accepted};
+use crate::wasi::io::poll::Pollable;
+use crate::wasi::io::streams::StreamError;
+use std::net::SocketAddr;
+
+/// The most a connection reads at once, and so the most it buffers.
+pub const MAX_BUFFERED: u64 = 64 * 1024;
+
+/// Whether a connection can go on.
+#[derive(PartialEq, Eq)]
+pub enum Progress {
+    /// Waiting for its pollable again.
+    Waiting,
+    /// Closed by the client (everything echoed), or failed.
+    Done,
+}
+
+enum State {
+    /// Waiting for bytes to arrive (recv).
+    Reading,
+    /// Holding bytes not yet written (send): `pending[sent..]`.
+    Writing {
+        pending: Vec<u8>,
+        sent: usize,
+    },
+    /// The client closed its side and everything was written: waiting for
+    /// the last flush to complete before closing ours.
+    Flushing,
+    Done,
+}
+
+/// Fields drop in declaration order: pollables before the streams they
+/// watch, streams before their socket.
+pub struct Connection {
+    readable: Pollable,
+    writable: Pollable,
+    client: Accepted,
+    state: State,
+    pub peer: SocketAddr,
+}
+
+impl Connection {
+    pub fn new(client: Accepted) -> Self {
+        Connection {
+            readable: client.input.subscribe(),
+            writable: client.output.subscribe(),
+            peer: client.peer,
+            client,
+            state: State::Reading,
+        }
+    }
+
+    /// What this connection waits for: data to read, or room to write.
+    pub fn pollable(&self) -> &Pollable {
+        match self.state {
+            State::Reading => &self.readable,
+            _ => &self.writable,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    /// Its pollable is ready: make all the progress possible without waiting.
+    pub fn on_ready(&mut self) -> Progress {
+        match self.advance() {
+            Ok(progress) => progress,
+            Err(e) => {
+                eprintln!("[TCP server] {} failed: {e}", self.peer);
+                self.state = State::Done;
+                Progress::Done
+            }
+        }
+    }
+
+    fn advance(&mut self) -> Result<Progress, String> {
+        let (input, output) = (&self.client.input, &self.client.output);
+        loop {
+            match &mut self.state {
+                State::Reading => match input.read(MAX_BUFFERED) {
+                    // Nothing there after all: wait again.
+                    Ok(data) if data.is_empty() => return Ok(Progress::Waiting),
+                    Ok(data) => {
+                        self.state = State::Writing {
+                            pending: data,
+                            sent: 0,
+                        }
+                    }
+                    // recv() == 0: the client is done sending. Finish ours.
+                    Err(StreamError::Closed) => {
+                        output.flush().map_err(stream_error)?;
+                        self.state = State::Flushing;
+                    }
+                    Err(e) => return Err(format!("recv(): {}", stream_error(e))),
+                },
+                State::Writing { pending, sent } => {
+                    // send(): no more than check-write allows (more traps).
+                    let allowed = output
+                        .check_write()
+                        .map_err(|e| format!("send(): {}", stream_error(e)))?;
+                    if allowed == 0 {
+                        return Ok(Progress::Waiting);
+                    }
+                    let n =
+                        (pending.len() - *sent).min(usize::try_from(allowed).unwrap_or(usize::MAX));
+                    output
+                        .write(&pending[*sent..*sent + n])
+                        .map_err(|e| format!("send(): {}", stream_error(e)))?;
+                    output
+                        .flush()
+                        .map_err(|e| format!("send(): {}", stream_error(e)))?;
+                    *sent += n;
+                    if *sent == pending.len() {
+                        // All echoed: free the buffer and read again.
+                        self.state = State::Reading;
+                    }
+                }
+                State::Flushing => {
+                    // check-write answers again once the flush is complete.
+                    match output.check_write() {
+                        Ok(0) => return Ok(Progress::Waiting),
+                        Ok(_) | Err(StreamError::Closed) => self.state = State::Done,
+                        Err(e) => return Err(format!("flush: {}", stream_error(e))),
+                    }
+                }
+                State::Done => return Ok(Progress::Done),
+            }
+        }
+    }
+}

@@ -46,14 +46,7 @@ fn build_guest(workspace: &Path, target_dir: &Path, package: &str) -> Result<Pat
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(workspace)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            GUEST_TARGET,
-            "--package",
-            package,
-        ])
+        .args(["build", "--release", "--target", GUEST_TARGET, "--package", package])
         .env("CARGO_TARGET_DIR", target_dir)
         // Flags meant for the host (say, -C target-cpu=native) do not
         // apply to WebAssembly.
@@ -64,10 +57,7 @@ fn build_guest(workspace: &Path, target_dir: &Path, package: &str) -> Result<Pat
     if !status.success() {
         bail!("building the `{package}` guest for {GUEST_TARGET} failed (see the errors above)");
     }
-    let wasm = target_dir
-        .join(GUEST_TARGET)
-        .join("release")
-        .join(format!("{package}.wasm"));
+    let wasm = target_dir.join(GUEST_TARGET).join("release").join(format!("{package}.wasm"));
     rerun_if_sources_change(&wasm)?;
     Ok(wasm)
 }

@@ -91,12 +91,7 @@ fn half_close_returns_every_byte_then_eof(guest: EchoGuest) {
     client.shutdown(std::net::Shutdown::Write).unwrap();
     let mut echoed = Vec::new();
     client.read_to_end(&mut echoed).unwrap();
-    assert!(
-        echoed == data,
-        "got {} of {} bytes back",
-        echoed.len(),
-        data.len()
-    );
+    assert!(echoed == data, "got {} of {} bytes back", echoed.len(), data.len());
 }
 
 fn clients_are_served_one_after_another(guest: EchoGuest) {
@@ -135,8 +130,6 @@ fn the_built_in_guest_from_a_file_echoes_the_same() {
 }
 
 pub fn reset(stream: std::net::TcpStream) {
-    SockRef::from(&stream)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
+    SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();
     drop(stream);
 }

@@ -17,20 +17,12 @@ fn assert_fails_with(args: &[&str], expected: &str) -> String {
     assert!(!status.success(), "expected failure\n{output}");
     let errors: Vec<&str> = output.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "one error line expected\n{output}");
-    assert!(
-        errors[0].contains(expected),
-        "expected {expected:?} in {:?}",
-        errors[0]
-    );
+    assert!(errors[0].contains(expected), "expected {expected:?} in {:?}", errors[0]);
     // (A Rust guest's panic message is the guest's output, not the host's.)
-    let host_panicked = output
-        .lines()
-        .any(|l| l.contains("panicked at") && !l.contains("tests/guests/"));
+    let host_panicked =
+        output.lines().any(|l| l.contains("panicked at") && !l.contains("tests/guests/"));
     assert!(!host_panicked, "the host panicked\n{output}");
-    assert!(
-        !output.contains("stack backtrace"),
-        "a host backtrace was printed\n{output}"
-    );
+    assert!(!output.contains("stack backtrace"), "a host backtrace was printed\n{output}");
     output
 }
 
@@ -42,10 +34,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
 
 #[test]
 fn a_missing_file() {
-    assert_fails_with(
-        &["/no/such/guest.wasm"],
-        "cannot read /no/such/guest.wasm: No such file",
-    );
+    assert_fails_with(&["/no/such/guest.wasm"], "cannot read /no/such/guest.wasm: No such file");
 }
 
 #[test]
@@ -58,11 +47,7 @@ fn a_file_that_is_not_webassembly() {
 #[test]
 fn a_core_module_says_how_to_make_a_component() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        "module.wasm",
-        &wat::parse_str("(module)").unwrap(),
-    );
+    let path = write(dir.path(), "module.wasm", &wat::parse_str("(module)").unwrap());
     let output = assert_fails_with(&[&path], "is a core WebAssembly module, not a component");
     assert!(output.contains("wasm32-wasip2") && output.contains("wasm-tools component new"));
 }
@@ -78,11 +63,7 @@ fn a_truncated_component() {
 #[test]
 fn a_component_without_wasi_cli_run() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        "empty.wasm",
-        &wat::parse_str("(component)").unwrap(),
-    );
+    let path = write(dir.path(), "empty.wasm", &wat::parse_str("(component)").unwrap());
     assert_fails_with(&[&path], "does not export `wasi:cli/run@0.2.x`");
 }
 
@@ -129,8 +110,5 @@ fn a_guest_that_traps_shows_the_wasm_backtrace() {
     // ...then the guest's frames, by name; none of the host's.
     assert!(output.contains("wasm backtrace:"), "{output}");
     assert!(output.contains("trap::fail_on_purpose"), "{output}");
-    assert!(
-        !output.contains("wasmtime::"),
-        "host frames in the output\n{output}"
-    );
+    assert!(!output.contains("wasmtime::"), "host frames in the output\n{output}");
 }

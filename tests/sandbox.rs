@@ -15,24 +15,14 @@ fn probe(options: &[&str], outside: &TcpListener) -> String {
         .args(["--listen", "127.0.0.1:0"])
         .args(options)
         .arg(&guest)
-        .args([
-            "--",
-            "127.0.0.1:9",
-            &target,
-            "/etc/hostname",
-            "HOST_SECRET",
-            "localhost",
-        ]);
+        .args(["--", "127.0.0.1:9", &target, "/etc/hostname", "HOST_SECRET", "localhost"]);
     let (status, output) = Host::start_command(&mut cmd).wait();
     assert!(status.success(), "{output}");
     output
 }
 
 fn assert_line(output: &str, line: &str) {
-    assert!(
-        output.lines().any(|l| l.starts_with(line)),
-        "no line starting {line:?} in\n{output}"
-    );
+    assert!(output.lines().any(|l| l.starts_with(line)), "no line starting {line:?} in\n{output}");
 }
 
 #[test]
@@ -49,10 +39,7 @@ fn by_default_everything_but_the_listen_address_is_refused_and_logged() {
     assert_line(&output, "env HOST_SECRET: refused");
     assert_line(&output, "resolve localhost: refused");
     assert_line(&output, "udp bind 0.0.0.0:0: refused");
-    assert!(
-        !output.contains("ALLOWED") && !output.contains("do-not-leak"),
-        "{output}"
-    );
+    assert!(!output.contains("ALLOWED") && !output.contains("do-not-leak"), "{output}");
 
     // What the host logged, each with the way to grant it.
     assert!(output.contains("denied: TCP bind to 127.0.0.1:9 (the guest may only listen on 127.0.0.1:0; grant it with --listen 127.0.0.1:9)"), "{output}");
@@ -61,10 +48,7 @@ fn by_default_everything_but_the_listen_address_is_refused_and_logged() {
         output.contains("denied: the guest looked for directories; none are granted"),
         "{output}"
     );
-    assert!(
-        output.contains("guest read its environment: it sees LISTEN_ADDR only"),
-        "{output}"
-    );
+    assert!(output.contains("guest read its environment: it sees LISTEN_ADDR only"), "{output}");
     assert!(
         output.contains("denied: name lookup of \"localhost\" (grant it with --allow-dns)"),
         "{output}"
@@ -78,35 +62,23 @@ fn by_default_everything_but_the_listen_address_is_refused_and_logged() {
 
     // And the connection attempt never left the sandbox.
     outside.set_nonblocking(true).unwrap();
-    assert!(
-        outside.accept().is_err(),
-        "the guest reached the outside listener"
-    );
+    assert!(outside.accept().is_err(), "the guest reached the outside listener");
 }
 
 #[test]
 fn each_grant_opens_only_what_it_names() {
     let outside = TcpListener::bind("127.0.0.1:0").unwrap();
     let target = outside.local_addr().unwrap().to_string();
-    let output = probe(
-        &["--allow-connect", &target, "--allow-udp", "--allow-dns"],
-        &outside,
-    );
+    let output = probe(&["--allow-connect", &target, "--allow-udp", "--allow-dns"], &outside);
 
     assert_line(&output, &format!("connect {target}: ALLOWED"));
     assert_line(&output, "udp bind 0.0.0.0:0: ALLOWED");
     assert_line(&output, "resolve localhost: ALLOWED");
-    assert!(
-        output.contains(&format!("guest connecting to {target}")),
-        "{output}"
-    );
+    assert!(output.contains(&format!("guest connecting to {target}")), "{output}");
     // Not granted, still refused.
     assert_line(&output, "bind 127.0.0.1:9: refused");
     assert_line(&output, "read /etc/hostname: refused");
     assert_line(&output, "env HOST_SECRET: refused");
     outside.set_nonblocking(true).unwrap();
-    assert!(
-        outside.accept().is_ok(),
-        "the granted connection did not arrive"
-    );
+    assert!(outside.accept().is_ok(), "the granted connection did not arrive");
 }

@@ -10,10 +10,7 @@ fn assert_stops_cleanly(host: Host, signal: libc::c_int, name: &str) {
     host.signal(signal);
     let (status, output) = host.wait();
     assert!(status.success(), "exit status {status:?}\n{output}");
-    assert!(
-        output.contains(&format!("{name} received: stopping the guest")),
-        "{output}"
-    );
+    assert!(output.contains(&format!("{name} received: stopping the guest")), "{output}");
 }
 
 fn assert_port_free(addr: SocketAddr) {

@@ -36,12 +36,7 @@ pub async fn ping_pong(addr: SocketAddr, s: Scenario) -> Result<Outcome> {
         .into_iter()
         .enumerate()
         .map(|(i, stream)| {
-            tokio::spawn(round_trips(
-                stream,
-                s.size,
-                s.round_trips_per_conn,
-                i as u64,
-            ))
+            tokio::spawn(round_trips(stream, s.size, s.round_trips_per_conn, i as u64))
         })
         .collect();
     let mut all = Histogram::<u64>::new(3)?;
@@ -118,9 +113,7 @@ pub async fn echo_on_all(streams: Vec<TcpStream>) -> Result<(usize, Vec<TcpStrea
         .into_iter()
         .map(|mut stream| {
             tokio::spawn(async move {
-                let ok = one_round_trip(&mut stream, b"again", &mut [0u8; 5])
-                    .await
-                    .is_ok();
+                let ok = one_round_trip(&mut stream, b"again", &mut [0u8; 5]).await.is_ok();
                 (ok, stream)
             })
         })

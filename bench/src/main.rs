@@ -16,6 +16,7 @@ use clap::Parser;
 use load::Scenario;
 use servers::Server;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(about = "Benchmarks the echo host against native tokio and the wasmtime CLI")]
@@ -32,30 +33,10 @@ struct Args {
 }
 
 const SCENARIOS: [Scenario; 4] = [
-    Scenario {
-        name: "1 conn x 64 B",
-        conns: 1,
-        size: 64,
-        round_trips_per_conn: 20_000,
-    },
-    Scenario {
-        name: "1 conn x 64 KiB",
-        conns: 1,
-        size: 64 * 1024,
-        round_trips_per_conn: 2_000,
-    },
-    Scenario {
-        name: "100 conns x 64 B",
-        conns: 100,
-        size: 64,
-        round_trips_per_conn: 500,
-    },
-    Scenario {
-        name: "1000 conns x 64 B",
-        conns: 1000,
-        size: 64,
-        round_trips_per_conn: 50,
-    },
+    Scenario { name: "1 conn x 64 B", conns: 1, size: 64, round_trips_per_conn: 20_000 },
+    Scenario { name: "1 conn x 64 KiB", conns: 1, size: 64 * 1024, round_trips_per_conn: 2_000 },
+    Scenario { name: "100 conns x 64 B", conns: 100, size: 64, round_trips_per_conn: 500 },
+    Scenario { name: "1000 conns x 64 B", conns: 1000, size: 64, round_trips_per_conn: 50 },
 ];
 
 /// Medians per (measure, server).
@@ -64,10 +45,7 @@ struct Results(BTreeMap<(String, &'static str), Vec<f64>>);
 
 impl Results {
     fn add(&mut self, measure: &str, server: &'static str, value: f64) {
-        self.0
-            .entry((measure.to_string(), server))
-            .or_default()
-            .push(value);
+        self.0.entry((measure.to_string(), server)).or_default().push(value);
     }
     fn median(&self, measure: &str, server: &'static str) -> Option<f64> {
         let mut values = self.0.get(&(measure.to_string(), server))?.clone();
@@ -78,15 +56,10 @@ impl Results {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let raised = raise_fd_limit()?;
-    let bin_dir = std::env::current_exe()?
-        .parent()
-        .context("no exe dir")?
-        .to_path_buf();
+    let bin_dir = std::env::current_exe()?.parent().context("no exe dir")?.to_path_buf();
     let guest = bin_dir.join("../guests/wasm32-wasip2/release/guest.wasm");
 
     let mut servers = vec![Server::native(&bin_dir), Server::host(&bin_dir)];
@@ -100,28 +73,18 @@ fn main() -> Result<()> {
     for server in &servers {
         server.check()?;
     }
-    println!(
-        "# echo benchmark: {} rounds, file-descriptor limit raised to {raised}",
-        args.rounds
-    );
+    println!("# echo benchmark: {} rounds, file-descriptor limit raised to {raised}", args.rounds);
     let mut results = Results::default();
 
     // Exec to first echo: a fresh process each time.
     for _ in 0..args.rounds {
         for server in &servers {
             let t = server.time_to_first_echo()?;
-            results.add(
-                "exec to first echo (ms)",
-                server.name,
-                t.as_secs_f64() * 1e3,
-            );
+            results.add("exec to first echo (ms)", server.name, t.as_secs_f64() * 1e3);
         }
     }
 
     let running: Vec<_> = servers.iter().map(Server::start).collect::<Result<_>>()?;
-    for (server, run) in servers.iter().zip(&running) {
-        results.add("RSS idle (MB)", server.name, run.rss()? as f64 / 1e6);
-    }
 
     // The load, interleaved: every server once per scenario per round.
     for round in 0..args.rounds {
@@ -150,17 +113,19 @@ fn main() -> Result<()> {
         }
     }
 
-    // Memory with 1000 idle connections.
-    for (server, run) in servers.iter().zip(&running) {
+    // Memory: a fresh process idle, then holding 1000 idle connections.
+    for server in &servers {
+        let run = server.start()?;
         let idle = run.rss()?;
         let held = runtime.block_on(load::open_echoing(run.addr, 1000))?;
         let with_conns = run.rss()?;
+        let cpu_before = run.cpu_time()?;
+        std::thread::sleep(Duration::from_secs(1));
+        let idle_cpu = run.cpu_time()? - cpu_before;
         drop(held);
-        results.add(
-            "RSS with 1000 idle conns (MB)",
-            server.name,
-            with_conns as f64 / 1e6,
-        );
+        results.add("CPU with 1000 idle conns (ms/s)", server.name, idle_cpu.as_secs_f64() * 1e3);
+        results.add("RSS idle (MB)", server.name, idle as f64 / 1e6);
+        results.add("RSS with 1000 idle conns (MB)", server.name, with_conns as f64 / 1e6);
         results.add(
             "RSS per idle conn (KiB)",
             server.name,
@@ -178,23 +143,12 @@ fn main() -> Result<()> {
                 (opened, errors)
             }
             Err(e) => {
-                eprintln!(
-                    "{}: holding {} connections failed: {e:#}",
-                    server.name, args.hold
-                );
+                eprintln!("{}: holding {} connections failed: {e:#}", server.name, args.hold);
                 (0, args.hold)
             }
         };
-        results.add(
-            &format!("{} conns held: opened", args.hold),
-            server.name,
-            opened as f64,
-        );
-        results.add(
-            &format!("{} conns held: errors", args.hold),
-            server.name,
-            errors as f64,
-        );
+        results.add(&format!("{} conns held: opened", args.hold), server.name, opened as f64);
+        results.add(&format!("{} conns held: errors", args.hold), server.name, errors as f64);
     }
     drop(running);
 
@@ -248,10 +202,7 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 /// Raises this process's open-file limit to its hard limit; the servers
 /// started from here inherit it. (The host itself never changes limits.)
 fn raise_fd_limit() -> Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit only read and write `limit`.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {

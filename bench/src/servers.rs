@@ -82,11 +82,7 @@ impl Server {
     fn spawn(&self) -> Result<Running> {
         let addr = free_port()?;
         let child = Command::new(&self.program)
-            .args(
-                self.args
-                    .iter()
-                    .map(|a| a.replace("{addr}", &addr.to_string())),
-            )
+            .args(self.args.iter().map(|a| a.replace("{addr}", &addr.to_string())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -115,6 +111,20 @@ impl Running {
             .trim()
             .parse()?;
         Ok(kib * 1024)
+    }
+}
+
+impl Running {
+    /// User plus system CPU time the server process has used so far.
+    pub fn cpu_time(&self) -> Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the command name, which is in parentheses.
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').context("bad stat")?.1.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        // SAFETY: sysconf has no memory effects.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Ok(Duration::from_millis(ticks * 1000 / per_second))
     }
 }
 

@@ -54,9 +54,7 @@ pub fn send_all(client: &Accepted, mut buf: &[u8]) -> Result<(), String> {
             ready.block();
             continue;
         }
-        let n = buf
-            .len()
-            .min(usize::try_from(allowed).unwrap_or(usize::MAX));
+        let n = buf.len().min(usize::try_from(allowed).unwrap_or(usize::MAX));
         output.write(&buf[..n]).map_err(net::stream_error)?;
         buf = &buf[n..];
     }

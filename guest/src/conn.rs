@@ -14,6 +14,11 @@ use std::net::SocketAddr;
 /// The most a connection reads at once, and so the most it buffers.
 pub const MAX_BUFFERED: u64 = 64 * 1024;
 
+/// The least a read asks for. A host may set aside as much memory as a read
+/// asks for (wasmtime zeroes it), so asking for 64 KiB to get 64 bytes is
+/// wasted work: reads start small, and grow while they come back full.
+const MIN_READ: u64 = 4 * 1024;
+
 /// Whether a connection can go on.
 #[derive(PartialEq, Eq)]
 pub enum Progress {
@@ -44,6 +49,7 @@ pub struct Connection {
     writable: Pollable,
     client: Accepted,
     state: State,
+    read_size: u64,
     pub peer: SocketAddr,
 }
 
@@ -55,6 +61,7 @@ impl Connection {
             peer: client.peer,
             client,
             state: State::Reading,
+            read_size: MIN_READ,
         }
     }
 
@@ -86,14 +93,12 @@ impl Connection {
         let (input, output) = (&self.client.input, &self.client.output);
         loop {
             match &mut self.state {
-                State::Reading => match input.read(MAX_BUFFERED) {
+                State::Reading => match input.read(self.read_size) {
                     // Nothing there after all: wait again.
                     Ok(data) if data.is_empty() => return Ok(Progress::Waiting),
                     Ok(data) => {
-                        self.state = State::Writing {
-                            pending: data,
-                            sent: 0,
-                        }
+                        self.read_size = next_read_size(self.read_size, data.len());
+                        self.state = State::Writing { pending: data, sent: 0 };
                     }
                     // recv() == 0: the client is done sending. Finish ours.
                     Err(StreamError::Closed) => {
@@ -104,9 +109,8 @@ impl Connection {
                 },
                 State::Writing { pending, sent } => {
                     // send(): no more than check-write allows (more traps).
-                    let allowed = output
-                        .check_write()
-                        .map_err(|e| format!("send(): {}", stream_error(e)))?;
+                    let allowed =
+                        output.check_write().map_err(|e| format!("send(): {}", stream_error(e)))?;
                     if allowed == 0 {
                         return Ok(Progress::Waiting);
                     }
@@ -115,9 +119,7 @@ impl Connection {
                     output
                         .write(&pending[*sent..*sent + n])
                         .map_err(|e| format!("send(): {}", stream_error(e)))?;
-                    output
-                        .flush()
-                        .map_err(|e| format!("send(): {}", stream_error(e)))?;
+                    output.flush().map_err(|e| format!("send(): {}", stream_error(e)))?;
                     *sent += n;
                     if *sent == pending.len() {
                         // All echoed: free the buffer and read again.
@@ -135,5 +137,18 @@ impl Connection {
                 State::Done => return Ok(Progress::Done),
             }
         }
+    }
+}
+
+/// Doubles the read size after a full read, halves it after a read that
+/// used less than a quarter, within MIN_READ..=MAX_BUFFERED.
+fn next_read_size(size: u64, got: usize) -> u64 {
+    let got = got as u64;
+    if got == size {
+        (size * 2).min(MAX_BUFFERED)
+    } else if got < size / 4 {
+        (size / 2).max(MIN_READ)
+    } else {
+        size
     }
 }

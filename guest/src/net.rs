@@ -20,8 +20,7 @@ pub fn listen_addr(default: &str) -> Result<SocketAddr, String> {
         .iter()
         .find(|(key, _)| key == "LISTEN_ADDR")
         .map_or(default, |(_, value)| value.as_str());
-    text.parse()
-        .map_err(|_| format!("`{text}` is not an IP:port address such as {default}"))
+    text.parse().map_err(|_| format!("`{text}` is not an IP:port address such as {default}"))
 }
 
 /// socket(): a new TCP socket of the address's family.
@@ -86,12 +85,7 @@ pub fn try_accept(listener: &TcpSocket) -> Result<Option<Accepted>, String> {
     // when the client has already gone; `socket` and its streams are then
     // dropped here, streams first.
     match socket.remote_address() {
-        Ok(addr) => Ok(Some(Accepted {
-            input,
-            output,
-            socket,
-            peer: from_wasi(addr),
-        })),
+        Ok(addr) => Ok(Some(Accepted { input, output, socket, peer: from_wasi(addr) })),
         Err(e) => {
             drop((input, output));
             Err(format!("remote-address: {}", describe(e)))
@@ -111,21 +105,14 @@ pub fn stream_error(e: StreamError) -> String {
 }
 
 fn first_line(text: &str) -> String {
-    text.lines()
-        .next()
-        .unwrap_or_default()
-        .trim_end_matches('.')
-        .to_string()
+    text.lines().next().unwrap_or_default().trim_end_matches('.').to_string()
 }
 
 fn to_wasi(addr: SocketAddr) -> IpSocketAddress {
     match addr {
         SocketAddr::V4(a) => {
             let [a0, a1, a2, a3] = a.ip().octets();
-            IpSocketAddress::Ipv4(Ipv4SocketAddress {
-                port: a.port(),
-                address: (a0, a1, a2, a3),
-            })
+            IpSocketAddress::Ipv4(Ipv4SocketAddress { port: a.port(), address: (a0, a1, a2, a3) })
         }
         SocketAddr::V6(a) => {
             let [s0, s1, s2, s3, s4, s5, s6, s7] = a.ip().segments();

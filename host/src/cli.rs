@@ -9,10 +9,7 @@ use std::path::PathBuf;
 ///
 /// Without GUEST it runs the built-in echo server: `nc 127.0.0.1 9000`.
 #[derive(Debug, Parser)]
-#[command(
-    version,
-    override_usage = "host [OPTIONS] [GUEST.wasm] [-- GUEST_ARGS...]"
-)]
+#[command(version, override_usage = "host [OPTIONS] [GUEST.wasm] [-- GUEST_ARGS...]")]
 pub struct Args {
     /// A component exporting `wasi:cli/run` (for example a Rust program
     /// built with `--target wasm32-wasip2`). Default: the built-in echo server.

@@ -31,10 +31,9 @@ impl Grants {
             // it is what connect() does implicitly: allowing it lets the
             // connect check below name the real destination.
             SocketAddrUse::TcpBind => self.listen.contains(&addr) || is_any_port_wildcard(addr),
-            SocketAddrUse::TcpListen => self
-                .listen
-                .iter()
-                .any(|granted| listen_matches(*granted, addr)),
+            SocketAddrUse::TcpListen => {
+                self.listen.iter().any(|granted| listen_matches(*granted, addr))
+            }
             SocketAddrUse::TcpAccept => true,
             SocketAddrUse::TcpConnect => self.connect.contains(&addr),
             SocketAddrUse::UdpBind | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => self.udp,
@@ -110,10 +109,7 @@ mod tests {
     }
 
     fn listen_only(s: &str) -> Grants {
-        Grants {
-            listen: vec![addr(s)],
-            ..Grants::default()
-        }
+        Grants { listen: vec![addr(s)], ..Grants::default() }
     }
 
     #[test]
@@ -147,10 +143,7 @@ mod tests {
 
     #[test]
     fn connect_grant_covers_its_address_only() {
-        let g = Grants {
-            connect: vec![addr("127.0.0.1:5432")],
-            ..listen_only("0.0.0.0:9000")
-        };
+        let g = Grants { connect: vec![addr("127.0.0.1:5432")], ..listen_only("0.0.0.0:9000") };
         assert!(g.check(addr("127.0.0.1:5432"), SocketAddrUse::TcpConnect));
         assert!(!g.check(addr("127.0.0.1:5433"), SocketAddrUse::TcpConnect));
     }

@@ -42,9 +42,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let linker = sandbox::linker(&engine, &grants, &env)?;
     let pre = command_pre(&linker, &component)?;
 
-    let argv: Vec<String> = std::iter::once(name.clone())
-        .chain(args.guest_args.iter().cloned())
-        .collect();
+    let argv: Vec<String> =
+        std::iter::once(name.clone()).chain(args.guest_args.iter().cloned()).collect();
     let mut store = Store::new(&engine, GuestState::new(&grants, &argv, &env));
     // At every epoch tick, yield to the async runtime (where the stop
     // signal is waiting), then carry on for one more tick.
@@ -52,17 +51,18 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     store.epoch_deadline_async_yield_and_update(1);
     let _ticker = EpochTicker::start(&engine);
 
-    tracing::info!(
-        "running {name}; granted: listen on {}; everything else is denied",
-        args.listen
-    );
+    tracing::info!("running {name}; granted: listen on {}; everything else is denied", args.listen);
     let command = pre
         .instantiate_async(&mut store)
         .await
         .map_err(anyhow::Error::from)
         .context("instantiating the guest")?;
     tokio::select! {
-        result = command.wasi_cli_run().call_run(&mut store) => match result {
+        // Unconstrained: tokio's cooperative budget (128 readiness checks
+        // per turn) would make one `poll` over more connections than that
+        // report the rest as not ready. The guest is this runtime's only
+        // work, so there is nobody to be fair to.
+        result = tokio::task::unconstrained(command.wasi_cli_run().call_run(&mut store)) => match result {
             Ok(Ok(())) => {
                 tracing::info!("the guest finished");
                 Ok(ExitCode::SUCCESS)
@@ -132,10 +132,8 @@ fn guest_failure(e: wasmtime::Error) -> Result<ExitCode> {
         let backtrace = e
             .downcast_ref::<WasmBacktrace>()
             .map(|bt| {
-                bt.to_string().replace(
-                    "error while executing at wasm backtrace:",
-                    "wasm backtrace:",
-                )
+                bt.to_string()
+                    .replace("error while executing at wasm backtrace:", "wasm backtrace:")
             })
             .unwrap_or_default();
         bail!("the guest trapped: {trap}\n{backtrace}");

@@ -23,10 +23,7 @@ pub struct GuestState {
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -38,18 +35,13 @@ impl GuestState {
         // wasmtime-wasi refuses TCP and UDP outright unless allowed here;
         // allowing both hands every decision to `Grants::check`, which
         // refuses per address and logs each refusal.
-        wasi.allow_tcp(true)
-            .allow_udp(true)
-            .allow_ip_name_lookup(grants.dns);
+        wasi.allow_tcp(true).allow_udp(true).allow_ip_name_lookup(grants.dns);
         let grants = Arc::clone(grants);
         wasi.socket_addr_check(move |addr, use_| {
             let allowed = grants.check(addr, use_);
             Box::pin(async move { allowed })
         });
-        GuestState {
-            wasi: wasi.build(),
-            table: ResourceTable::new(),
-        }
+        GuestState { wasi: wasi.build(), table: ResourceTable::new() }
     }
 }
 
@@ -65,26 +57,20 @@ pub fn linker(
     linker.allow_shadowing(true);
 
     if !grants.dns {
-        linker
-            .instance("wasi:sockets/ip-name-lookup@0.2.12")?
-            .func_wrap(
-                "resolve-addresses",
-                |_, (_network, name): (Resource<Network>, String)| {
-                    tracing::warn!("denied: name lookup of {name:?} (grant it with --allow-dns)");
-                    Ok((Err::<Resource<ResolveAddressStream>, _>(
-                        ErrorCode::AccessDenied,
-                    ),))
-                },
-            )?;
+        linker.instance("wasi:sockets/ip-name-lookup@0.2.12")?.func_wrap(
+            "resolve-addresses",
+            |_, (_network, name): (Resource<Network>, String)| {
+                tracing::warn!("denied: name lookup of {name:?} (grant it with --allow-dns)");
+                Ok((Err::<Resource<ResolveAddressStream>, _>(ErrorCode::AccessDenied),))
+            },
+        )?;
     }
 
     // No directory is granted, so the guest sees an empty filesystem.
-    linker
-        .instance("wasi:filesystem/preopens@0.2.12")?
-        .func_wrap("get-directories", |_, ()| {
-            tracing::warn!("denied: the guest looked for directories; none are granted");
-            Ok((Vec::<(Resource<Descriptor>, String)>::new(),))
-        })?;
+    linker.instance("wasi:filesystem/preopens@0.2.12")?.func_wrap("get-directories", |_, ()| {
+        tracing::warn!("denied: the guest looked for directories; none are granted");
+        Ok((Vec::<(Resource<Descriptor>, String)>::new(),))
+    })?;
 
     // The guest sees only the variables the host set for it.
     let env = env.to_vec();

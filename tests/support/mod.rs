@@ -16,10 +16,7 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 /// The `host` binary, with a clean logging configuration.
 pub fn host_command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_host"));
-    cmd.env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.env_remove("RUST_LOG").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd
 }
 
@@ -48,11 +45,7 @@ impl Host {
         let output = Arc::new(Output::default());
         collect(child.stdout.take().unwrap(), &output);
         collect(child.stderr.take().unwrap(), &output);
-        Host {
-            child,
-            output,
-            command,
-        }
+        Host { child, output, command }
     }
 
     /// Starts a guest (None: the built-in one) on a system-picked loopback
@@ -69,8 +62,7 @@ impl Host {
     pub fn listen_addr(&self) -> SocketAddr {
         let line = self.wait_for("guest listening on ");
         let addr = line.rsplit(' ').next().unwrap();
-        addr.parse()
-            .unwrap_or_else(|_| panic!("no address in {line:?}"))
+        addr.parse().unwrap_or_else(|_| panic!("no address in {line:?}"))
     }
 
     /// Waits until a line containing `needle` has been printed; returns it.
@@ -102,11 +94,7 @@ impl Host {
 
     /// The command and its output, for failure messages.
     pub fn report(&self) -> String {
-        format!(
-            "command: {}\n--- output ---\n{}\n---",
-            self.command,
-            self.output()
-        )
+        format!("command: {}\n--- output ---\n{}\n---", self.command, self.output())
     }
 
     pub fn signal(&self, signal: libc::c_int) {
@@ -207,9 +195,7 @@ pub fn assert_echoes_on(mut stream: TcpStream, data: &[u8], pieces: &[usize]) {
         writer.shutdown(std::net::Shutdown::Write).unwrap();
     });
     let mut echoed = Vec::with_capacity(data.len());
-    stream
-        .read_to_end(&mut echoed)
-        .expect("reading the echo until end of stream");
+    stream.read_to_end(&mut echoed).expect("reading the echo until end of stream");
     sender.join().unwrap();
     assert_eq!(echoed.len(), data.len(), "echoed length");
     assert!(echoed == data, "the echo differs from what was sent");

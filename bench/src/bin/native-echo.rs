@@ -13,9 +13,7 @@ const READ_SIZE: usize = 64 * 1024;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:9000".to_string());
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9000".to_string());
     let listener = TcpListener::bind(&addr).await?;
     println!("listening on {}", listener.local_addr()?);
     loop {

@@ -11,21 +11,12 @@ fn main() {
         eprintln!("usage: sandbox-probe <bind-addr> <connect-addr> <file> <env-var> <name>");
         std::process::exit(2);
     };
-    report(
-        &format!("bind {bind}"),
-        TcpListener::bind(bind.as_str()).map(drop),
-    );
-    report(
-        &format!("connect {connect}"),
-        TcpStream::connect(connect.as_str()).map(drop),
-    );
+    report(&format!("bind {bind}"), TcpListener::bind(bind.as_str()).map(drop));
+    report(&format!("connect {connect}"), TcpStream::connect(connect.as_str()).map(drop));
     report(&format!("read {file}"), std::fs::read(file).map(drop));
     report(&format!("list /"), std::fs::read_dir("/").map(drop));
     report(&format!("env {var}"), std::env::var(var).map(drop));
-    report(
-        &format!("resolve {name}"),
-        (name.as_str(), 80).to_socket_addrs().map(drop),
-    );
+    report(&format!("resolve {name}"), (name.as_str(), 80).to_socket_addrs().map(drop));
     report("udp bind 0.0.0.0:0", UdpSocket::bind("0.0.0.0:0").map(drop));
 }
 

@@ -7,5 +7,6 @@ mod support;
 mod concurrency;
 mod echo;
 mod errors;
+mod hostile;
 mod sandbox;
 mod shutdown;

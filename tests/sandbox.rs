@@ -6,8 +6,9 @@ use crate::support::guests::test_guest;
 use crate::support::{host_command, Host};
 use std::net::TcpListener;
 
-/// Runs the probe guest with these host options; returns its output.
-fn probe(options: &[&str], outside: &TcpListener) -> String {
+/// Runs the probe guest with these host options, asking it to read `file`;
+/// returns its output.
+fn probe(options: &[&str], outside: &TcpListener, file: &str) -> String {
     let guest = test_guest("sandbox-probe");
     let target = outside.local_addr().unwrap().to_string();
     let mut cmd = host_command();
@@ -15,7 +16,7 @@ fn probe(options: &[&str], outside: &TcpListener) -> String {
         .args(["--listen", "127.0.0.1:0"])
         .args(options)
         .arg(&guest)
-        .args(["--", "127.0.0.1:9", &target, "/etc/hostname", "HOST_SECRET", "localhost"]);
+        .args(["--", "127.0.0.1:9", &target, file, "HOST_SECRET", "localhost"]);
     let (status, output) = Host::start_command(&mut cmd).wait();
     assert!(status.success(), "{output}");
     output
@@ -29,7 +30,7 @@ fn assert_line(output: &str, line: &str) {
 fn by_default_everything_but_the_listen_address_is_refused_and_logged() {
     let outside = TcpListener::bind("127.0.0.1:0").unwrap();
     let target = outside.local_addr().unwrap();
-    let output = probe(&[], &outside);
+    let output = probe(&[], &outside, "/etc/hostname");
 
     // What the guest saw.
     assert_line(&output, "bind 127.0.0.1:9: refused");
@@ -43,9 +44,11 @@ fn by_default_everything_but_the_listen_address_is_refused_and_logged() {
 
     // What the host logged, each with the way to grant it.
     assert!(output.contains("denied: TCP bind to 127.0.0.1:9 (the guest may only listen on 127.0.0.1:0; grant it with --listen 127.0.0.1:9)"), "{output}");
-    assert!(output.contains(&format!("denied: TCP connect to {target} (outbound connections are not granted; grant this one with --allow-connect {target})")), "{output}");
+    assert!(output.contains(&format!("denied: TCP connect to {target} (outbound connections are not granted there; grant this one with --allow-connect {target})")), "{output}");
     assert!(
-        output.contains("denied: the guest looked for directories; none are granted"),
+        output.contains(
+            "denied: the guest looked for directories; none are granted (grant one with --dir)"
+        ),
         "{output}"
     );
     assert!(output.contains("guest read its environment: it sees LISTEN_ADDR only"), "{output}");
@@ -54,9 +57,7 @@ fn by_default_everything_but_the_listen_address_is_refused_and_logged() {
         "{output}"
     );
     assert!(
-        output.contains(
-            "denied: UDP bind to 0.0.0.0:0 (UDP is not granted; grant it with --allow-udp)"
-        ),
+        output.contains("denied: a UDP socket (UDP is not granted; grant it with --allow-udp)"),
         "{output}"
     );
 
@@ -65,20 +66,65 @@ fn by_default_everything_but_the_listen_address_is_refused_and_logged() {
     assert!(outside.accept().is_err(), "the guest reached the outside listener");
 }
 
+/// The grants of the test below, as a policy file.
+const GRANTING_POLICY: &str = r#"
+allow-connect = ["{target}"]
+allow-udp = true
+allow-dns = true
+env = { HOST_SECRET = "granted" }
+dir = ["{dir}::/data"]
+"#;
+
 #[test]
-fn each_grant_opens_only_what_it_names() {
+fn each_grant_opens_only_what_it_names_given_as_options() {
+    let data = data_dir();
     let outside = TcpListener::bind("127.0.0.1:0").unwrap();
     let target = outside.local_addr().unwrap().to_string();
-    let output = probe(&["--allow-connect", &target, "--allow-udp", "--allow-dns"], &outside);
+    let dir = format!("{}::/data", data.path().display());
+    let options = [
+        "--allow-connect",
+        &target,
+        "--allow-udp",
+        "--allow-dns",
+        "--env",
+        "HOST_SECRET=granted",
+        "--dir",
+        &dir,
+    ];
+    assert_granted(&probe(&options, &outside, "/data/hello.txt"), &outside);
+}
 
-    assert_line(&output, &format!("connect {target}: ALLOWED"));
-    assert_line(&output, "udp bind 0.0.0.0:0: ALLOWED");
-    assert_line(&output, "resolve localhost: ALLOWED");
+#[test]
+fn each_grant_opens_only_what_it_names_given_as_a_policy_file() {
+    let data = data_dir();
+    let outside = TcpListener::bind("127.0.0.1:0").unwrap();
+    let policy = GRANTING_POLICY
+        .replace("{target}", &outside.local_addr().unwrap().to_string())
+        .replace("{dir}", &data.path().display().to_string());
+    let file = data.path().join("echo.toml");
+    std::fs::write(&file, policy).unwrap();
+    let output = probe(&["--policy", file.to_str().unwrap()], &outside, "/data/hello.txt");
+    assert_granted(&output, &outside);
+}
+
+fn data_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.txt"), "hello").unwrap();
+    dir
+}
+
+fn assert_granted(output: &str, outside: &TcpListener) {
+    let target = outside.local_addr().unwrap();
+    assert_line(output, &format!("connect {target}: ALLOWED"));
+    assert_line(output, "udp bind 0.0.0.0:0: ALLOWED");
+    assert_line(output, "resolve localhost: ALLOWED");
+    assert_line(output, "read /data/hello.txt: ALLOWED");
+    assert_line(output, "env HOST_SECRET: ALLOWED (granted)");
     assert!(output.contains(&format!("guest connecting to {target}")), "{output}");
-    // Not granted, still refused.
-    assert_line(&output, "bind 127.0.0.1:9: refused");
-    assert_line(&output, "read /etc/hostname: refused");
-    assert_line(&output, "env HOST_SECRET: refused");
+    // Not granted, still refused; the host's own value never leaks.
+    assert_line(output, "bind 127.0.0.1:9: refused");
+    assert_line(output, "list /: refused");
+    assert!(!output.contains("do-not-leak"), "{output}");
     outside.set_nonblocking(true).unwrap();
     assert!(outside.accept().is_ok(), "the granted connection did not arrive");
 }

@@ -51,7 +51,10 @@ impl exports::wasi::cli::run::Guest for EchoServer {
         let network = instance_network();
 
         // SOCKADDR_IN serveraddr = { AF_INET, INADDR_ANY, htons(SERVERPORT) }
-        let addr = net::listen_addr(DEFAULT_LISTEN_ADDR).or_else(quit("LISTEN_ADDR"))?;
+        // (The host may grant several addresses; one blocking accept()
+        // can only wait on one of them, so this server takes the first.)
+        let addrs = net::listen_addrs(DEFAULT_LISTEN_ADDR).or_else(quit("LISTEN_ADDR"))?;
+        let addr = addrs[0];
 
         // socket(AF_INET, SOCK_STREAM, 0)
         let listen_sock = net::socket(addr).or_else(quit("socket()"))?;

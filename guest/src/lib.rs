@@ -26,6 +26,7 @@ wit_bindgen::generate!({
 use conn::{Connection, Progress};
 use wasi::io::poll::{poll, Pollable};
 use wasi::sockets::instance_network::instance_network;
+use wasi::sockets::tcp::TcpSocket;
 
 /// The seed's `SERVERPORT`, used when the host passes no `LISTEN_ADDR`.
 const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:9000";
@@ -41,36 +42,38 @@ impl exports::wasi::cli::run::Guest for EchoServer {
         // WSAStartup(): not needed; the host grants the network.
         let network = instance_network();
 
-        // SOCKADDR_IN serveraddr = { AF_INET, INADDR_ANY, htons(SERVERPORT) }
-        let addr = net::listen_addr(DEFAULT_LISTEN_ADDR).or_else(quit("LISTEN_ADDR"))?;
+        // SOCKADDR_IN serveraddr: one address, or several (IPv4 and IPv6).
+        let addrs = net::listen_addrs(DEFAULT_LISTEN_ADDR).or_else(quit("LISTEN_ADDR"))?;
 
-        // socket(), bind(), listen(): exactly as in step 1.
-        let listen_sock = net::socket(addr).or_else(quit("socket()"))?;
-        net::bind(&listen_sock, &network, addr).or_else(quit("bind()"))?;
-        net::listen(&listen_sock, SOMAXCONN).or_else(quit("listen()"))?;
-        println!("[TCP server] listening on {addr}");
-
-        // The listener's pollable is ready when accept() has a client.
-        let listener_ready = listen_sock.subscribe();
+        // socket(), bind(), listen() for each address: exactly as in step 1.
+        let mut listeners = Vec::new();
+        for addr in addrs {
+            let listen_sock = net::socket(addr).or_else(quit("socket()"))?;
+            net::bind(&listen_sock, &network, addr).or_else(quit("bind()"))?;
+            net::listen(&listen_sock, SOMAXCONN).or_else(quit("listen()"))?;
+            println!("[TCP server] listening on {addr}");
+            listeners.push(Listener { ready: listen_sock.subscribe(), socket: listen_sock });
+        }
         let mut clients: Vec<Connection> = Vec::new();
 
         loop {
-            // WSAPoll(): wait until the listener or any client is ready.
-            // Entry 0 is the listener; entry i + 1 is clients[i], waiting
-            // either to read (recv) or to write (send), never both.
-            let mut waiting: Vec<&Pollable> = Vec::with_capacity(clients.len() + 1);
-            waiting.push(&listener_ready);
+            // WSAPoll(): wait until a listener or any client is ready. The
+            // first entries are the listeners; then entry L + i is
+            // clients[i], waiting either to read (recv) or to write (send).
+            let mut waiting: Vec<&Pollable> = Vec::with_capacity(listeners.len() + clients.len());
+            waiting.extend(listeners.iter().map(|listener| &listener.ready));
             waiting.extend(clients.iter().map(Connection::pollable));
             let ready = poll(&waiting);
 
             let mut finished = false;
             for index in ready {
-                match index.checked_sub(1) {
+                let index = index as usize;
+                match index.checked_sub(listeners.len()) {
                     // accept(): take every client that is waiting.
-                    None => accept_all(&listen_sock, &mut clients),
+                    None => accept_all(&listeners[index].socket, &mut clients),
                     // recv() and send() for one client, as far as it can
                     // go without waiting.
-                    Some(i) => finished |= clients[i as usize].on_ready() == Progress::Done,
+                    Some(i) => finished |= clients[i].on_ready() == Progress::Done,
                 }
             }
 
@@ -89,9 +92,16 @@ impl exports::wasi::cli::run::Guest for EchoServer {
     }
 }
 
+/// A listening socket and the pollable that says a client is waiting.
+/// The pollable belongs to the socket, so it is declared (and dropped) first.
+struct Listener {
+    ready: Pollable,
+    socket: TcpSocket,
+}
+
 /// accept() until no client is waiting. A client that left before we got
 /// to it is reported and skipped, never fatal.
-fn accept_all(listen_sock: &wasi::sockets::tcp::TcpSocket, clients: &mut Vec<Connection>) {
+fn accept_all(listen_sock: &TcpSocket, clients: &mut Vec<Connection>) {
     loop {
         match net::try_accept(listen_sock) {
             Ok(Some(accepted)) => {

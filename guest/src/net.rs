@@ -12,15 +12,22 @@ use crate::wasi::sockets::tcp::TcpSocket;
 use crate::wasi::sockets::tcp_create_socket::create_tcp_socket;
 use std::net::SocketAddr;
 
-/// The address to listen on: `LISTEN_ADDR` from the environment the host
-/// gives us, or `default`.
-pub fn listen_addr(default: &str) -> Result<SocketAddr, String> {
+/// The addresses to listen on: `LISTEN_ADDR` from the environment the
+/// host gives us (comma-separated when it grants several, say IPv4 and
+/// IPv6), or `default`.
+pub fn listen_addrs(default: &str) -> Result<Vec<SocketAddr>, String> {
     let env = crate::wasi::cli::environment::get_environment();
     let text = env
         .iter()
         .find(|(key, _)| key == "LISTEN_ADDR")
         .map_or(default, |(_, value)| value.as_str());
-    text.parse().map_err(|_| format!("`{text}` is not an IP:port address such as {default}"))
+    text.split(',')
+        .map(|addr| {
+            addr.trim()
+                .parse()
+                .map_err(|_| format!("`{addr}` is not an IP:port address such as {default}"))
+        })
+        .collect()
 }
 
 /// socket(): a new TCP socket of the address's family.

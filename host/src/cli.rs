@@ -1,6 +1,9 @@
 //! The command line.
 
+use crate::policy::{DirGrant, NetRule};
+use crate::settings::{LogFormat, Restart, Size};
 use clap::Parser;
+use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -8,6 +11,7 @@ use std::path::PathBuf;
 /// listen address and nothing else.
 ///
 /// Without GUEST it runs the built-in echo server: `nc 127.0.0.1 9000`.
+/// Every grant is off unless given here or in a --policy file.
 #[derive(Debug, Parser)]
 #[command(version, override_usage = "host [OPTIONS] [GUEST.wasm] [-- GUEST_ARGS...]")]
 pub struct Args {
@@ -16,14 +20,25 @@ pub struct Args {
     #[arg(value_name = "GUEST.wasm")]
     pub guest: Option<PathBuf>,
 
-    /// The address the guest may bind and listen on, passed to it as the
-    /// environment variable LISTEN_ADDR. Port 0 lets the system pick one.
-    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:9000")]
-    pub listen: SocketAddr,
+    /// A TOML file with grants and limits (the same names as these
+    /// options); options given here add to it or override it.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
 
-    /// Allow outbound TCP connections to this address (repeatable).
+    /// An address the guest may bind and listen on (repeatable; default
+    /// 0.0.0.0:9000). All are passed to it, comma-separated, in the
+    /// environment variable LISTEN_ADDR. Port 0 lets the system pick.
     #[arg(long, value_name = "ADDR:PORT")]
-    pub allow_connect: Vec<SocketAddr>,
+    pub listen: Vec<SocketAddr>,
+
+    /// Allow outbound TCP to HOST:PORT, IP:PORT or CIDR:PORT-PORT (repeatable).
+    #[arg(long, value_name = "RULE")]
+    pub allow_connect: Vec<NetRule>,
+
+    /// Only let clients from this network reach the guest (repeatable;
+    /// default: every client). Others are turned away before the guest sees them.
+    #[arg(long, value_name = "CIDR")]
+    pub allow_client: Vec<IpNet>,
 
     /// Allow UDP (binding, sending and receiving on any address).
     #[arg(long)]
@@ -33,7 +48,46 @@ pub struct Args {
     #[arg(long)]
     pub allow_dns: bool,
 
+    /// Give the guest an environment variable (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+
+    /// Give the guest a directory: HOST[::GUEST], read-only unless `:rw`
+    /// is appended (repeatable).
+    #[arg(long = "dir", value_name = "HOST[::GUEST][:rw]")]
+    pub dir: Vec<DirGrant>,
+
+    /// The most linear memory the guest may use, e.g. 64MiB [default: 128MiB].
+    #[arg(long, value_name = "SIZE")]
+    pub max_memory: Option<Size>,
+
+    /// The most sockets (TCP listeners and connections, UDP sockets) the
+    /// guest may hold at once [default: 1024, or fewer if the open-file
+    /// limit is lower].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Stop the guest after it has computed for this long, e.g. 30s, 10m
+    /// (time spent waiting for the network does not count) [default: none].
+    #[arg(long, value_name = "DURATION")]
+    pub cpu_budget: Option<humantime::Duration>,
+
+    /// Start the guest again when it traps or fails [default: never].
+    #[arg(long, value_enum)]
+    pub restart: Option<Restart>,
+
+    /// How the host writes its log lines to stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Arguments for the guest (its argv after argv[0]).
     #[arg(last = true, value_name = "GUEST_ARGS")]
     pub guest_args: Vec<String>,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("`{text}` is not KEY=VALUE")),
+    }
 }

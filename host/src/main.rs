@@ -1,5 +1,5 @@
 //! `host`: runs a WASI 0.2 TCP server component, granting it one listen
-//! address and nothing else.
+//! address and nothing else unless told otherwise.
 //!
 //! ```text
 //! cargo run -p host                        # the built-in echo server on 0.0.0.0:9000
@@ -9,36 +9,60 @@
 mod cli;
 mod engine;
 mod guest;
+mod limits;
 mod policy;
 mod run;
 mod sandbox;
+mod settings;
 
 use clap::Parser;
+use settings::{LogFormat, Settings};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-
+    init_logging(args.log_format);
+    let settings = match Settings::from_args(args) {
+        Ok(settings) => settings,
+        Err(e) => return fail(e),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(anyhow::Error::new(e).context("starting the async runtime")),
     };
-    let result = runtime.block_on(run::run(args));
+    let result = runtime.block_on(run::run(settings));
     // Do not wait for stray blocking I/O (say, a write to a closed terminal).
     runtime.shutdown_timeout(Duration::from_millis(100));
     match result {
         Ok(code) => code,
         Err(e) => fail(e),
+    }
+}
+
+/// The host's log goes to stderr: plain lines, or one JSON object per line.
+/// `RUST_LOG` picks the detail (default `info`).
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_target(false);
+    match format {
+        // The message says it all; the structured fields (event, addr, ...)
+        // are for machines, so plain text leaves them out.
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .fmt_fields(tracing_subscriber::fmt::format::debug_fn(
+                |writer, field, value| match field.name() {
+                    "message" => write!(writer, "{value:?}"),
+                    _ => Ok(()),
+                },
+            ))
+            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 

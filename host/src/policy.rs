@@ -3,9 +3,15 @@
 //! wasmtime-wasi calls [`Grants::check`] before each bind, listen, accept,
 //! connect and UDP use. Anything not granted is refused with
 //! `access-denied`, and the host says so in one log line that names the
-//! option which would grant it.
+//! option which would grant it. Allowed binds, listens, accepts and
+//! connects are logged too: together they are the audit trail.
 
-use std::net::SocketAddr;
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::str::FromStr;
 use wasmtime_wasi::sockets::SocketAddrUse;
 
 /// The network a guest may use. Everything absent here is denied.
@@ -14,8 +20,10 @@ pub struct Grants {
     /// Addresses the guest may bind and listen on. Port 0 grants the one
     /// port the system picks when the guest binds port 0.
     pub listen: Vec<SocketAddr>,
-    /// Addresses the guest may open outbound TCP connections to.
-    pub connect: Vec<SocketAddr>,
+    /// Where the guest may open outbound TCP connections.
+    pub connect: Vec<NetRule>,
+    /// Clients that may reach the guest; empty means every client.
+    pub clients: Vec<IpNet>,
     /// Whether the guest may use UDP at all.
     pub udp: bool,
     /// Whether the guest may resolve names (wasi:sockets/ip-name-lookup).
@@ -34,21 +42,33 @@ impl Grants {
             SocketAddrUse::TcpListen => {
                 self.listen.iter().any(|granted| listen_matches(*granted, addr))
             }
-            SocketAddrUse::TcpAccept => true,
-            SocketAddrUse::TcpConnect => self.connect.contains(&addr),
+            SocketAddrUse::TcpAccept => {
+                self.clients.is_empty() || self.clients.iter().any(|net| net.contains(&addr.ip()))
+            }
+            SocketAddrUse::TcpConnect => self.connect.iter().any(|rule| rule.matches(addr)),
             SocketAddrUse::UdpBind | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => self.udp,
         };
         let what = describe(use_);
         match (allowed, use_) {
-            (true, SocketAddrUse::TcpListen) => tracing::info!("guest listening on {addr}"),
-            (true, SocketAddrUse::TcpConnect) => tracing::info!("guest connecting to {addr}"),
+            (true, SocketAddrUse::TcpBind) if !is_any_port_wildcard(addr) => {
+                tracing::info!(event = "bind", %addr, "guest bound {addr}")
+            }
+            (true, SocketAddrUse::TcpListen) => {
+                tracing::info!(event = "listen", %addr, "guest listening on {addr}")
+            }
             (true, SocketAddrUse::TcpAccept) => {
-                tracing::debug!("guest accepting a client from {addr}")
+                tracing::info!(event = "accept", peer = %addr, "guest accepted a client from {addr}")
             }
-            (true, _) => tracing::debug!("allowed: {what} {addr}"),
-            (false, _) => {
-                tracing::warn!("denied: {what} {addr} ({})", self.how_to_grant(addr, use_))
+            (true, SocketAddrUse::TcpConnect) => {
+                tracing::info!(event = "connect", %addr, "guest connecting to {addr}")
             }
+            (true, _) => tracing::debug!(event = "allowed", %addr, "allowed: {what} {addr}"),
+            (false, _) => tracing::warn!(
+                event = "denied",
+                %addr,
+                "denied: {what} {addr} ({})",
+                self.how_to_grant(addr, use_)
+            ),
         }
         allowed
     }
@@ -59,9 +79,14 @@ impl Grants {
                 format!("{}; grant it with --listen {addr}", self.granted_listen())
             }
             SocketAddrUse::TcpConnect => {
-                format!("outbound connections are not granted; grant this one with --allow-connect {addr}")
+                format!("outbound connections are not granted there; grant this one with --allow-connect {addr}")
             }
-            SocketAddrUse::TcpAccept => "this client is not allowed".to_string(),
+            SocketAddrUse::TcpAccept => {
+                format!(
+                    "the client is not in --allow-client; let it in with --allow-client {}",
+                    addr.ip()
+                )
+            }
             SocketAddrUse::UdpBind | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => {
                 "UDP is not granted; grant it with --allow-udp".to_string()
             }
@@ -75,6 +100,28 @@ impl Grants {
             _ => format!("the guest may only listen on {}", list.join(", ")),
         }
     }
+
+    /// One line for the start-up log: what is granted.
+    pub fn summary(&self) -> String {
+        let mut parts = vec![format!("listen on {}", join(&self.listen))];
+        if !self.clients.is_empty() {
+            parts.push(format!("clients from {}", join(&self.clients)));
+        }
+        if !self.connect.is_empty() {
+            parts.push(format!("connect to {}", join(&self.connect)));
+        }
+        if self.udp {
+            parts.push("UDP".to_string());
+        }
+        if self.dns {
+            parts.push("name lookups".to_string());
+        }
+        parts.join("; ")
+    }
+}
+
+fn join<T: std::fmt::Display>(items: &[T]) -> String {
+    items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 /// `0.0.0.0:0` or `[::]:0`: the address a connect() binds to implicitly.
@@ -92,11 +139,105 @@ fn describe(use_: SocketAddrUse) -> &'static str {
     match use_ {
         SocketAddrUse::TcpBind => "TCP bind to",
         SocketAddrUse::TcpListen => "TCP listen on",
-        SocketAddrUse::TcpAccept => "TCP accept from",
+        SocketAddrUse::TcpAccept => "TCP client from",
         SocketAddrUse::TcpConnect => "TCP connect to",
         SocketAddrUse::UdpBind => "UDP bind to",
         SocketAddrUse::UdpSend => "UDP send to",
         SocketAddrUse::UdpReceive => "UDP receive from",
+    }
+}
+
+/// Outbound destinations: `IP:PORT`, `CIDR:PORT`, `CIDR:LOW-HIGH`,
+/// `[IPv6]:PORT`, or `HOST:PORT` (the host name is resolved once, when the
+/// host starts). `*` as the port means any port.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct NetRule {
+    text: String,
+    nets: Vec<IpNet>,
+    ports: RangeInclusive<u16>,
+}
+
+impl NetRule {
+    pub fn matches(&self, addr: SocketAddr) -> bool {
+        self.ports.contains(&addr.port()) && self.nets.iter().any(|net| net.contains(&addr.ip()))
+    }
+}
+
+impl FromStr for NetRule {
+    type Err = String;
+    fn from_str(text: &str) -> Result<NetRule, String> {
+        let bad = || format!("`{text}` is not HOST:PORT, IP:PORT or CIDR:PORT-PORT");
+        let (host, ports) = match text.strip_prefix('[') {
+            Some(rest) => rest.split_once("]:").ok_or_else(bad)?,
+            None => text.rsplit_once(':').ok_or_else(bad)?,
+        };
+        let ports = match ports.split_once('-') {
+            _ if ports == "*" => 0..=u16::MAX,
+            Some((low, high)) => {
+                low.parse().map_err(|_| bad())?..=high.parse().map_err(|_| bad())?
+            }
+            None => {
+                let port: u16 = ports.parse().map_err(|_| bad())?;
+                port..=port
+            }
+        };
+        let nets = if let Ok(net) = host.parse::<IpNet>() {
+            vec![net]
+        } else if let Ok(ip) = host.parse::<IpAddr>() {
+            vec![IpNet::from(ip)]
+        } else {
+            let resolved = (host, 0)
+                .to_socket_addrs()
+                .map_err(|e| format!("`{text}`: cannot resolve {host}: {e}"))?;
+            resolved.map(|a| IpNet::from(a.ip())).collect()
+        };
+        Ok(NetRule { text: text.to_string(), nets, ports })
+    }
+}
+
+impl TryFrom<String> for NetRule {
+    type Error = String;
+    fn try_from(text: String) -> Result<NetRule, String> {
+        text.parse()
+    }
+}
+
+impl std::fmt::Display for NetRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// A directory for the guest: `HOST[::GUEST]`, read-only unless `:rw`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct DirGrant {
+    pub host: PathBuf,
+    pub guest: String,
+    pub writable: bool,
+}
+
+impl FromStr for DirGrant {
+    type Err = String;
+    fn from_str(text: &str) -> Result<DirGrant, String> {
+        let (paths, writable) = match text.rsplit_once(':') {
+            Some((paths, "rw")) if !paths.ends_with(':') => (paths, true),
+            Some((paths, "ro")) if !paths.ends_with(':') => (paths, false),
+            _ => (text, false),
+        };
+        let (host, guest) = paths.split_once("::").unwrap_or((paths, paths));
+        if host.is_empty() || guest.is_empty() {
+            return Err(format!("`{text}` is not HOST[::GUEST][:rw]"));
+        }
+        Ok(DirGrant { host: host.into(), guest: guest.to_string(), writable })
+    }
+}
+
+impl TryFrom<String> for DirGrant {
+    type Error = String;
+    fn try_from(text: String) -> Result<DirGrant, String> {
+        text.parse()
     }
 }
 
@@ -142,18 +283,59 @@ mod tests {
     }
 
     #[test]
-    fn connect_grant_covers_its_address_only() {
-        let g = Grants { connect: vec![addr("127.0.0.1:5432")], ..listen_only("0.0.0.0:9000") };
-        assert!(g.check(addr("127.0.0.1:5432"), SocketAddrUse::TcpConnect));
-        assert!(!g.check(addr("127.0.0.1:5433"), SocketAddrUse::TcpConnect));
-    }
-
-    #[test]
     fn a_wildcard_bind_on_port_zero_grants_no_listener() {
         let g = listen_only("127.0.0.1:0");
         assert!(g.check(addr("0.0.0.0:0"), SocketAddrUse::TcpBind));
         assert!(g.check(addr("[::]:0"), SocketAddrUse::TcpBind));
         assert!(!g.check(addr("0.0.0.0:40000"), SocketAddrUse::TcpListen));
         assert!(!g.check(addr("[::]:40000"), SocketAddrUse::TcpListen));
+    }
+
+    #[test]
+    fn connect_rules_cover_their_networks_and_ports_only() {
+        let rules = ["127.0.0.1:5432", "10.0.0.0/8:8000-8099", "[::1]:*", "localhost:7000"];
+        let g = Grants {
+            connect: rules.iter().map(|r| r.parse().unwrap()).collect(),
+            ..listen_only("0.0.0.0:9000")
+        };
+        for ok in
+            ["127.0.0.1:5432", "10.1.2.3:8000", "10.255.0.1:8099", "[::1]:1", "127.0.0.1:7000"]
+        {
+            assert!(g.check(addr(ok), SocketAddrUse::TcpConnect), "{ok}");
+        }
+        for no in ["127.0.0.1:5433", "10.1.2.3:8100", "11.0.0.1:8000", "[::2]:1"] {
+            assert!(!g.check(addr(no), SocketAddrUse::TcpConnect), "{no}");
+        }
+    }
+
+    #[test]
+    fn client_networks_filter_accepted_clients() {
+        let g =
+            Grants { clients: vec!["127.0.0.0/8".parse().unwrap()], ..listen_only("0.0.0.0:9000") };
+        assert!(g.check(addr("127.0.0.1:5555"), SocketAddrUse::TcpAccept));
+        assert!(!g.check(addr("192.168.1.2:5555"), SocketAddrUse::TcpAccept));
+    }
+
+    #[test]
+    fn bad_rules_are_refused() {
+        for bad in ["127.0.0.1", "10.0.0.0/8:x", "[::1]80", ":80"] {
+            assert!(bad.parse::<NetRule>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dir_grants() {
+        let d: DirGrant = "/srv/data".parse().unwrap();
+        assert_eq!(
+            (d.host.to_str().unwrap(), d.guest.as_str(), d.writable),
+            ("/srv/data", "/srv/data", false)
+        );
+        let d: DirGrant = "/tmp/out::/out:rw".parse().unwrap();
+        assert_eq!(
+            (d.host.to_str().unwrap(), d.guest.as_str(), d.writable),
+            ("/tmp/out", "/out", true)
+        );
+        let d: DirGrant = "/a::/b:ro".parse().unwrap();
+        assert!(!d.writable && d.guest == "/b");
     }
 }

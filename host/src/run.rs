@@ -1,86 +1,141 @@
-//! Runs one guest until it returns, traps, or the host is told to stop.
+//! Runs the guest until it returns, fails, or the host is told to stop;
+//! with `--restart on-failure`, starts it again after a failure.
 
-use crate::cli::Args;
+use crate::engine;
+use crate::guest;
 use crate::policy::Grants;
 use crate::sandbox::{self, GuestState};
-use crate::{engine, guest};
+use crate::settings::{Restart, Settings};
 use anyhow::{bail, Context, Result};
+use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use wasmtime::component::Component;
-use wasmtime::{Engine, Store, Trap, WasmBacktrace};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::I32Exit;
 
 /// How often compiled guest code checks in with the host. A guest that
-/// spins in a loop yields this often, so a stop request is seen quickly.
+/// spins in a loop yields this often, so a stop request is seen quickly;
+/// it is also the unit of `--cpu-budget`.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-pub async fn run(args: Args) -> Result<ExitCode> {
+/// Restart backoff: the first delay, doubled after each failure up to the last.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Give up after this many failures within `FAILURE_WINDOW`.
+const MAX_FAILURES: usize = 5;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+pub async fn run(settings: Settings) -> Result<ExitCode> {
     // Listen for SIGINT/SIGTERM from the start, so that they always mean
     // "stop gracefully" and never the default "die at once".
     let mut shutdown = Shutdown::install()?;
-
-    let grants = Arc::new(Grants {
-        listen: vec![args.listen],
-        connect: args.allow_connect.clone(),
-        udp: args.allow_udp,
-        dns: args.allow_dns,
-    });
-    for addr in &grants.listen {
+    for addr in &settings.grants.listen {
         check_can_listen(*addr)?;
     }
 
     let engine = Engine::new(&engine::config())?;
-    let name = guest::name(args.guest.as_deref());
-    let component = guest::load(&engine, args.guest.as_deref())?;
-    let env = vec![("LISTEN_ADDR".to_string(), args.listen.to_string())];
-    let linker = sandbox::linker(&engine, &grants, &env)?;
+    let name = guest::name(settings.guest.as_deref());
+    let component = guest::load(&engine, settings.guest.as_deref())?;
+    let linker = sandbox::linker(&engine, &settings)?;
     let pre = command_pre(&linker, &component)?;
-
+    let grants = Arc::new(settings.grants.clone());
     let argv: Vec<String> =
-        std::iter::once(name.clone()).chain(args.guest_args.iter().cloned()).collect();
-    let mut store = Store::new(&engine, GuestState::new(&grants, &argv, &env));
-    // At every epoch tick, yield to the async runtime (where the stop
-    // signal is waiting), then carry on for one more tick.
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_async_yield_and_update(1);
+        std::iter::once(name.clone()).chain(settings.guest_args.iter().cloned()).collect();
     let _ticker = EpochTicker::start(&engine);
 
-    tracing::info!("running {name}; granted: listen on {}; everything else is denied", args.listen);
-    let command = pre
-        .instantiate_async(&mut store)
-        .await
-        .map_err(anyhow::Error::from)
-        .context("instantiating the guest")?;
-    tokio::select! {
-        // Unconstrained: tokio's cooperative budget (128 readiness checks
-        // per turn) would make one `poll` over more connections than that
-        // report the rest as not ready. The guest is this runtime's only
-        // work, so there is nobody to be fair to.
-        result = tokio::task::unconstrained(command.wasi_cli_run().call_run(&mut store)) => match result {
-            Ok(Ok(())) => {
+    tracing::info!("running {name}; granted: {}; everything else is denied", grants.summary());
+    let mut failures = Failures::default();
+    loop {
+        let outcome = tokio::select! {
+            outcome = run_once(&engine, &pre, &settings, &grants, &argv) => outcome,
+            signal = shutdown.recv() => return Ok(stopped(signal)),
+        };
+        let failure = match outcome {
+            Ok(()) => {
                 tracing::info!("the guest finished");
-                Ok(ExitCode::SUCCESS)
+                return Ok(ExitCode::SUCCESS);
             }
-            Ok(Err(())) => bail!("the guest exited with an error (its `run` returned `err`)"),
-            Err(e) => guest_failure(e),
-        },
-        signal = shutdown.recv() => {
-            // Dropping the `call_run` future cancels the guest wherever it
-            // is: blocked in accept, or spinning. Dropping the store then
-            // closes its sockets.
-            tracing::info!("{signal} received: stopping the guest");
-            Ok(ExitCode::SUCCESS)
+            Err(failure) if settings.restart == Restart::OnFailure => failure,
+            Err(failure) => return Err(failure),
+        };
+        let Some(delay) = failures.record() else {
+            return Err(failure.context(format!(
+                "the guest failed {MAX_FAILURES} times within {}s; not restarting it again",
+                FAILURE_WINDOW.as_secs()
+            )));
+        };
+        let reason = format!("{failure:#}");
+        let summary = reason.lines().next().unwrap_or_default();
+        tracing::warn!(
+            event = "restart",
+            "the guest failed: {summary}; restarting it in {delay:?}"
+        );
+        tracing::debug!("{reason}");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            signal = shutdown.recv() => return Ok(stopped(signal)),
         }
     }
 }
 
-/// Fails early, with the address in the message, when the listen address
+fn stopped(signal: &str) -> ExitCode {
+    // Returning drops the guest's future (cancelling it wherever it is:
+    // waiting in accept, or spinning) and its store, which closes its sockets.
+    tracing::info!("{signal} received: stopping the guest");
+    ExitCode::SUCCESS
+}
+
+/// One instance of the guest, from instantiation to the end of `run`.
+async fn run_once(
+    engine: &Engine,
+    pre: &CommandPre<GuestState>,
+    settings: &Settings,
+    grants: &Arc<Grants>,
+    argv: &[String],
+) -> Result<()> {
+    let mut store = Store::new(engine, GuestState::new(settings, grants, argv)?);
+    store.limiter(|state| &mut state.memory);
+    store.set_epoch_deadline(1);
+    match settings.limits.cpu_budget {
+        // At every epoch tick, yield to the async runtime (where the stop
+        // signal is waiting), then carry on for one more tick.
+        None => store.epoch_deadline_async_yield_and_update(1),
+        Some(budget) => {
+            let allowed = budget.as_millis() / EPOCH_TICK.as_millis();
+            let mut used = 0;
+            store.epoch_deadline_callback(move |_| {
+                used += 1;
+                if used > allowed {
+                    return Err(wasmtime::Error::new(CpuBudgetSpent(budget)));
+                }
+                Ok(UpdateDeadline::Yield(1))
+            });
+        }
+    }
+    let command =
+        pre.instantiate_async(&mut store).await.map_err(|e| guest_failure(e, store.data()))?;
+    // Unconstrained: tokio's cooperative budget (128 readiness checks per
+    // turn) would make one `poll` over more connections than that report
+    // the rest as not ready. The guest is this runtime's only work, so
+    // there is nobody to be fair to.
+    let result = tokio::task::unconstrained(command.wasi_cli_run().call_run(&mut store)).await;
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(())) => bail!("the guest exited with an error (its `run` returned `err`)"),
+        Err(e) => match e.downcast_ref::<I32Exit>() {
+            Some(I32Exit(0)) => Ok(()),
+            _ => Err(guest_failure(e, store.data())),
+        },
+    }
+}
+
+/// Fails early, with the address in the message, when a listen address
 /// cannot be bound (typically: another server already has it).
 fn check_can_listen(addr: SocketAddr) -> Result<()> {
     if addr.port() == 0 {
@@ -98,7 +153,7 @@ fn check_can_listen(addr: SocketAddr) -> Result<()> {
 
 /// Links the guest's imports and finds its `wasi:cli/run` export.
 fn command_pre(
-    linker: &wasmtime::component::Linker<GuestState>,
+    linker: &Linker<GuestState>,
     component: &Component,
 ) -> Result<CommandPre<GuestState>> {
     let engine = linker.engine();
@@ -121,24 +176,58 @@ fn command_pre(
         .context("the guest's `wasi:cli/run` export has an unexpected type")
 }
 
-/// Turns the guest's `exit(n)` into our exit status, and a trap into a
-/// message with the guest's (not the host's) backtrace.
-fn guest_failure(e: wasmtime::Error) -> Result<ExitCode> {
+/// Why the guest stopped, in words: its exit status, the limit it hit, or
+/// its trap with the guest's (not the host's) backtrace.
+fn guest_failure(e: wasmtime::Error, state: &GuestState) -> anyhow::Error {
     if let Some(exit) = e.downcast_ref::<I32Exit>() {
-        tracing::info!("the guest exited with status {}", exit.0);
-        return Ok(ExitCode::from(u8::try_from(exit.0).unwrap_or(1)));
+        return anyhow::anyhow!("the guest exited with status {}", exit.0);
     }
-    if let Some(trap) = e.downcast_ref::<Trap>() {
-        let backtrace = e
-            .downcast_ref::<WasmBacktrace>()
-            .map(|bt| {
-                bt.to_string()
-                    .replace("error while executing at wasm backtrace:", "wasm backtrace:")
-            })
-            .unwrap_or_default();
-        bail!("the guest trapped: {trap}\n{backtrace}");
+    if let Some(spent) = e.downcast_ref::<CpuBudgetSpent>() {
+        return anyhow::anyhow!("the guest used up its CPU budget of {:?} (--cpu-budget)", spent.0);
     }
-    Err(anyhow::Error::from(e).context("the guest failed"))
+    let Some(trap) = e.downcast_ref::<Trap>() else {
+        return anyhow::Error::from(e).context("the guest failed");
+    };
+    let backtrace = e
+        .downcast_ref::<WasmBacktrace>()
+        .map(|bt| {
+            bt.to_string().replace("error while executing at wasm backtrace:", "wasm backtrace:")
+        })
+        .unwrap_or_default();
+    let why = if state.memory.reached {
+        format!(" after reaching its memory limit of {} (--max-memory)", state.memory.max())
+    } else {
+        String::new()
+    };
+    anyhow::anyhow!("the guest trapped{why}: {trap}\n{backtrace}")
+}
+
+#[derive(Debug)]
+struct CpuBudgetSpent(Duration);
+
+impl std::fmt::Display for CpuBudgetSpent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CPU budget of {:?} used up", self.0)
+    }
+}
+
+impl std::error::Error for CpuBudgetSpent {}
+
+/// Recent failures, for the restart backoff and the give-up rule.
+#[derive(Default)]
+struct Failures(VecDeque<Instant>);
+
+impl Failures {
+    /// Records a failure; returns how long to wait before restarting, or
+    /// None when the guest has failed too often lately.
+    fn record(&mut self) -> Option<Duration> {
+        let now = Instant::now();
+        self.0.retain(|t| now.duration_since(*t) < FAILURE_WINDOW);
+        self.0.push_back(now);
+        let recent = self.0.len();
+        (recent < MAX_FAILURES)
+            .then(|| (FIRST_BACKOFF * 2u32.pow(recent as u32 - 1)).min(MAX_BACKOFF))
+    }
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM, registered once, awaited together.
@@ -186,5 +275,17 @@ impl EpochTicker {
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_then_give_up() {
+        let mut failures = Failures::default();
+        let delays: Vec<_> = std::iter::from_fn(|| failures.record()).collect();
+        assert_eq!(delays, [100, 200, 400, 800].map(Duration::from_millis));
     }
 }

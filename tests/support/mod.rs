@@ -60,9 +60,26 @@ impl Host {
 
     /// The address from the host's "guest listening on ADDR" log line.
     pub fn listen_addr(&self) -> SocketAddr {
-        let line = self.wait_for("guest listening on ");
+        self.nth_listen_addr(1)
+    }
+
+    /// The same, from the n-th such line (a restarted guest listens again).
+    pub fn nth_listen_addr(&self, n: usize) -> SocketAddr {
+        let line = self.wait_for_nth("guest listening on ", n);
         let addr = line.rsplit(' ').next().unwrap();
         addr.parse().unwrap_or_else(|_| panic!("no address in {line:?}"))
+    }
+
+    /// The same, from `--log-format json` output.
+    pub fn listen_addr_json(&self) -> SocketAddr {
+        let line = self.wait_for("\"event\":\"listen\"");
+        let start = line.find("\"addr\":\"").unwrap() + 8;
+        let end = start + line[start..].find('"').unwrap();
+        line[start..end].parse().unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits until a line containing `needle` has been printed; returns it.

@@ -15,7 +15,10 @@ fn main() {
     report(&format!("connect {connect}"), TcpStream::connect(connect.as_str()).map(drop));
     report(&format!("read {file}"), std::fs::read(file).map(drop));
     report(&format!("list /"), std::fs::read_dir("/").map(drop));
-    report(&format!("env {var}"), std::env::var(var).map(drop));
+    match std::env::var(var) {
+        Ok(value) => println!("env {var}: ALLOWED ({value})"),
+        Err(e) => println!("env {var}: refused ({e})"),
+    }
     report(&format!("resolve {name}"), (name.as_str(), 80).to_socket_addrs().map(drop));
     report("udp bind 0.0.0.0:0", UdpSocket::bind("0.0.0.0:0").map(drop));
 }

@@ -1,0 +1,189 @@
+//! Guests that try to exhaust the machine, or to get past the grants, and
+//! what the host does about it.
+
+use crate::echo::reset;
+use crate::support::guests::test_guest;
+use crate::support::{assert_echoes, connect, host_command, Host};
+use std::io::{Read, Write};
+
+fn guest(name: &str) -> String {
+    test_guest(name).display().to_string()
+}
+
+/// Resident memory of a running process, in bytes.
+fn rss(host: &Host) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", host.pid())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[test]
+fn a_guest_allocating_without_end_is_stopped_with_a_message_naming_the_limit() {
+    let (status, output) =
+        Host::start(&["--listen", "127.0.0.1:0", "--max-memory", "32MiB", &guest("alloc-forever")])
+            .wait();
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("refused: the guest asked to grow its memory"), "{output}");
+    assert!(
+        output.contains(
+            "error: the guest trapped after reaching its memory limit of 32MiB (--max-memory)"
+        ),
+        "{output}"
+    );
+}
+
+#[test]
+fn the_host_stays_within_the_memory_limit_plus_its_own_overhead() {
+    const LIMIT: u64 = 64 << 20;
+    let host = Host::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--max-memory",
+        "64MiB",
+        &guest("alloc-forever"),
+        "--",
+        "--gently",
+    ]);
+    let line = host.wait_for("allocation refused after");
+    let got: u64 = line.rsplit(' ').nth(1).unwrap().parse().unwrap();
+    assert!((32..64).contains(&got), "{line}");
+    // The guest holds (and has touched) almost all of its 64 MiB now. The
+    // host's own share: a debug build of wasmtime and the guest's code.
+    let resident = rss(&host);
+    assert!(resident < LIMIT + (64 << 20), "host RSS {} MiB\n{}", resident >> 20, host.output());
+}
+
+#[test]
+fn a_guest_creating_sockets_without_end_is_refused_at_the_cap() {
+    let (status, output) = Host::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--max-connections",
+        "50",
+        &guest("socket-hoarder"),
+    ])
+    .wait();
+    assert!(status.success(), "{output}");
+    assert!(output.contains("refused after 50 sockets: new-socket-limit"), "{output}");
+    assert!(
+        output.contains(
+            "refused: a new TCP socket: the guest already holds 50 sockets (--max-connections 50)"
+        ),
+        "{output}"
+    );
+}
+
+#[test]
+fn clients_beyond_the_cap_are_turned_away_until_a_place_is_free() {
+    // One place for the listener, two for clients.
+    let host = Host::start(&["--listen", "127.0.0.1:0", "--max-connections", "3"]);
+    let addr = host.listen_addr();
+    let mut first = connect(addr);
+    let second = connect(addr);
+    first.write_all(b"1").unwrap();
+    first.read_exact(&mut [0u8; 1]).unwrap();
+    host.wait_for_nth("client connected", 2);
+
+    // The third is accepted by the kernel, then reset by the host before
+    // the guest sees it.
+    let mut third = connect(addr);
+    host.wait_for("refused: a client from 127.0.0.1");
+    let mut buf = [0u8; 1];
+    assert!(matches!(third.read(&mut buf), Ok(0) | Err(_)), "the third client was served");
+
+    // A place frees up when a client leaves.
+    drop(second);
+    host.wait_for("client disconnected");
+    assert_echoes(addr, b"now there is room");
+    drop(first);
+}
+
+#[test]
+fn clients_outside_allow_client_never_reach_the_guest() {
+    let host = Host::start(&["--listen", "127.0.0.1:0", "--allow-client", "10.0.0.0/8"]);
+    let addr = host.listen_addr();
+    let mut client = connect(addr);
+    host.wait_for("denied: TCP client from 127.0.0.1");
+    let mut buf = [0u8; 1];
+    assert!(matches!(client.read(&mut buf), Ok(0) | Err(_)));
+    assert!(!host.output().contains("client connected"), "{}", host.output());
+
+    let host = Host::start(&["--listen", "127.0.0.1:0", "--allow-client", "127.0.0.0/8"]);
+    assert_echoes(host.listen_addr(), b"welcome");
+}
+
+#[test]
+fn a_spinning_guest_is_stopped_by_its_cpu_budget() {
+    let (status, output) =
+        Host::start(&["--listen", "127.0.0.1:0", "--cpu-budget", "300ms", &guest("spin")]).wait();
+    assert!(!status.success(), "{output}");
+    assert!(
+        output.contains("error: the guest used up its CPU budget of 300ms (--cpu-budget)"),
+        "{output}"
+    );
+}
+
+#[test]
+fn a_bad_client_input_cannot_take_the_service_down_with_restart_on_failure() {
+    let host = Host::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--restart",
+        "on-failure",
+        &guest("crash-on-bang"),
+    ]);
+    let addr = host.listen_addr();
+    assert_echoes(addr, b"hello");
+
+    let mut bad = connect(addr);
+    bad.write_all(b"!").unwrap();
+    host.wait_for("the guest failed: the guest trapped: wasm trap: wasm `unreachable` instruction executed; restarting it in 100ms");
+    drop(bad);
+    // The restarted guest listens again (on a new port: the grant is port 0).
+    assert_echoes(host.nth_listen_addr(2), b"served again");
+}
+
+#[test]
+fn a_guest_that_keeps_failing_is_given_up_on() {
+    let (status, output) = Host::start(&["--restart", "on-failure", &guest("trap")]).wait();
+    assert!(!status.success(), "{output}");
+    assert_eq!(output.matches("restarting it in").count(), 4, "{output}");
+    assert!(
+        output.contains("error: the guest failed 5 times within 60s; not restarting it again"),
+        "{output}"
+    );
+}
+
+#[test]
+fn with_json_logs_every_host_line_is_one_json_object() {
+    let mut cmd = host_command();
+    cmd.args(["--log-format", "json", "--listen", "127.0.0.1:0"]);
+    let host = Host::start_command(&mut cmd);
+    let addr = host.listen_addr_json();
+    assert_echoes(addr, b"audit me");
+    reset(connect(addr));
+    host.wait_for("\"event\":\"accept\"");
+    host.signal(libc::SIGTERM);
+    let (status, output) = host.wait();
+    assert!(status.success());
+    let mut events = Vec::new();
+    for line in output.lines().filter(|l| l.starts_with('{')) {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            value["timestamp"].is_string()
+                && value["level"].is_string()
+                && value["message"].is_string()
+        );
+        if let Some(event) = value["event"].as_str() {
+            events.push(event.to_string());
+        }
+    }
+    for expected in ["environment", "bind", "listen", "accept"] {
+        assert!(events.iter().any(|e| e == expected), "no {expected} event in {events:?}");
+    }
+}

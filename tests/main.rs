@@ -8,5 +8,7 @@ mod concurrency;
 mod echo;
 mod errors;
 mod hostile;
+mod inspect;
 mod sandbox;
 mod shutdown;
+mod swap;

@@ -2,7 +2,7 @@
 
 use crate::policy::{DirGrant, NetRule};
 use crate::settings::{LogFormat, Restart, Size};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,8 +13,15 @@ use std::path::PathBuf;
 /// Without GUEST it runs the built-in echo server: `nc 127.0.0.1 9000`.
 /// Every grant is off unless given here or in a --policy file.
 #[derive(Debug, Parser)]
-#[command(version, override_usage = "host [OPTIONS] [GUEST.wasm] [-- GUEST_ARGS...]")]
+#[command(
+    version,
+    override_usage = "host [OPTIONS] [GUEST.wasm] [-- GUEST_ARGS...]\n       host inspect [--json] GUEST.wasm",
+    args_conflicts_with_subcommands = true
+)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// A component exporting `wasi:cli/run` (for example a Rust program
     /// built with `--target wasm32-wasip2`). Default: the built-in echo server.
     #[arg(value_name = "GUEST.wasm")]
@@ -90,4 +97,18 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
         _ => Err(format!("`{text}` is not KEY=VALUE")),
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what a component imports and exports, which grants it could
+    /// use, and whether this host can run it, without running it.
+    Inspect {
+        /// The component file.
+        #[arg(value_name = "GUEST.wasm")]
+        guest: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -38,21 +38,28 @@ fn load_default(engine: &Engine) -> Result<Component> {
 fn load_file(engine: &Engine, path: &Path) -> Result<Component> {
     let shown = path.display();
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {shown}"))?;
-    if wasmparser::Parser::is_core_wasm(&bytes) {
+    check_is_component(path, &bytes)?;
+    Component::from_binary(engine, &bytes)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("{shown} is not a valid component"))
+}
+
+/// A clear word for the two ways a file is not a component at all.
+pub fn check_is_component(path: &Path, bytes: &[u8]) -> Result<()> {
+    let shown = path.display();
+    if wasmparser::Parser::is_core_wasm(bytes) {
         bail!(
             "{shown} is a core WebAssembly module, not a component; build it for \
              `--target wasm32-wasip2`, or wrap a wasip1 module with `wasm-tools component new \
              {shown} --adapt wasi_snapshot_preview1.command.wasm -o component.wasm`"
         );
     }
-    if !wasmparser::Parser::is_component(&bytes) {
+    if !wasmparser::Parser::is_component(bytes) {
         bail!(
             "{shown} is not a WebAssembly component (it does not start with the `\\0asm` header)"
         );
     }
-    Component::from_binary(engine, &bytes)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("{shown} is not a valid component"))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 mod cli;
 mod engine;
 mod guest;
+mod inspect;
 mod limits;
 mod policy;
 mod run;
@@ -22,7 +23,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 fn main() -> ExitCode {
-    let args = cli::Args::parse();
+    let mut args = cli::Args::parse();
+    if let Some(cli::Command::Inspect { guest, json }) = args.command.take() {
+        return match inspect::inspect(&guest, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        };
+    }
     init_logging(args.log_format);
     let settings = match Settings::from_args(args) {
         Ok(settings) => settings,

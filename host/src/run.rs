@@ -188,18 +188,25 @@ fn guest_failure(e: wasmtime::Error, state: &GuestState) -> anyhow::Error {
     let Some(trap) = e.downcast_ref::<Trap>() else {
         return anyhow::Error::from(e).context("the guest failed");
     };
-    let backtrace = e
-        .downcast_ref::<WasmBacktrace>()
-        .map(|bt| {
-            bt.to_string().replace("error while executing at wasm backtrace:", "wasm backtrace:")
-        })
-        .unwrap_or_default();
+    let (trapped_in, backtrace) = match e.downcast_ref::<WasmBacktrace>() {
+        Some(bt) => {
+            // The innermost frames, on the first line: enough to tell one
+            // trap from another in a restart log.
+            let names: Vec<&str> =
+                bt.frames().iter().take(3).filter_map(|f| f.func_name()).collect();
+            let text = bt
+                .to_string()
+                .replace("error while executing at wasm backtrace:", "wasm backtrace:");
+            (format!(" (in {})", names.join(" <- ")), text)
+        }
+        None => (String::new(), String::new()),
+    };
     let why = if state.memory.reached {
         format!(" after reaching its memory limit of {} (--max-memory)", state.memory.max())
     } else {
         String::new()
     };
-    anyhow::anyhow!("the guest trapped{why}: {trap}\n{backtrace}")
+    anyhow::anyhow!("the guest trapped{why}: {trap}{trapped_in}\n{backtrace}")
 }
 
 #[derive(Debug)]

@@ -29,8 +29,8 @@ pub fn default_guest() -> PathBuf {
     PathBuf::from(env!("DEFAULT_GUEST_WASM"))
 }
 
-/// A guest from `tests/guests/src/bin/<name>.rs`, or the lesson's step 1
-/// (`guest_iterative`), built on first use.
+/// A guest from `tests/guests/src/bin/<name>.rs`, the lesson's step 1
+/// (`guest_iterative`) or the Rust std guest (`echo-std`), built on first use.
 pub fn test_guest(name: &str) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(build_test_guests);
@@ -39,7 +39,7 @@ pub fn test_guest(name: &str) -> PathBuf {
     path
 }
 
-/// Builds the `test-guests` and `guest-iterative` packages for
+/// Builds the test guests, `guest-iterative` and `guest-rust-std` for
 /// wasm32-wasip2, into the target directory `build.rs` uses for the default
 /// guest.
 fn build_test_guests() -> PathBuf {
@@ -52,7 +52,14 @@ fn build_test_guests() -> PathBuf {
     let status = Command::new(cargo)
         .current_dir(&workspace)
         .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
-        .args(["--package", "test-guests", "--package", "guest-iterative"])
+        .args([
+            "--package",
+            "test-guests",
+            "--package",
+            "guest-iterative",
+            "--package",
+            "guest-rust-std",
+        ])
         .env("CARGO_TARGET_DIR", &target_dir)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -60,4 +67,26 @@ fn build_test_guests() -> PathBuf {
         .expect("running cargo to build the test guests");
     assert!(status.success(), "building the test guests failed");
     target_dir.join("wasm32-wasip2").join("release")
+}
+
+/// A tool a test needs that is not part of the Rust toolchain (the wasmtime
+/// CLI, componentize-py): from the environment variable `var`, else the
+/// Python environment `.ci/run` prepares (`target/toolchains/python`), else
+/// PATH. None means the test should be skipped, which it says out loud;
+/// with REQUIRE_TOOLCHAINS=1 (set by `.ci/run`) it fails instead.
+pub fn tool(name: &str, var: &str) -> Option<PathBuf> {
+    let from_env = std::env::var_os(var).map(PathBuf::from);
+    let prepared = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/toolchains/python/bin")
+        .join(name);
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|p| p.is_file())
+    });
+    let found = from_env.or(prepared.is_file().then_some(prepared)).or(on_path);
+    if found.is_none() {
+        let why = format!("`{name}` is not installed (set {var}, or run .ci/run to install it)");
+        assert!(std::env::var_os("REQUIRE_TOOLCHAINS").is_none(), "{why}");
+        eprintln!("SKIPPED: {why}");
+    }
+    found
 }

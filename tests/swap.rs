@@ -1,0 +1,107 @@
+//! Swapping guests: echo servers from other toolchains run on this host and
+//! pass the same echo checks, and this project's guests run unchanged on the
+//! official wasmtime CLI.
+
+use crate::echo::reset;
+use crate::support::guests::{default_guest, test_guest, tool};
+use crate::support::{assert_echoes, connect, pattern, Host};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The echo checks every guest must pass.
+fn assert_echo_server(addr: SocketAddr) {
+    assert_echoes(addr, b"x");
+    assert_echoes(addr, "text, and 한국어\n".as_bytes());
+    assert_echoes(addr, &pattern(300_000, 11));
+}
+
+#[test]
+fn the_rust_std_guest_echoes() {
+    let (_host, addr) = Host::serve(Some(&test_guest("echo-std")));
+    assert_echo_server(addr);
+}
+
+#[test]
+fn the_rust_std_guest_dies_on_an_early_reset_and_restart_keeps_it_up() {
+    let guest = test_guest("echo-std");
+    let host = Host::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--restart",
+        "on-failure",
+        guest.to_str().unwrap(),
+    ]);
+    let addr = host.listen_addr();
+    // A client that resets before accept() returns: wasi-libc's accept()
+    // aborts the guest (the raw guest reports it and carries on)...
+    reset(connect(addr));
+    let restart = host.wait_for("restarting it in");
+    assert!(restart.contains("(in abort <- tcp_accept4 <- accept)"), "{restart}");
+    // ...and the host starts it again.
+    assert_echo_server(host.nth_listen_addr(2));
+}
+
+/// Builds `guests/python` with componentize-py into target/guests.
+fn python_guest() -> Option<PathBuf> {
+    let componentize_py = tool("componentize-py", "COMPONENTIZE_PY")?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = root.join("target/guests/echo-python.wasm");
+    let status = Command::new("bash")
+        .arg(root.join("guests/python/build.sh"))
+        .arg(&out)
+        .env("COMPONENTIZE_PY", componentize_py)
+        .status()
+        .expect("running guests/python/build.sh");
+    assert!(status.success(), "building the Python guest failed");
+    Some(out)
+}
+
+#[test]
+fn the_python_guest_echoes() {
+    let Some(guest) = python_guest() else { return };
+    let (host, addr) = Host::serve(Some(&guest));
+    assert_echo_server(addr);
+    // A client that resets mid-stream ends that client only.
+    reset(connect(addr));
+    assert_echoes(addr, b"still here");
+    drop(host);
+}
+
+/// The official CLI, granting the whole network, running `guest` on a
+/// fresh loopback port.
+struct WasmtimeCli {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl WasmtimeCli {
+    fn start(wasmtime: &Path, guest: &Path) -> WasmtimeCli {
+        // The CLI prints no address, so pick a free port for it.
+        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let child = Command::new(wasmtime)
+            .args(["run", "-S", "inherit-network", "--env", &format!("LISTEN_ADDR={addr}")])
+            .arg(guest)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting wasmtime");
+        WasmtimeCli { child, addr }
+    }
+}
+
+impl Drop for WasmtimeCli {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn our_guests_run_unchanged_on_the_wasmtime_cli() {
+    let Some(wasmtime) = tool("wasmtime", "WASMTIME") else { return };
+    for guest in [default_guest(), test_guest("guest_iterative"), test_guest("echo-std")] {
+        let cli = WasmtimeCli::start(&wasmtime, &guest);
+        assert_echo_server(cli.addr);
+    }
+}

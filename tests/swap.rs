@@ -68,6 +68,36 @@ fn the_python_guest_echoes() {
     drop(host);
 }
 
+/// Builds `guests/js` with componentize-js (installed by `npm ci` in
+/// guests/js) into target/guests.
+fn javascript_guest() -> Option<PathBuf> {
+    let node = tool("node", "NODE")?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if !root.join("guests/js/node_modules/@bytecodealliance/componentize-js").is_dir() {
+        let why = "componentize-js is not installed (run `npm ci` in guests/js, or .ci/run)";
+        assert!(std::env::var_os("REQUIRE_TOOLCHAINS").is_none(), "{why}");
+        eprintln!("SKIPPED: {why}");
+        return None;
+    }
+    let out = root.join("target/guests/echo-js.wasm");
+    let status = Command::new(node)
+        .arg(root.join("guests/js/build.mjs"))
+        .arg(&out)
+        .status()
+        .expect("running guests/js/build.mjs");
+    assert!(status.success(), "building the JavaScript guest failed");
+    Some(out)
+}
+
+#[test]
+fn the_javascript_guest_echoes() {
+    let Some(guest) = javascript_guest() else { return };
+    let (_host, addr) = Host::serve(Some(&guest));
+    assert_echo_server(addr);
+    reset(connect(addr));
+    assert_echoes(addr, b"still here");
+}
+
 /// The official CLI, granting the whole network, running `guest` on a
 /// fresh loopback port.
 struct WasmtimeCli {

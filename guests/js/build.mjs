@@ -1,0 +1,38 @@
+// Builds the JavaScript echo guest into a component:
+//   node guests/js/build.mjs OUT.wasm
+// Needs the pinned @bytecodealliance/componentize-js (`npm ci` here).
+//
+// componentize-js 0.23 emits no JavaScript class for an imported resource
+// that has no methods, such as wasi:sockets/network's `network`, yet its
+// generated glue refers to that class when instance-network returns one:
+// every JS guest using wasi:sockets fails with "import_network_0_2_12$Network
+// is not defined" (ComponentizeJS issue #221, open). Until it is fixed, this
+// script patches the pinned package once so that such classes are declared.
+import { readFile, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const out = resolve(process.argv[2] ?? join(here, 'echo-js.wasm'));
+
+const MARK = '/* echo: declare method-less resource classes */';
+const source = fileURLToPath(import.meta.resolve('@bytecodealliance/componentize-js'));
+const original = await readFile(source, 'utf8');
+if (!original.includes(MARK)) {
+  const write = 'await writeFile(initializerPath, jsBindings);';
+  if (!original.includes(write)) throw new Error(`cannot patch ${source}: its code changed`);
+  const declare = `${MARK} jsBindings += [...new Set(jsBindings.match(/(?<=new\\.target === )import_\\w+\\$\\w+/g) ?? [])]
+    .filter((name) => !jsBindings.includes(\`class \${name} \`)).map((name) => \`\\nclass \${name} {}\`).join('');`;
+  await writeFile(source, original.replace(write, `${declare}\n  ${write}`));
+}
+
+const { componentize } = await import('@bytecodealliance/componentize-js');
+const { component } = await componentize({
+  sourcePath: join(here, 'echo.js'),
+  witPath: join(here, '../../wit'),
+  worldName: 'echo-server',
+  // Only what the world needs: no HTTP, no fetch event.
+  disableFeatures: ['http', 'fetch-event'],
+});
+await writeFile(out, component);
+console.log(`wrote ${out}`);

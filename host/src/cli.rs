@@ -83,6 +83,17 @@ pub struct Args {
     #[arg(long, value_enum)]
     pub restart: Option<Restart>,
 
+    /// Print every socket call the guest makes, in WinSock terms next to
+    /// the wasi:sockets function it really was, with results and the
+    /// host's policy decisions.
+    #[arg(long)]
+    pub trace: bool,
+
+    /// Like --trace, and show the bytes each recv/send moved (escaped,
+    /// first 64 bytes).
+    #[arg(long)]
+    pub trace_data: bool,
+
     /// How the host writes its log lines to stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -15,6 +15,7 @@ mod policy;
 mod run;
 mod sandbox;
 mod settings;
+mod trace;
 
 use clap::Parser;
 use settings::{LogFormat, Settings};

@@ -11,7 +11,8 @@
 
 use crate::limits::{MemoryLimit, SocketCount};
 use crate::policy::Grants;
-use crate::settings::Settings;
+use crate::settings::{Settings, TraceDetail};
+use crate::trace::{self, Tracer};
 use anyhow::{Context, Result};
 use std::sync::Arc;
 use wasmtime::component::{Linker, Resource, ResourceTable, ResourceType};
@@ -27,8 +28,10 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 /// Everything the host keeps per guest instance.
 pub struct GuestState {
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(crate) table: ResourceTable,
     pub memory: MemoryLimit,
+    /// Set with `--trace`.
+    pub tracer: Option<Tracer>,
     socket_count: Arc<SocketCount>,
 }
 
@@ -66,6 +69,7 @@ impl GuestState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             memory: MemoryLimit::new(settings.limits.max_memory),
+            tracer: settings.trace.map(|data| Tracer::new(data == TraceDetail::Data)),
             socket_count: sockets,
         })
     }
@@ -109,6 +113,9 @@ pub fn linker(engine: &Engine, settings: &Settings) -> Result<Linker<GuestState>
     })?;
 
     count_tcp_sockets(&mut linker)?;
+    if settings.trace.is_some() {
+        trace::add_to_linker(&mut linker)?;
+    }
     if grants.udp {
         count_udp_sockets(&mut linker)?;
     } else {
@@ -138,7 +145,9 @@ fn count_tcp_sockets(linker: &mut Linker<GuestState>) -> Result<()> {
                 return Ok((Err(ErrorCode::NewSocketLimit),));
             }
             let created = tcp_create_socket::Host::create_tcp_socket(&mut state.sockets(), family);
-            Ok((settle(created, &state.socket_count)?,))
+            let created = settle(created, &state.socket_count)?;
+            trace::socket(state, family, &created);
+            Ok((created,))
         },
     )?;
     linker.instance("wasi:sockets/tcp@0.2.12")?.resource(
@@ -148,6 +157,7 @@ fn count_tcp_sockets(linker: &mut Linker<GuestState>) -> Result<()> {
             let state = store.data_mut();
             state.table.delete(Resource::<TcpSocket>::new_own(rep))?;
             state.socket_count.close();
+            trace::closesocket(state, rep);
             Ok(())
         },
     )?;

@@ -37,6 +37,14 @@ pub struct Settings {
     pub dirs: Vec<DirGrant>,
     pub limits: Limits,
     pub restart: Restart,
+    /// `--trace` (calls) or `--trace-data` (calls and bytes).
+    pub trace: Option<TraceDetail>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceDetail {
+    Calls,
+    Data,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -133,6 +141,11 @@ impl Settings {
             dirs,
             limits,
             restart: args.restart.or(file.restart).unwrap_or_default(),
+            trace: match (args.trace, args.trace_data) {
+                (_, true) => Some(TraceDetail::Data),
+                (true, false) => Some(TraceDetail::Calls),
+                (false, false) => None,
+            },
         })
     }
 

@@ -9,6 +9,7 @@ mod echo;
 mod errors;
 mod hostile;
 mod inspect;
+mod lesson;
 mod sandbox;
 mod shutdown;
 mod swap;

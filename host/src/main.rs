@@ -24,6 +24,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 fn main() -> ExitCode {
+    // Errors the guest can read (say, `to-debug-string` of a connection
+    // reset) must not carry the host's own backtrace, whatever RUST_BACKTRACE
+    // says: it would leak host paths to the guest, and capturing one on
+    // every reset costs time. Set before any thread starts.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     let mut args = cli::Args::parse();
     if let Some(cli::Command::Inspect { guest, json }) = args.command.take() {
         return match inspect::inspect(&guest, json) {

@@ -149,11 +149,18 @@ impl Settings {
         })
     }
 
-    /// The guest's environment: what was granted, plus LISTEN_ADDR.
+    /// The guest's environment: LISTEN_ADDR (the granted addresses), then
+    /// what was granted with `env`. An explicit `LISTEN_ADDR` replaces the
+    /// default: it changes what the guest is told, never what it may do.
     pub fn guest_env(&self) -> Vec<(String, String)> {
         let listen: Vec<String> = self.grants.listen.iter().map(ToString::to_string).collect();
         let mut env = vec![("LISTEN_ADDR".to_string(), listen.join(","))];
-        env.extend(self.env.iter().filter(|(k, _)| k != "LISTEN_ADDR").cloned());
+        for (key, value) in &self.env {
+            match env.iter_mut().find(|(k, _)| k == key) {
+                Some(existing) => existing.1 = value.clone(),
+                None => env.push((key.clone(), value.clone())),
+            }
+        }
         env
     }
 }

@@ -1,0 +1,205 @@
+//! The experiments of docs/lesson.md, one test each, so that the lesson
+//! cannot drift from the code. Section numbers refer to the lesson.
+
+use crate::echo::reset;
+use crate::support::guests::test_guest;
+use crate::support::{assert_echoes, connect, host_command, pattern, Host, PATIENCE};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+fn iterative() -> String {
+    test_guest("guest_iterative").display().to_string()
+}
+
+fn serve_iterative(extra: &[&str]) -> (Host, SocketAddr) {
+    let guest = iterative();
+    let mut args = vec!["--listen", "127.0.0.1:0"];
+    args.extend(extra);
+    args.push(&guest);
+    let host = Host::start(&args);
+    let addr = host.listen_addr();
+    (host, addr)
+}
+
+fn echo_once(addr: SocketAddr, data: &[u8]) -> TcpStream {
+    let mut client = connect(addr);
+    client.write_all(data).unwrap();
+    let mut back = vec![0u8; data.len()];
+    client.read_exact(&mut back).unwrap();
+    assert_eq!(back, data);
+    client
+}
+
+/// Section 1: `--trace` names each step in both vocabularies.
+#[test]
+fn the_trace_shows_each_winsock_call_next_to_its_wasi_function() {
+    let (host, addr) = serve_iterative(&["--trace-data"]);
+    drop(echo_once(addr, b"hello\n"));
+    host.wait_for("closesocket()");
+    let output = host.output();
+    for expected in [
+        "trace: socket()                       = tcp-create-socket.create-tcp-socket(ipv4) -> tcp-socket#",
+        "trace: bind(127.0.0.1:0)              = tcp-socket.start-bind(127.0.0.1:0) -> ok [policy: allowed]",
+        "= tcp-socket.finish-bind -> ok: bound",
+        "trace: listen(backlog=4096)           = tcp-socket.set-listen-backlog-size(4096) -> ok",
+        "= tcp-socket.start-listen -> ok [policy: allowed]",
+        "trace: accept() -> 127.0.0.1:",
+        "[policy: client allowed]",
+        "trace: recv(512) -> 6 bytes           = input-stream.blocking-read(512) -> 6 bytes \"hello\\n\"",
+        "= output-stream.check-write -> ",
+        "trace: send(6) -> 6                   = output-stream.write(6 bytes) -> ok \"hello\\n\"",
+        "= output-stream.blocking-flush -> ok",
+        "trace: recv(512) -> 0 (the client closed) = input-stream.blocking-read(512) -> closed",
+        "trace: closesocket()                  = [drop] tcp-socket#",
+    ] {
+        assert!(output.contains(expected), "no {expected:?} in\n{output}");
+    }
+}
+
+/// Section 1: without `--trace-data`, no byte is shown.
+#[test]
+fn the_trace_shows_bytes_only_when_asked() {
+    let (host, addr) = serve_iterative(&["--trace"]);
+    drop(echo_once(addr, b"secret"));
+    host.wait_for("closesocket()");
+    let output = host.output();
+    assert!(output.contains("recv(512) -> 6 bytes"), "{output}");
+    assert!(!output.lines().any(|l| l.contains("trace:") && l.contains("secret")), "{output}");
+}
+
+/// Section 5.1: one send of 2000 bytes arrives as several recv()s.
+#[test]
+fn partial_reads() {
+    let (host, addr) = serve_iterative(&["--trace"]);
+    let data = pattern(2000, 21);
+    drop(echo_once(addr, &data));
+    host.wait_for("closesocket()");
+    let sizes: Vec<usize> = host
+        .output()
+        .lines()
+        .filter_map(|l| l.split("trace: recv(512) -> ").nth(1))
+        .filter_map(|rest| rest.split(" bytes").next()?.parse().ok())
+        .collect();
+    assert!(sizes.len() >= 4 && sizes.iter().all(|&n| n <= 512), "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<usize>(), 2000, "{sizes:?}");
+}
+
+/// Section 5.2 (and 4): with the step-1 guest, a second client waits in the
+/// backlog until the first leaves.
+#[test]
+fn a_second_client_waits_behind_the_first() {
+    let (host, addr) = serve_iterative(&[]);
+    let first = echo_once(addr, b"first");
+    let mut second = connect(addr);
+    second.write_all(b"second").unwrap();
+    // Proving that nothing comes needs a bounded wait: half a second of
+    // silence while the first client stays connected.
+    second.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut buf = [0u8; 6];
+    let silent = second.read(&mut buf).unwrap_err();
+    assert!(matches!(silent.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut), "{silent}");
+    assert_eq!(host.output().matches("client connected").count(), 1, "{}", host.output());
+
+    drop(first);
+    second.set_read_timeout(Some(PATIENCE)).unwrap();
+    second.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"second");
+    host.wait_for_nth("client connected", 2);
+}
+
+/// Section 5.3: the guest is told to bind an address that was not granted.
+#[test]
+fn a_denied_bind() {
+    let guest = iterative();
+    let (status, output) =
+        Host::start(&["--listen", "127.0.0.1:0", "--env", "LISTEN_ADDR=127.0.0.1:9", &guest])
+            .wait();
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("denied: TCP bind to 127.0.0.1:9 (the guest may only listen on 127.0.0.1:0; grant it with --listen 127.0.0.1:9)"), "{output}");
+    assert!(
+        output.contains("[TCP server] bind() failed: access-denied (Access denied)"),
+        "{output}"
+    );
+    assert!(
+        output.contains("error: the guest exited with an error (its `run` returned `err`)"),
+        "{output}"
+    );
+}
+
+/// Section 5.4: a reset ends that client only; what the guest reads about
+/// it carries no trace of the host (no host backtrace, even with
+/// RUST_BACKTRACE=1).
+#[test]
+fn a_client_that_resets() {
+    let guest = iterative();
+    let mut cmd = host_command();
+    cmd.env("RUST_BACKTRACE", "1").args(["--listen", "127.0.0.1:0", &guest]);
+    let host = Host::start_command(&mut cmd);
+    let addr = host.listen_addr();
+    let mut client = connect(addr);
+    client.write_all(&pattern(3000, 22)).unwrap();
+    let mut some = [0u8; 100];
+    client.read_exact(&mut some).unwrap();
+    reset(client);
+    host.wait_for("client disconnected");
+    assert_echoes(addr, b"next client");
+    let output = host.output();
+    assert!(output.contains("recv() failed") || output.contains("send() failed"), "{output}");
+    assert!(!output.contains("backtrace") && !output.contains(".rs:"), "{output}");
+}
+
+/// `/proc/net/tcp`: (local port, remote port, state) of each IPv4 socket.
+fn tcp_table() -> Vec<(u16, u16, u8)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next().unwrap(), 16).unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            Some((
+                port(fields.get(1)?),
+                port(fields.get(2)?),
+                u8::from_str_radix(fields.get(3)?, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+const TIME_WAIT: u8 = 0x06;
+
+fn wait_for_time_wait(local: u16, remote: u16) {
+    let deadline = Instant::now() + PATIENCE;
+    while !tcp_table().contains(&(local, remote, TIME_WAIT)) {
+        assert!(Instant::now() < deadline, "no TIME_WAIT for {local} -> {remote}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Section 3 and 5.5: the side that closes first keeps TIME_WAIT; the
+/// server binds its port again at once anyway.
+#[test]
+fn time_wait_after_a_client_closes_and_the_server_binds_again_at_once() {
+    let (host, addr) = Host::serve(None);
+    // The client closes first: its side goes to TIME_WAIT.
+    let client = echo_once(addr, b"bye");
+    let client_port = client.local_addr().unwrap().port();
+    drop(client);
+    host.wait_for("client disconnected");
+    wait_for_time_wait(client_port, addr.port());
+
+    // Now the server closes first (stopped with a client connected): the
+    // server's port has a TIME_WAIT connection...
+    let connected = echo_once(addr, b"stay");
+    let connected_port = connected.local_addr().unwrap().port();
+    host.signal(libc::SIGTERM);
+    assert!(host.wait().0.success());
+    drop(connected);
+    wait_for_time_wait(addr.port(), connected_port);
+
+    // ...and a new host binds that port at once.
+    let again = Host::start(&["--listen", &addr.to_string()]);
+    again.wait_for(&format!("guest listening on {addr}"));
+    assert_echoes(addr, b"back again");
+}

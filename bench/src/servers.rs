@@ -30,7 +30,11 @@ impl Server {
         Server {
             name: "host",
             program: bin_dir.join("host"),
-            args: vec!["--listen".into(), "{addr}".into()],
+            // Room for the many-connections test: the defaults (1024
+            // sockets, 128 MiB) suit a small server, not 10 000 clients.
+            args: ["--max-connections", "20000", "--max-memory", "1GiB", "--listen", "{addr}"]
+                .map(Into::into)
+                .to_vec(),
         }
     }
 

@@ -117,3 +117,31 @@ fn resets_before_accept_mid_stream_and_during_a_flood_leave_the_server_serving()
     bystander.read_exact(&mut back).unwrap();
     assert_eq!(&back, b"still there?");
 }
+
+#[test]
+fn the_guest_memory_stays_bounded_whatever_clients_send() {
+    // The guest needs about 1 MiB to start; 3 MiB leaves room for a few
+    // 64 KiB buffers, not for megabytes of unsent data. A guest that
+    // buffered without bound would trap here.
+    let host = Host::start(&["--listen", "127.0.0.1:0", "--max-memory", "3MiB"]);
+    let addr = host.listen_addr();
+    let mut flooders: Vec<(TcpStream, Vec<u8>)> = (0..4)
+        .map(|_| {
+            let mut flooder = connect(addr);
+            let sent = flood_until_full(&mut flooder);
+            (flooder, sent)
+        })
+        .collect();
+    assert_echoes(addr, &pattern(4 << 20, 12));
+    for (flooder, sent) in &mut flooders {
+        flooder.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut echoed = Vec::new();
+        flooder.read_to_end(&mut echoed).unwrap();
+        assert!(echoed == *sent, "a flooder's echo differs");
+    }
+    assert!(
+        !host.output().contains("refused: the guest asked to grow its memory"),
+        "{}",
+        host.output()
+    );
+}

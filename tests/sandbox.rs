@@ -34,6 +34,7 @@ fn by_default_everything_but_the_listen_address_is_refused_and_logged() {
 
     // What the guest saw.
     assert_line(&output, "bind 127.0.0.1:9: refused");
+    assert_line(&output, "listen 0.0.0.0:0: refused");
     assert_line(&output, &format!("connect {target}: refused"));
     assert_line(&output, "read /etc/hostname: refused");
     assert_line(&output, "list /: refused");
@@ -43,6 +44,7 @@ fn by_default_everything_but_the_listen_address_is_refused_and_logged() {
     assert!(!output.contains("ALLOWED") && !output.contains("do-not-leak"), "{output}");
 
     // What the host logged, each with the way to grant it.
+    assert!(output.contains("denied: TCP listen on 0.0.0.0:"), "{output}");
     assert!(output.contains("denied: TCP bind to 127.0.0.1:9 (the guest may only listen on 127.0.0.1:0; grant it with --listen 127.0.0.1:9)"), "{output}");
     assert!(output.contains(&format!("denied: TCP connect to {target} (outbound connections are not granted there; grant this one with --allow-connect {target})")), "{output}");
     assert!(
@@ -123,8 +125,23 @@ fn assert_granted(output: &str, outside: &TcpListener) {
     assert!(output.contains(&format!("guest connecting to {target}")), "{output}");
     // Not granted, still refused; the host's own value never leaks.
     assert_line(output, "bind 127.0.0.1:9: refused");
+    assert_line(output, "listen 0.0.0.0:0: refused");
     assert_line(output, "list /: refused");
     assert!(!output.contains("do-not-leak"), "{output}");
     outside.set_nonblocking(true).unwrap();
     assert!(outside.accept().is_ok(), "the granted connection did not arrive");
+}
+
+#[test]
+fn every_listen_address_is_granted_and_served_ipv4_and_ipv6() {
+    let host = Host::start(&["--listen", "127.0.0.1:0", "--listen", "[::1]:0"]);
+    let first = host.nth_listen_addr(1);
+    let second = host.nth_listen_addr(2);
+    let mut families = [first.is_ipv4(), second.is_ipv4()];
+    families.sort();
+    assert_eq!(families, [false, true], "{first} {second}");
+    for addr in [first, second] {
+        crate::support::assert_echoes(addr, format!("hello over {addr}").as_bytes());
+    }
+    assert!(host.output().contains("granted: listen on 127.0.0.1:0, [::1]:0"), "{}", host.output());
 }

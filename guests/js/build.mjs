@@ -1,6 +1,8 @@
 // Builds the JavaScript echo guest into a component:
 //   node guests/js/build.mjs OUT.wasm
 // Needs the pinned @bytecodealliance/componentize-js (`npm ci` here).
+// package.json also names @bytecodealliance/preview2-shim: componentize-js
+// imports it without declaring it, so a clean install would miss it.
 //
 // componentize-js 0.23 emits no JavaScript class for an imported resource
 // that has no methods, such as wasi:sockets/network's `network`, yet its

@@ -186,7 +186,14 @@ fn guest_failure(e: wasmtime::Error, state: &GuestState) -> anyhow::Error {
         return anyhow::anyhow!("the guest used up its CPU budget of {:?} (--cpu-budget)", spent.0);
     }
     let Some(trap) = e.downcast_ref::<Trap>() else {
-        return anyhow::Error::from(e).context("the guest failed");
+        let failed = match state.memory.reached {
+            true => format!(
+                "the guest needs more memory than --max-memory {} allows",
+                state.memory.max()
+            ),
+            false => "the guest failed".to_string(),
+        };
+        return anyhow::Error::from(e).context(failed);
     };
     let (trapped_in, backtrace) = match e.downcast_ref::<WasmBacktrace>() {
         Some(bt) => {

@@ -12,6 +12,9 @@ fn main() {
         std::process::exit(2);
     };
     report(&format!("bind {bind}"), TcpListener::bind(bind.as_str()).map(drop));
+    // Binding the wildcard address on a system-picked port is allowed (it
+    // is what connect() does implicitly); listening there is not.
+    report("listen 0.0.0.0:0", TcpListener::bind("0.0.0.0:0").map(drop));
     report(&format!("connect {connect}"), TcpStream::connect(connect.as_str()).map(drop));
     report(&format!("read {file}"), std::fs::read(file).map(drop));
     report(&format!("list /"), std::fs::read_dir("/").map(drop));

@@ -90,7 +90,7 @@ struct PolicyFile {
     dir: Vec<DirGrant>,
     max_memory: Option<Size>,
     max_connections: Option<usize>,
-    #[serde(default, with = "humantime_serde_compat")]
+    #[serde(default, with = "duration_text")]
     cpu_budget: Option<Duration>,
     restart: Option<Restart>,
 }
@@ -240,7 +240,7 @@ impl std::fmt::Display for Size {
 }
 
 /// `cpu-budget = "30s"` in the policy file.
-mod humantime_serde_compat {
+mod duration_text {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 

@@ -16,7 +16,7 @@
 
 use crate::sandbox::GuestState;
 use anyhow::Result;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 use wasmtime::component::{Linker, Resource};
 use wasmtime::StoreContextMut;
@@ -40,19 +40,19 @@ const SHOWN_BYTES: usize = 64;
 pub struct Tracer {
     /// Show byte contents too (escaped, truncated).
     data: bool,
-    /// Streams of accepted clients: stream rep -> the client's address.
-    streams: HashMap<u32, String>,
+    /// Streams of accepted clients (their reps): the only ones traced.
+    streams: HashSet<u32>,
     /// Accepted sockets: socket rep -> its (input, output) stream reps.
     sockets: HashMap<u32, (u32, u32)>,
 }
 
 impl Tracer {
     pub fn new(data: bool) -> Self {
-        Tracer { data, streams: HashMap::new(), sockets: HashMap::new() }
+        Tracer { data, streams: HashSet::new(), sockets: HashMap::new() }
     }
 
     fn is_socket_stream(&self, rep: u32) -> bool {
-        self.streams.contains_key(&rep)
+        self.streams.contains(&rep)
     }
 
     fn bytes(&self, bytes: &[u8]) -> String {
@@ -233,8 +233,7 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> Result<()> {
         };
         let (sock, rx, tx) = (socket.rep(), input.rep(), output.rep());
         if let Some(tracer) = &mut state.tracer {
-            tracer.streams.insert(rx, peer.clone());
-            tracer.streams.insert(tx, peer.clone());
+            tracer.streams.extend([rx, tx]);
             tracer.sockets.insert(sock, (rx, tx));
         }
         line(

@@ -4,7 +4,7 @@
 
 use crate::echo::reset;
 use crate::support::guests::{default_guest, test_guest, tool};
-use crate::support::{assert_echoes, connect, pattern, Host};
+use crate::support::{assert_echoes, connect, host_command, pattern, Host};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -134,4 +134,40 @@ fn our_guests_run_unchanged_on_the_wasmtime_cli() {
         let cli = WasmtimeCli::start(&wasmtime, &guest);
         assert_echo_server(cli.addr);
     }
+}
+
+/// A guest file is compiled once: the next start loads the compiled code
+/// from the cache, and `--no-cache` compiles it again and keeps nothing.
+#[test]
+fn a_guest_file_is_compiled_once_then_loaded_from_the_cache() {
+    let guest = test_guest("echo-std");
+    let guest = guest.to_str().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().to_str().unwrap();
+    let with_cache = ["--listen", "127.0.0.1:0", "--cache-dir", cache_dir, guest];
+
+    let first = Host::start(&with_cache);
+    assert_echo_server(first.listen_addr());
+    assert!(first.output().contains("cached in"), "{}", first.report());
+    drop(first);
+    let entries = std::fs::read_dir(cache.path()).unwrap().count();
+    assert_eq!(entries, 1, "one compiled guest in the cache");
+
+    let second = Host::start(&with_cache);
+    assert_echo_server(second.listen_addr());
+    let output = second.output();
+    assert!(output.contains("compiled earlier") && !output.contains("cached in"), "{output}");
+    drop(second);
+
+    let unused = tempfile::tempdir().unwrap();
+    let uncached = Host::start_command(host_command().env("XDG_CACHE_HOME", unused.path()).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--no-cache",
+        guest,
+    ]));
+    assert_echo_server(uncached.listen_addr());
+    let output = uncached.output();
+    assert!(!output.contains("compiled earlier") && !output.contains("cached in"), "{output}");
+    assert_eq!(std::fs::read_dir(unused.path()).unwrap().count(), 0, "--no-cache wrote nothing");
 }

@@ -94,6 +94,16 @@ pub struct Args {
     #[arg(long)]
     pub trace_data: bool,
 
+    /// Where compiled guests are kept between runs, so that a guest file
+    /// is compiled once, not at every start [default: $XDG_CACHE_HOME/wasi-echo
+    /// or ~/.cache/wasi-echo].
+    #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Compile the guest file at every start; keep nothing on disk.
+    #[arg(long)]
+    pub no_cache: bool,
+
     /// How the host writes its log lines to stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

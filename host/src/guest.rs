@@ -18,10 +18,12 @@ pub fn name(path: Option<&Path>) -> String {
     }
 }
 
-pub fn load(engine: &Engine, path: Option<&Path>) -> Result<Component> {
+/// Loads the guest to run. A file is compiled, or its compiled code is
+/// taken from `cache` (see `cache.rs`) when an earlier run left it there.
+pub fn load(engine: &Engine, path: Option<&Path>, cache: Option<&Path>) -> Result<Component> {
     match path {
         None => load_default(engine),
-        Some(path) => load_file(engine, path),
+        Some(path) => load_file(engine, path, cache),
     }
 }
 
@@ -35,13 +37,11 @@ fn load_default(engine: &Engine) -> Result<Component> {
         .context("loading the built-in echo guest (try `cargo clean -p host`)")
 }
 
-fn load_file(engine: &Engine, path: &Path) -> Result<Component> {
-    let shown = path.display();
+fn load_file(engine: &Engine, path: &Path, cache: Option<&Path>) -> Result<Component> {
+    let shown = path.display().to_string();
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {shown}"))?;
     check_is_component(path, &bytes)?;
-    Component::from_binary(engine, &bytes)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("{shown} is not a valid component"))
+    crate::cache::compile(engine, &bytes, &shown, cache)
 }
 
 /// A clear word for the two ways a file is not a component at all.
@@ -113,7 +113,7 @@ mod tests {
         for (i, case) in cases.iter().enumerate() {
             std::fs::write(&path, case).unwrap();
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                load_file(&engine, &path).map(drop)
+                load_file(&engine, &path, None).map(drop)
             }));
             assert!(outcome.is_ok(), "case {i} ({} bytes) panicked the loader", case.len());
         }

@@ -6,6 +6,7 @@
 //! cargo run -p host -- guest.wasm          # your own component
 //! ```
 
+mod cache;
 mod cli;
 mod engine;
 mod guest;

@@ -41,7 +41,7 @@ pub async fn run(settings: Settings) -> Result<ExitCode> {
 
     let engine = Engine::new(&engine::config())?;
     let name = guest::name(settings.guest.as_deref());
-    let component = guest::load(&engine, settings.guest.as_deref())?;
+    let component = guest::load(&engine, settings.guest.as_deref(), settings.cache_dir.as_deref())?;
     let linker = sandbox::linker(&engine, &settings)?;
     let pre = command_pre(&linker, &component)?;
     let grants = Arc::new(settings.grants.clone());

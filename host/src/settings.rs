@@ -39,6 +39,8 @@ pub struct Settings {
     pub restart: Restart,
     /// `--trace` (calls) or `--trace-data` (calls and bytes).
     pub trace: Option<TraceDetail>,
+    /// Where compiled guests are kept; `None` with `--no-cache`.
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +147,10 @@ impl Settings {
                 (_, true) => Some(TraceDetail::Data),
                 (true, false) => Some(TraceDetail::Calls),
                 (false, false) => None,
+            },
+            cache_dir: match args.no_cache {
+                true => None,
+                false => args.cache_dir.or_else(crate::cache::default_dir),
             },
         })
     }

@@ -13,10 +13,15 @@ use std::time::{Duration, Instant};
 /// declaring the test failed. A guard against hangs, not a timing goal.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
-/// The `host` binary, with a clean logging configuration.
+/// The `host` binary, with a clean logging configuration. Compiled guests
+/// are cached under target/, never in the user's own cache directory.
 pub fn host_command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_host"));
-    cmd.env_remove("RUST_LOG").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.env_remove("RUST_LOG")
+        .env("XDG_CACHE_HOME", concat!(env!("CARGO_TARGET_TMPDIR"), "/cache"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     cmd
 }
 

@@ -2,24 +2,17 @@
 //! pass the same echo checks, and this project's guests run unchanged on the
 //! official wasmtime CLI.
 
-use crate::echo::reset;
-use crate::support::guests::{default_guest, test_guest, tool};
-use crate::support::{assert_echoes, connect, host_command, pattern, Host};
+use crate::echo::{every_traffic_shape, reset};
+use crate::support::guests::{default_guest, skipped, test_guest, tool};
+use crate::support::{assert_echoes, connect, host_command, Host};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-/// The echo checks every guest must pass.
-fn assert_echo_server(addr: SocketAddr) {
-    assert_echoes(addr, b"x");
-    assert_echoes(addr, "text, and 한국어\n".as_bytes());
-    assert_echoes(addr, &pattern(300_000, 11));
-}
-
 #[test]
 fn the_rust_std_guest_echoes() {
     let (_host, addr) = Host::serve(Some(&test_guest("echo-std")));
-    assert_echo_server(addr);
+    every_traffic_shape(addr);
 }
 
 #[test]
@@ -39,7 +32,7 @@ fn the_rust_std_guest_dies_on_an_early_reset_and_restart_keeps_it_up() {
     let restart = host.wait_for("restarting it in");
     assert!(restart.contains("(in abort <- tcp_accept4 <- accept)"), "{restart}");
     // ...and the host starts it again.
-    assert_echo_server(host.nth_listen_addr(2));
+    every_traffic_shape(host.nth_listen_addr(2));
 }
 
 /// Builds `guests/python` with componentize-py into target/guests.
@@ -61,7 +54,7 @@ fn python_guest() -> Option<PathBuf> {
 fn the_python_guest_echoes() {
     let Some(guest) = python_guest() else { return };
     let (host, addr) = Host::serve(Some(&guest));
-    assert_echo_server(addr);
+    every_traffic_shape(addr);
     // A client that resets mid-stream ends that client only.
     reset(connect(addr));
     assert_echoes(addr, b"still here");
@@ -76,7 +69,7 @@ fn javascript_guest() -> Option<PathBuf> {
     if !root.join("guests/js/node_modules/@bytecodealliance/componentize-js").is_dir() {
         let why = "componentize-js is not installed (run `npm ci` in guests/js, or .ci/run)";
         assert!(std::env::var_os("REQUIRE_TOOLCHAINS").is_none(), "{why}");
-        eprintln!("SKIPPED: {why}");
+        skipped(why);
         return None;
     }
     let out = root.join("target/guests/echo-js.wasm");
@@ -93,7 +86,7 @@ fn javascript_guest() -> Option<PathBuf> {
 fn the_javascript_guest_echoes() {
     let Some(guest) = javascript_guest() else { return };
     let (_host, addr) = Host::serve(Some(&guest));
-    assert_echo_server(addr);
+    every_traffic_shape(addr);
     reset(connect(addr));
     assert_echoes(addr, b"still here");
 }
@@ -132,7 +125,7 @@ fn our_guests_run_unchanged_on_the_wasmtime_cli() {
     let Some(wasmtime) = tool("wasmtime", "WASMTIME") else { return };
     for guest in [default_guest(), test_guest("guest_iterative"), test_guest("echo-std")] {
         let cli = WasmtimeCli::start(&wasmtime, &guest);
-        assert_echo_server(cli.addr);
+        every_traffic_shape(cli.addr);
     }
 }
 
@@ -147,14 +140,14 @@ fn a_guest_file_is_compiled_once_then_loaded_from_the_cache() {
     let with_cache = ["--listen", "127.0.0.1:0", "--cache-dir", cache_dir, guest];
 
     let first = Host::start(&with_cache);
-    assert_echo_server(first.listen_addr());
+    every_traffic_shape(first.listen_addr());
     assert!(first.output().contains("cached in"), "{}", first.report());
     drop(first);
     let entries = std::fs::read_dir(cache.path()).unwrap().count();
     assert_eq!(entries, 1, "one compiled guest in the cache");
 
     let second = Host::start(&with_cache);
-    assert_echo_server(second.listen_addr());
+    every_traffic_shape(second.listen_addr());
     let output = second.output();
     assert!(output.contains("compiled earlier") && !output.contains("cached in"), "{output}");
     drop(second);
@@ -166,7 +159,7 @@ fn a_guest_file_is_compiled_once_then_loaded_from_the_cache() {
         "--no-cache",
         guest,
     ]));
-    assert_echo_server(uncached.listen_addr());
+    every_traffic_shape(uncached.listen_addr());
     let output = uncached.output();
     assert!(!output.contains("compiled earlier") && !output.contains("cached in"), "{output}");
     assert_eq!(std::fs::read_dir(unused.path()).unwrap().count(), 0, "--no-cache wrote nothing");

@@ -86,7 +86,14 @@ pub fn tool(name: &str, var: &str) -> Option<PathBuf> {
     if found.is_none() {
         let why = format!("`{name}` is not installed (set {var}, or run .ci/run to install it)");
         assert!(std::env::var_os("REQUIRE_TOOLCHAINS").is_none(), "{why}");
-        eprintln!("SKIPPED: {why}");
+        skipped(&why);
     }
     found
+}
+
+/// Says that a test is skipped where it will be seen: straight to stderr,
+/// which `cargo test` does not capture (it captures only `eprintln!`).
+pub fn skipped(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
 }

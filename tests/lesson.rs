@@ -57,6 +57,32 @@ fn the_trace_shows_each_winsock_call_next_to_its_wasi_function() {
     }
 }
 
+/// Section 4 (step 2): the poll guest's trace shows each `WSAPoll` over
+/// the listener and the clients, and the reads and writes it wakes up for,
+/// in that order.
+#[test]
+fn the_poll_guests_trace_shows_each_wsapoll() {
+    let host = Host::start(&["--trace", "--listen", "127.0.0.1:0"]);
+    let addr = host.listen_addr();
+    drop(echo_once(addr, b"hello\n"));
+    host.wait_for("closesocket()");
+    let output = host.output();
+    let mut rest = output.as_str();
+    for expected in [
+        "trace: WSAPoll(1 sockets) -> 1        = poll(1 pollables) -> ready [0]",
+        "trace: accept() -> 127.0.0.1:",
+        "trace: WSAPoll(2 sockets) -> 1        = poll(2 pollables) -> ready [1]",
+        "trace: recv(4096) -> 6 bytes          = input-stream.read(4096) -> 6 bytes",
+        "= output-stream.check-write -> 65536 (send at most this much)",
+        "trace: send(6) -> 6                   = output-stream.write(6 bytes) -> ok",
+        "trace: closesocket()                  = [drop] tcp-socket#",
+    ] {
+        let at =
+            rest.find(expected).unwrap_or_else(|| panic!("no {expected:?} in order in\n{output}"));
+        rest = &rest[at + expected.len()..];
+    }
+}
+
 /// Section 1: without `--trace-data`, no byte is shown.
 #[test]
 fn the_trace_shows_bytes_only_when_asked() {

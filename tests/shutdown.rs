@@ -26,6 +26,27 @@ fn sigint_while_the_guest_waits_in_accept() {
     assert_port_free(addr);
 }
 
+/// The lesson's step 1 really blocks: in `accept`, then in `recv`.
+#[test]
+fn sigint_while_the_iterative_guest_blocks_in_accept_or_recv() {
+    let guest = test_guest("guest_iterative");
+    let serve = || Host::start(&["--listen", "127.0.0.1:0", guest.to_str().unwrap()]);
+
+    let host = serve();
+    let addr = host.listen_addr();
+    assert_stops_cleanly(host, libc::SIGINT, "SIGINT");
+    assert_port_free(addr);
+
+    let host = serve();
+    let addr = host.listen_addr();
+    let mut client = connect(addr);
+    client.write_all(b"ping").unwrap();
+    client.read_exact(&mut [0u8; 4]).unwrap();
+    // The guest echoed and is back in recv(), waiting for more.
+    assert_stops_cleanly(host, libc::SIGINT, "SIGINT");
+    assert_port_free(addr);
+}
+
 #[test]
 fn sigterm_while_a_client_is_connected() {
     let (host, addr) = Host::serve(None);

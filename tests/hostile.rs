@@ -91,9 +91,13 @@ fn clients_beyond_the_cap_are_turned_away_until_a_place_is_free() {
     // The third is accepted by the kernel, then reset by the host before
     // the guest sees it.
     let mut third = connect(addr);
-    host.wait_for("refused: a client from 127.0.0.1");
+    let peer = third.local_addr().unwrap();
+    host.wait_for(&format!("refused: a client from {peer}, turned away"));
     let mut buf = [0u8; 1];
     assert!(matches!(third.read(&mut buf), Ok(0) | Err(_)), "the third client was served");
+    // The audit trail does not call it accepted.
+    let output = host.output();
+    assert!(!output.contains(&format!("accepted a client from {peer}")), "{output}");
 
     // A place frees up when a client leaves.
     drop(second);

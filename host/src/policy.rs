@@ -31,9 +31,9 @@ pub struct Grants {
 }
 
 impl Grants {
-    /// Decides one use of one address, and logs the decision.
+    /// Decides one use of one address (`log` records the decision).
     pub fn check(&self, addr: SocketAddr, use_: SocketAddrUse) -> bool {
-        let allowed = match use_ {
+        match use_ {
             // Binding the wildcard address on a system-picked port grants
             // nothing by itself (listen and connect are checked again), and
             // it is what connect() does implicitly: allowing it lets the
@@ -47,7 +47,11 @@ impl Grants {
             }
             SocketAddrUse::TcpConnect => self.connect.iter().any(|rule| rule.matches(addr)),
             SocketAddrUse::UdpBind | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => self.udp,
-        };
+        }
+    }
+
+    /// The audit line for one decision.
+    pub fn log(&self, addr: SocketAddr, use_: SocketAddrUse, allowed: bool) {
         let what = describe(use_);
         match (allowed, use_) {
             (true, SocketAddrUse::TcpBind) if !is_any_port_wildcard(addr) => {
@@ -70,7 +74,6 @@ impl Grants {
                 self.how_to_grant(addr, use_)
             ),
         }
-        allowed
     }
 
     fn how_to_grant(&self, addr: SocketAddr, use_: SocketAddrUse) -> String {

@@ -37,6 +37,7 @@ fn by_default_everything_but_the_listen_address_is_refused_and_logged() {
     assert_line(&output, "listen 0.0.0.0:0: refused");
     assert_line(&output, &format!("connect {target}: refused"));
     assert_line(&output, "read /etc/hostname: refused");
+    assert_line(&output, "write /etc/hostname.copy: refused");
     assert_line(&output, "list /: refused");
     assert_line(&output, "env HOST_SECRET: refused");
     assert_line(&output, "resolve localhost: refused");
@@ -94,6 +95,19 @@ fn each_grant_opens_only_what_it_names_given_as_options() {
         &dir,
     ];
     assert_granted(&probe(&options, &outside, "/data/hello.txt"), &outside);
+    assert!(!data.path().join("hello.txt.copy").exists(), "a read-only --dir was written to");
+}
+
+#[test]
+fn a_directory_granted_rw_can_be_written() {
+    let data = data_dir();
+    let outside = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = format!("{}::/data:rw", data.path().display());
+    let output = probe(&["--dir", &dir], &outside, "/data/hello.txt");
+    assert_line(&output, "read /data/hello.txt: ALLOWED");
+    assert_line(&output, "write /data/hello.txt.copy: ALLOWED");
+    let written = std::fs::read_to_string(data.path().join("hello.txt.copy")).unwrap();
+    assert_eq!(written, "written by the guest");
 }
 
 #[test]
@@ -121,8 +135,10 @@ fn assert_granted(output: &str, outside: &TcpListener) {
     assert_line(output, "udp bind 0.0.0.0:0: ALLOWED");
     assert_line(output, "resolve localhost: ALLOWED");
     assert_line(output, "read /data/hello.txt: ALLOWED");
+    assert_line(output, "write /data/hello.txt.copy: refused");
     assert_line(output, "env HOST_SECRET: ALLOWED (granted)");
     assert!(output.contains(&format!("guest connecting to {target}")), "{output}");
+    assert!(output.contains("guest bound UDP 0.0.0.0:0"), "{output}");
     // Not granted, still refused; the host's own value never leaks.
     assert_line(output, "bind 127.0.0.1:9: refused");
     assert_line(output, "listen 0.0.0.0:0: refused");

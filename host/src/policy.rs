@@ -66,6 +66,11 @@ impl Grants {
             (true, SocketAddrUse::TcpConnect) => {
                 tracing::info!(event = "connect", %addr, "guest connecting to {addr}")
             }
+            (true, SocketAddrUse::UdpBind) => {
+                tracing::info!(event = "udp-bind", %addr, "guest bound UDP {addr}")
+            }
+            // Per datagram (and the implicit bind of a connect): too many
+            // to log by default.
             (true, _) => tracing::debug!(event = "allowed", %addr, "allowed: {what} {addr}"),
             (false, _) => tracing::warn!(
                 event = "denied",

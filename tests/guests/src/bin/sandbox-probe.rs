@@ -17,6 +17,9 @@ fn main() {
     report("listen 0.0.0.0:0", TcpListener::bind("0.0.0.0:0").map(drop));
     report(&format!("connect {connect}"), TcpStream::connect(connect.as_str()).map(drop));
     report(&format!("read {file}"), std::fs::read(file).map(drop));
+    // Beside the file read: refused unless its directory is granted `:rw`.
+    let copy = format!("{file}.copy");
+    report(&format!("write {copy}"), std::fs::write(&copy, "written by the guest"));
     report(&format!("list /"), std::fs::read_dir("/").map(drop));
     match std::env::var(var) {
         Ok(value) => println!("env {var}: ALLOWED ({value})"),

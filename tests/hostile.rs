@@ -194,3 +194,28 @@ fn with_json_logs_every_host_line_is_one_json_object() {
         assert!(events.iter().any(|e| e == expected), "no {expected} event in {events:?}");
     }
 }
+
+/// The other audit events, as JSON, each with the address it was about.
+#[test]
+fn with_json_logs_connects_udp_binds_and_denials_name_their_address() {
+    let outside = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = outside.local_addr().unwrap().to_string();
+    let mut cmd = host_command();
+    cmd.args(["--log-format", "json", "--listen", "127.0.0.1:0"])
+        .args(["--allow-connect", &target, "--allow-udp", &guest("sandbox-probe")])
+        .args(["--", "127.0.0.1:9", &target, "/nowhere", "HOME", "localhost"]);
+    let (status, output) = Host::start_command(&mut cmd).wait();
+    assert!(status.success(), "{output}");
+    let events: Vec<serde_json::Value> = output
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let find =
+        |event: &str, addr: &str| events.iter().any(|v| v["event"] == event && v["addr"] == addr);
+    assert!(find("connect", &target), "{output}");
+    assert!(find("udp-bind", "0.0.0.0:0"), "{output}");
+    assert!(find("denied", "127.0.0.1:9"), "{output}");
+    let dns = events.iter().any(|v| v["event"] == "denied" && v["name"] == "localhost");
+    assert!(dns, "{output}");
+}

@@ -239,3 +239,31 @@ fn time_wait_after_a_client_closes_and_the_server_binds_again_at_once() {
     again.wait_for(&format!("guest listening on {addr}"));
     assert_echoes(addr, b"back again");
 }
+
+/// Section 1: the guest's half of the side-by-side code is the guest's
+/// real code (each excerpt appears, line for line, in its source, comments
+/// aside), and
+/// both languages show the same code.
+#[test]
+fn the_side_by_side_code_is_the_guests_own() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap();
+    let source = read("guest-iterative/src/lib.rs");
+    // The excerpts leave the comments out.
+    let source: Vec<&str> =
+        source.lines().map(str::trim).filter(|l| !l.starts_with("//")).collect();
+    let code_blocks = |doc: &str| -> Vec<String> {
+        let start = doc.find("<table>").expect("a side-by-side table");
+        let table = &doc[start..start + doc[start..].find("</table>").unwrap()];
+        table.split("```").skip(1).step_by(2).map(str::to_string).collect()
+    };
+    let english = code_blocks(&read("docs/lesson.md"));
+    assert_eq!(english, code_blocks(&read("docs/lesson.ko.md")), "the two lessons differ");
+    let rust: Vec<&String> = english.iter().filter(|b| b.starts_with("rust\n")).collect();
+    assert!(rust.len() >= 9, "{rust:?}");
+    for block in rust {
+        let lines: Vec<&str> = block.lines().skip(1).map(str::trim).collect();
+        let found = source.windows(lines.len()).any(|window| window == lines.as_slice());
+        assert!(found, "not in guest-iterative/src/lib.rs:\n{}", lines.join("\n"));
+    }
+}

@@ -242,8 +242,7 @@ fn time_wait_after_a_client_closes_and_the_server_binds_again_at_once() {
 
 /// Section 1: the guest's half of the side-by-side code is the guest's
 /// real code (each excerpt appears, line for line, in its source, comments
-/// aside), and
-/// both languages show the same code.
+/// aside), and both languages show the same code.
 #[test]
 fn the_side_by_side_code_is_the_guests_own() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -76,3 +76,26 @@ fn sigint_while_the_guest_spins() {
     host.wait_for("spinning");
     assert_stops_cleanly(host, libc::SIGINT, "SIGINT");
 }
+
+/// Start-up: a client that connects while the host is starting is refused
+/// (and may retry) or served, never accepted and then reset. (The host's
+/// early "is the port free?" check must not listen on the port.)
+#[test]
+fn a_client_connecting_during_start_up_is_refused_or_served_never_reset() {
+    for _ in 0..10 {
+        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let host = Host::start(&["--listen", &addr.to_string()]);
+        // Connect as fast as possible from the moment the host starts.
+        let mut client = loop {
+            match std::net::TcpStream::connect(addr) {
+                Ok(client) => break client,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                Err(e) => panic!("connecting: {e}\n{}", host.report()),
+            }
+        };
+        client.write_all(b"early").unwrap();
+        let mut back = [0u8; 5];
+        client.read_exact(&mut back).unwrap_or_else(|e| panic!("{e}\n{}", host.report()));
+        assert_eq!(&back, b"early");
+    }
+}

@@ -7,8 +7,9 @@ use crate::policy::Grants;
 use crate::sandbox::{self, GuestState};
 use crate::settings::{Restart, Settings};
 use anyhow::{bail, Context, Result};
+use socket2::{Domain, Socket, Type};
 use std::collections::VecDeque;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -137,12 +138,24 @@ async fn run_once(
 
 /// Fails early, with the address in the message, when a listen address
 /// cannot be bound (typically: another server already has it).
+///
+/// It binds without listening: a client connecting at this instant must be
+/// refused (and retry), not queued on a socket about to close, which would
+/// reset it.
 fn check_can_listen(addr: SocketAddr) -> Result<()> {
     if addr.port() == 0 {
         return Ok(());
     }
-    match TcpListener::bind(addr) {
-        Ok(_) => Ok(()),
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)
+        .context("creating a socket to check the listen address")?;
+    // As wasmtime-wasi's bind does: connections of an earlier run left in
+    // TIME_WAIT do not make the address busy, and IPv6 means IPv6 only.
+    socket.set_reuse_address(true).context("setting SO_REUSEADDR")?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).context("setting IPV6_V6ONLY")?;
+    }
+    match socket.bind(&addr.into()) {
+        Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
             "cannot listen on {addr}: the address is already in use \
              (is another server running? choose another with --listen)"

@@ -87,6 +87,18 @@ impl Host {
         self.child.id()
     }
 
+    /// The CPU time the host process has used so far (user and system),
+    /// from /proc, in clock ticks (10 ms on Linux).
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // The fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf only reads a configuration value.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / per_second)
+    }
+
     /// Waits until a line containing `needle` has been printed; returns it.
     pub fn wait_for(&self, needle: &str) -> String {
         self.wait_for_nth(needle, 1)

@@ -115,7 +115,14 @@ fn main() -> Result<()> {
 
     // Memory: a fresh process idle, then holding 1000 idle connections.
     for server in &servers {
-        let run = server.start()?;
+        // A failure here loses this server's memory figures, not the run.
+        let run = match server.start() {
+            Ok(run) => run,
+            Err(e) => {
+                eprintln!("{}: {e:#}; leaving out its memory figures", server.name);
+                continue;
+            }
+        };
         let idle = run.rss()?;
         let held = runtime.block_on(load::open_echoing(run.addr, 1000))?;
         let with_conns = run.rss()?;

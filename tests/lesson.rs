@@ -116,22 +116,38 @@ fn partial_reads() {
 #[test]
 fn a_second_client_waits_behind_the_first() {
     let (host, addr) = serve_iterative(&[]);
-    let first = echo_once(addr, b"first");
+    let first = echo_once(addr, b"first\n");
     let mut second = connect(addr);
-    second.write_all(b"second").unwrap();
+    second.write_all(b"second\n").unwrap();
     // Proving that nothing comes needs a bounded wait: half a second of
     // silence while the first client stays connected.
     second.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-    let mut buf = [0u8; 6];
+    let mut buf = [0u8; 7];
     let silent = second.read(&mut buf).unwrap_err();
     assert!(matches!(silent.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut), "{silent}");
     assert_eq!(host.output().matches("client connected").count(), 1, "{}", host.output());
 
+    let (one, two) = (first.local_addr().unwrap().port(), second.local_addr().unwrap().port());
     drop(first);
     second.set_read_timeout(Some(PATIENCE)).unwrap();
     second.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"second");
-    host.wait_for_nth("client connected", 2);
+    assert_eq!(&buf, b"second\n");
+    host.wait_for(&format!("[TCP/127.0.0.1:{two}] second\\n"));
+
+    // The server's side of it, as the lesson shows it.
+    let output = host.output();
+    let mut rest = output.as_str();
+    for expected in [
+        format!("[TCP server] client connected: IP address=127.0.0.1 port={one}"),
+        format!("[TCP/127.0.0.1:{one}] first\\n"),
+        format!("[TCP server] client disconnected: IP address=127.0.0.1 port={one}"),
+        format!("[TCP server] client connected: IP address=127.0.0.1 port={two}"),
+        format!("[TCP/127.0.0.1:{two}] second\\n"),
+    ] {
+        let at =
+            rest.find(&expected).unwrap_or_else(|| panic!("no {expected:?} in order in\n{output}"));
+        rest = &rest[at + expected.len()..];
+    }
 }
 
 /// Section 5.3: the guest is told to bind an address that was not granted.

@@ -77,6 +77,30 @@ fn a_guest_creating_sockets_without_end_is_refused_at_the_cap() {
     );
 }
 
+/// Without --max-connections the cap follows the open-file limit (less 64
+/// descriptors for the host itself), so the guest is refused politely
+/// before the process runs out of descriptors.
+#[test]
+fn the_default_socket_cap_stays_under_the_open_file_limit() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = host_command();
+    cmd.args(["--listen", "127.0.0.1:0", &guest("socket-hoarder")]);
+    // SAFETY: setrlimit is async-signal-safe; it only lowers this child's limit.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 200, rlim_max: 200 };
+            match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+    let (status, output) = Host::start_command(&mut cmd).wait();
+    assert!(status.success(), "{output}");
+    assert!(output.contains("refused after 136 sockets: new-socket-limit"), "{output}");
+    assert!(output.contains("(--max-connections 136)"), "{output}");
+}
+
 #[test]
 fn clients_beyond_the_cap_are_turned_away_until_a_place_is_free() {
     // One place for the listener, two for clients.

@@ -103,7 +103,7 @@ fn prune(dir: &Path) {
         .filter(|path| path.extension().is_some_and(|ext| ext == "cwasm"))
         .filter_map(|path| Some((std::fs::metadata(&path).ok()?.modified().ok()?, path)))
         .collect();
-    entries.sort_by(|a, b| b.0.cmp(&a.0));
+    entries.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
     for (_, path) in entries.into_iter().skip(KEEP) {
         let _ = std::fs::remove_file(path);
     }

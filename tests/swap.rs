@@ -61,6 +61,20 @@ fn the_python_guest_echoes() {
     drop(host);
 }
 
+/// Compiling a large guest takes seconds; Ctrl-C during it stops the host
+/// at once, before the guest ever runs.
+#[test]
+fn sigint_while_a_large_guest_compiles_stops_at_once() {
+    let Some(guest) = python_guest() else { return };
+    let host = Host::start(&["--listen", "127.0.0.1:0", "--no-cache", guest.to_str().unwrap()]);
+    host.wait_for("compiling");
+    host.signal(libc::SIGINT);
+    let (status, output) = host.wait();
+    assert!(status.success(), "{output}");
+    assert!(output.contains("SIGINT received"), "{output}");
+    assert!(!output.contains("running ") && !output.contains("compiled "), "{output}");
+}
+
 /// Builds `guests/js` with componentize-js (installed by `npm ci` in
 /// guests/js) into target/guests.
 fn javascript_guest() -> Option<PathBuf> {

@@ -86,6 +86,7 @@ pub fn compile(
 }
 
 fn compile_timed(engine: &Engine, bytes: &[u8], shown: &str) -> Result<(Component, f64)> {
+    tracing::info!("compiling {shown} to machine code (seconds for a large guest)");
     let started = Instant::now();
     let component = Component::from_binary(engine, bytes)
         .map_err(anyhow::Error::from)

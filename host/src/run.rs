@@ -42,7 +42,17 @@ pub async fn run(settings: Settings) -> Result<ExitCode> {
 
     let engine = Engine::new(&engine::config())?;
     let name = guest::name(settings.guest.as_deref());
-    let component = guest::load(&engine, settings.guest.as_deref(), settings.cache_dir.as_deref())?;
+    // Compiling a large guest takes seconds: do it off this thread, so
+    // that a stop request is honoured at once even then.
+    let loading = {
+        let (engine, path) = (engine.clone(), settings.guest.clone());
+        let cache = settings.cache_dir.clone();
+        tokio::task::spawn_blocking(move || guest::load(&engine, path.as_deref(), cache.as_deref()))
+    };
+    let component = tokio::select! {
+        loaded = loading => loaded.context("loading the guest")??,
+        signal = shutdown.recv() => return Ok(stopped(signal)),
+    };
     let linker = sandbox::linker(&engine, &settings)?;
     let pre = command_pre(&linker, &component)?;
     let grants = Arc::new(settings.grants.clone());

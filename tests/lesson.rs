@@ -22,6 +22,16 @@ fn serve_iterative(extra: &[&str]) -> (Host, SocketAddr) {
     (host, addr)
 }
 
+/// Each of `expected` appears in `output`, in this order.
+fn assert_in_order(output: &str, expected: &[impl AsRef<str>]) {
+    let mut rest = output;
+    for expected in expected.iter().map(AsRef::as_ref) {
+        let at =
+            rest.find(expected).unwrap_or_else(|| panic!("no {expected:?} in order in\n{output}"));
+        rest = &rest[at + expected.len()..];
+    }
+}
+
 fn echo_once(addr: SocketAddr, data: &[u8]) -> TcpStream {
     let mut client = connect(addr);
     client.write_all(data).unwrap();
@@ -66,21 +76,18 @@ fn the_poll_guests_trace_shows_each_wsapoll() {
     let addr = host.listen_addr();
     drop(echo_once(addr, b"hello\n"));
     host.wait_for("closesocket()");
-    let output = host.output();
-    let mut rest = output.as_str();
-    for expected in [
-        "trace: WSAPoll(1 sockets) -> 1        = poll(1 pollables) -> ready [0]",
-        "trace: accept() -> 127.0.0.1:",
-        "trace: WSAPoll(2 sockets) -> 1        = poll(2 pollables) -> ready [1]",
-        "trace: recv(4096) -> 6 bytes          = input-stream.read(4096) -> 6 bytes",
-        "= output-stream.check-write -> 65536 (send at most this much)",
-        "trace: send(6) -> 6                   = output-stream.write(6 bytes) -> ok",
-        "trace: closesocket()                  = [drop] tcp-socket#",
-    ] {
-        let at =
-            rest.find(expected).unwrap_or_else(|| panic!("no {expected:?} in order in\n{output}"));
-        rest = &rest[at + expected.len()..];
-    }
+    assert_in_order(
+        &host.output(),
+        &[
+            "trace: WSAPoll(1 sockets) -> 1        = poll(1 pollables) -> ready [0]",
+            "trace: accept() -> 127.0.0.1:",
+            "trace: WSAPoll(2 sockets) -> 1        = poll(2 pollables) -> ready [1]",
+            "trace: recv(4096) -> 6 bytes          = input-stream.read(4096) -> 6 bytes",
+            "= output-stream.check-write -> 65536 (send at most this much)",
+            "trace: send(6) -> 6                   = output-stream.write(6 bytes) -> ok",
+            "trace: closesocket()                  = [drop] tcp-socket#",
+        ],
+    );
 }
 
 /// Section 1: without `--trace-data`, no byte is shown.
@@ -135,19 +142,16 @@ fn a_second_client_waits_behind_the_first() {
     host.wait_for(&format!("[TCP/127.0.0.1:{two}] second\\n"));
 
     // The server's side of it, as the lesson shows it.
-    let output = host.output();
-    let mut rest = output.as_str();
-    for expected in [
-        format!("[TCP server] client connected: IP address=127.0.0.1 port={one}"),
-        format!("[TCP/127.0.0.1:{one}] first\\n"),
-        format!("[TCP server] client disconnected: IP address=127.0.0.1 port={one}"),
-        format!("[TCP server] client connected: IP address=127.0.0.1 port={two}"),
-        format!("[TCP/127.0.0.1:{two}] second\\n"),
-    ] {
-        let at =
-            rest.find(&expected).unwrap_or_else(|| panic!("no {expected:?} in order in\n{output}"));
-        rest = &rest[at + expected.len()..];
-    }
+    assert_in_order(
+        &host.output(),
+        &[
+            format!("[TCP server] client connected: IP address=127.0.0.1 port={one}"),
+            format!("[TCP/127.0.0.1:{one}] first\\n"),
+            format!("[TCP server] client disconnected: IP address=127.0.0.1 port={one}"),
+            format!("[TCP server] client connected: IP address=127.0.0.1 port={two}"),
+            format!("[TCP/127.0.0.1:{two}] second\\n"),
+        ],
+    );
 }
 
 /// Section 5.3: the guest is told to bind an address that was not granted.

@@ -60,16 +60,16 @@ impl GuestState {
         let sockets = Arc::new(SocketCount::new(settings.limits.max_connections));
         let (grants, count) = (Arc::clone(grants), Arc::clone(&sockets));
         wasi.socket_addr_check(move |addr, use_| {
-            let granted = grants.check(addr, use_);
-            // A client the grants let in still needs a free socket slot. The
-            // cap logs its own refusal; only a client let in is "accepted".
-            let allowed = granted
-                && (!matches!(use_, SocketAddrUse::TcpAccept)
-                    || count.try_open(&format_args!("a client from {addr}, turned away")));
-            if allowed == granted {
+            let allowed = grants.check(addr, use_);
+            // A client the grants let in still needs a free socket slot; the
+            // cap logs its own refusal, so the client is not logged as accepted.
+            let turned_away = allowed
+                && matches!(use_, SocketAddrUse::TcpAccept)
+                && !count.try_open(&format_args!("a client from {addr}, turned away"));
+            if !turned_away {
                 grants.log(addr, use_, allowed);
             }
-            Box::pin(async move { allowed })
+            Box::pin(async move { allowed && !turned_away })
         });
         Ok(GuestState {
             wasi: wasi.build(),

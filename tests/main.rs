@@ -10,6 +10,7 @@ mod errors;
 mod hostile;
 mod inspect;
 mod lesson;
+mod nodelay;
 mod sandbox;
 mod shutdown;
 mod swap;

@@ -55,6 +55,12 @@ pub struct Args {
     #[arg(long)]
     pub allow_dns: bool,
 
+    /// Keep Nagle's algorithm on the guest's connections. By default the
+    /// host sets TCP_NODELAY on the guest's listeners (and so on every
+    /// client they accept): wasi:sockets has no way for the guest to.
+    #[arg(long)]
+    pub nagle: bool,
+
     /// Give the guest an environment variable (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,

@@ -12,6 +12,7 @@ mod engine;
 mod guest;
 mod inspect;
 mod limits;
+mod nodelay;
 mod policy;
 mod run;
 mod sandbox;

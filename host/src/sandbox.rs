@@ -5,11 +5,14 @@
 //! variable (`LISTEN_ADDR`), clocks and randomness, and the listen
 //! addresses. Everything else is a grant (see `policy.rs`, `settings.rs`).
 //!
+//! The guest's listeners get TCP_NODELAY unless `--nagle` (see `nodelay.rs`).
+//!
 //! A few imports are replaced so that the host can see and say what the
 //! guest does: refused name lookups and directory look-ups are logged, and
 //! socket creation and closing are counted against `--max-connections`.
 
 use crate::limits::{MemoryLimit, SocketCount};
+use crate::nodelay;
 use crate::policy::Grants;
 use crate::settings::{Settings, TraceDetail};
 use crate::trace::{self, Tracer};
@@ -58,9 +61,12 @@ impl GuestState {
         // per address and logs each decision.
         wasi.allow_tcp(true).allow_udp(grants.udp).allow_ip_name_lookup(grants.dns);
         let sockets = Arc::new(SocketCount::new(settings.limits.max_connections));
-        let (grants, count) = (Arc::clone(grants), Arc::clone(&sockets));
+        let (grants, count, nagle) = (Arc::clone(grants), Arc::clone(&sockets), settings.nagle);
         wasi.socket_addr_check(move |addr, use_| {
             let allowed = grants.check(addr, use_);
+            if allowed && !nagle && matches!(use_, SocketAddrUse::TcpListen) {
+                nodelay::set_on_listener(addr);
+            }
             // A client the grants let in still needs a free socket slot; the
             // cap logs its own refusal, so the client is not logged as accepted.
             let turned_away = allowed

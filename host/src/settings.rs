@@ -4,7 +4,7 @@
 //! - lists (`listen`, `allow-connect`, `allow-client`, `env`, `dir`): the
 //!   file's entries, then the command line's (an `env` key given on the
 //!   command line replaces the file's);
-//! - switches (`allow-udp`, `allow-dns`): on if either turns them on;
+//! - switches (`allow-udp`, `allow-dns`, `nagle`): on if either turns them on;
 //! - single values (`max-memory`, `max-connections`, `cpu-budget`,
 //!   `restart`): the command line over the file, the file over the default.
 //!
@@ -41,6 +41,8 @@ pub struct Settings {
     pub trace: Option<TraceDetail>,
     /// Where compiled guests are kept; `None` with `--no-cache`.
     pub cache_dir: Option<PathBuf>,
+    /// `--nagle`: leave TCP_NODELAY off on the guest's listeners.
+    pub nagle: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +88,8 @@ struct PolicyFile {
     allow_udp: bool,
     #[serde(default)]
     allow_dns: bool,
+    #[serde(default)]
+    nagle: bool,
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
@@ -152,6 +156,7 @@ impl Settings {
                 true => None,
                 false => args.cache_dir.or_else(crate::cache::default_dir),
             },
+            nagle: file.nagle || args.nagle,
         })
     }
 
@@ -280,6 +285,7 @@ mod tests {
         assert_eq!(s.grants.listen, vec![DEFAULT_LISTEN.parse().unwrap()]);
         assert!(s.grants.connect.is_empty() && s.grants.clients.is_empty());
         assert!(!s.grants.udp && !s.grants.dns && s.env.is_empty() && s.dirs.is_empty());
+        assert!(!s.nagle, "TCP_NODELAY is on by default");
         assert_eq!(s.limits.max_memory, DEFAULT_MAX_MEMORY);
         assert_eq!(s.restart, Restart::Never);
         assert_eq!(s.guest_env(), vec![("LISTEN_ADDR".to_string(), DEFAULT_LISTEN.to_string())]);
@@ -291,6 +297,7 @@ mod tests {
             listen = ["0.0.0.0:9000"]
             allow-connect = ["127.0.0.1:5432"]
             allow-udp = true
+            nagle = true
             env = { A = "from-file", B = "file" }
             max-memory = "32MiB"
             max-connections = 10
@@ -313,7 +320,7 @@ mod tests {
         let listen: Vec<String> = s.grants.listen.iter().map(ToString::to_string).collect();
         assert_eq!(listen, ["0.0.0.0:9000", "[::]:9000"]);
         assert_eq!(s.grants.connect.len(), 1);
-        assert!(s.grants.udp && s.grants.dns);
+        assert!(s.grants.udp && s.grants.dns && s.nagle);
         assert_eq!(s.env, vec![("A".into(), "from-flag".into()), ("B".into(), "file".into())]);
         assert_eq!(s.limits.max_memory, Size(32 << 20));
         assert_eq!(s.limits.max_connections, 20);

@@ -1,0 +1,82 @@
+//! Nagle's algorithm is off on the guest's connections (TCP_NODELAY, set by
+//! the host on its listeners), unless `--nagle`.
+//!
+//! The option lives on the host's side of the connection, so the test looks
+//! at the host's own socket: `pidfd_getfd` copies it out of the host
+//! process (a child of this one) for `getsockopt`.
+
+use crate::support::guests::{default_guest, test_guest};
+use crate::support::{connect, Host};
+use socket2::SockRef;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// TCP_NODELAY on the host's end of `client`'s connection.
+fn nodelay_at_host(host: &Host, client: &TcpStream) -> bool {
+    let ours = client.local_addr().unwrap();
+    let theirs = host_socket(host, |s| peer(s) == Some(ours))
+        .unwrap_or_else(|| panic!("no socket in the host is connected to {ours}"));
+    SockRef::from(&theirs).tcp_nodelay().unwrap()
+}
+
+/// The first socket of the host process that `is_it` picks, copied out.
+fn host_socket(host: &Host, is_it: impl Fn(&SockRef) -> bool) -> Option<OwnedFd> {
+    let pidfd = syscall(libc::SYS_pidfd_open, host.pid() as RawFd, 0)
+        .unwrap_or_else(|e| panic!("pidfd_open: {e}"));
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", host.pid())).unwrap();
+    fds.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
+        .filter_map(|fd| syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd).ok())
+        .find(|fd| is_it(&SockRef::from(fd)))
+}
+
+fn peer(socket: &SockRef) -> Option<SocketAddr> {
+    socket.peer_addr().ok()?.as_socket()
+}
+
+/// `pidfd_open(pid, 0)` or `pidfd_getfd(pidfd, fd, 0)`: a new descriptor.
+fn syscall(number: libc::c_long, a: RawFd, b: RawFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: both calls take two integers and a zero flag, and return a
+    // new descriptor that nothing else owns, or -1.
+    let fd = unsafe { libc::syscall(number, a, b, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: see above.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Connects and has one echo, so that the guest has accepted this client;
+/// the connection stays open.
+fn echoing_client(addr: SocketAddr) -> TcpStream {
+    let mut client = connect(addr);
+    client.write_all(b"hello").unwrap();
+    let mut echoed = [0; 5];
+    client.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"hello");
+    client
+}
+
+#[test]
+fn the_guests_clients_get_tcp_nodelay() {
+    let (host, addr) = Host::serve(None);
+    let client = echoing_client(addr);
+    assert!(nodelay_at_host(&host, &client), "{}", host.report());
+}
+
+#[test]
+fn a_guest_built_with_std_gets_it_too() {
+    // std's TcpListener::bind is socket(), bind(), listen() underneath,
+    // through wasi-libc: the same wasi:sockets calls the host sees.
+    let (host, addr) = Host::serve(Some(&test_guest("echo-std")));
+    let client = echoing_client(addr);
+    assert!(nodelay_at_host(&host, &client), "{}", host.report());
+}
+
+#[test]
+fn nagle_keeps_the_system_default() {
+    let guest = default_guest();
+    let host = Host::start(&["--nagle", "--listen", "127.0.0.1:0", guest.to_str().unwrap()]);
+    let client = echoing_client(host.listen_addr());
+    assert!(!nodelay_at_host(&host, &client), "{}", host.report());
+}

@@ -82,7 +82,7 @@ fn the_poll_guests_trace_shows_each_wsapoll() {
             "trace: WSAPoll(1 sockets) -> 1        = poll(1 pollables) -> ready [0]",
             "trace: accept() -> 127.0.0.1:",
             "trace: WSAPoll(2 sockets) -> 1        = poll(2 pollables) -> ready [1]",
-            "trace: recv(4096) -> 6 bytes          = input-stream.read(4096) -> 6 bytes",
+            "trace: recv(512) -> 6 bytes           = input-stream.read(512) -> 6 bytes",
             "= output-stream.check-write -> 65536 (send at most this much)",
             "trace: send(6) -> 6                   = output-stream.write(6 bytes) -> ok",
             "trace: closesocket()                  = [drop] tcp-socket#",

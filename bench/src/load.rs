@@ -17,6 +17,7 @@ pub struct Scenario {
 }
 
 pub struct Outcome {
+    pub round_trips: u64,
     pub round_trips_per_s: f64,
     pub p50: Duration,
     pub p99: Duration,
@@ -45,6 +46,7 @@ pub async fn ping_pong(addr: SocketAddr, s: Scenario) -> Result<Outcome> {
     }
     let elapsed = started.elapsed();
     Ok(Outcome {
+        round_trips: all.len(),
         round_trips_per_s: all.len() as f64 / elapsed.as_secs_f64(),
         p50: Duration::from_nanos(all.value_at_quantile(0.5)),
         p99: Duration::from_nanos(all.value_at_quantile(0.99)),

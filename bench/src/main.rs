@@ -30,6 +30,10 @@ struct Args {
     /// Leave out the wasmtime CLI even if it is installed.
     #[arg(long)]
     no_cli: bool,
+    /// Run only the load scenarios whose name contains this (e.g. "64 KiB"),
+    /// and skip the start-up, memory and held-connections measures.
+    #[arg(long, value_name = "TEXT")]
+    only: Option<String>,
 }
 
 const SCENARIOS: [Scenario; 4] = [
@@ -76,9 +80,15 @@ fn main() -> Result<()> {
     println!("# echo benchmark: {} rounds, file-descriptor limit raised to {raised}", args.rounds);
     let mut results = Results::default();
 
+    let scenarios: Vec<Scenario> = match &args.only {
+        Some(text) => SCENARIOS.into_iter().filter(|s| s.name.contains(text.as_str())).collect(),
+        None => SCENARIOS.to_vec(),
+    };
+    let everything = args.only.is_none();
+
     // Exec to first echo: a fresh process each time.
     for _ in 0..args.rounds {
-        for server in &servers {
+        for server in servers.iter().filter(|_| everything) {
             let t = server.time_to_first_echo()?;
             results.add("exec to first echo (ms)", server.name, t.as_secs_f64() * 1e3);
         }
@@ -89,11 +99,25 @@ fn main() -> Result<()> {
     // The load, interleaved: every server once per scenario per round.
     for round in 0..args.rounds {
         eprintln!("round {}/{}", round + 1, args.rounds);
-        for scenario in SCENARIOS {
+        for &scenario in &scenarios {
             for (server, run) in servers.iter().zip(&running) {
+                let cpu_before = run.cpu()?;
                 let outcome = runtime
                     .block_on(load::ping_pong(run.addr, scenario))
                     .with_context(|| format!("{} on {}", scenario.name, server.name))?;
+                let cpu = run.cpu()? - cpu_before;
+                let per_round_trip =
+                    |d: Duration| d.as_secs_f64() * 1e6 / outcome.round_trips as f64;
+                results.add(
+                    &format!("{}: server CPU per round trip (us)", scenario.name),
+                    server.name,
+                    per_round_trip(cpu.user + cpu.system),
+                );
+                results.add(
+                    &format!("{}: server CPU per round trip, user space (us)", scenario.name),
+                    server.name,
+                    per_round_trip(cpu.user),
+                );
                 results.add(
                     &format!("{}: round trips/s", scenario.name),
                     server.name,
@@ -114,7 +138,7 @@ fn main() -> Result<()> {
     }
 
     // Memory: a fresh process idle, then holding 1000 idle connections.
-    for server in &servers {
+    for server in servers.iter().filter(|_| everything) {
         // A failure here loses this server's memory figures, not the run.
         let run = match server.start() {
             Ok(run) => run,
@@ -126,10 +150,11 @@ fn main() -> Result<()> {
         let idle = run.rss()?;
         let held = runtime.block_on(load::open_echoing(run.addr, 1000))?;
         let with_conns = run.rss()?;
-        let cpu_before = run.cpu_time()?;
+        let cpu_before = run.cpu()?;
         std::thread::sleep(Duration::from_secs(1));
-        let idle_cpu = run.cpu_time()? - cpu_before;
+        let idle_cpu = run.cpu()? - cpu_before;
         drop(held);
+        let idle_cpu = idle_cpu.user + idle_cpu.system;
         results.add("CPU with 1000 idle conns (ms/s)", server.name, idle_cpu.as_secs_f64() * 1e3);
         results.add("RSS idle (MB)", server.name, idle as f64 / 1e6);
         results.add("RSS with 1000 idle conns (MB)", server.name, with_conns as f64 / 1e6);
@@ -141,7 +166,7 @@ fn main() -> Result<()> {
     }
 
     // Many connections held open and echoing.
-    for (server, run) in servers.iter().zip(&running) {
+    for (server, run) in servers.iter().zip(&running).filter(|_| everything) {
         let held = runtime.block_on(load::open_echoing(run.addr, args.hold));
         let (opened, errors) = match held {
             Ok(streams) => {

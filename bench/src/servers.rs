@@ -118,17 +118,33 @@ impl Running {
     }
 }
 
+/// CPU time a process has used, in user space and in the kernel.
+#[derive(Clone, Copy)]
+pub struct Cpu {
+    pub user: Duration,
+    pub system: Duration,
+}
+
+impl std::ops::Sub for Cpu {
+    type Output = Cpu;
+    fn sub(self, earlier: Cpu) -> Cpu {
+        Cpu { user: self.user - earlier.user, system: self.system - earlier.system }
+    }
+}
+
 impl Running {
-    /// User plus system CPU time the server process has used so far.
-    pub fn cpu_time(&self) -> Result<Duration> {
+    /// The CPU time the server process has used so far.
+    pub fn cpu(&self) -> Result<Cpu> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
         // Fields after the command name, which is in parentheses.
         let fields: Vec<&str> =
             stat.rsplit_once(')').context("bad stat")?.1.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
         // SAFETY: sysconf has no memory effects.
         let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-        Ok(Duration::from_millis(ticks * 1000 / per_second))
+        let time = |field: &str| -> Result<Duration> {
+            Ok(Duration::from_millis(field.parse::<u64>()? * 1000 / per_second))
+        };
+        Ok(Cpu { user: time(fields[11])?, system: time(fields[12])? })
     }
 }
 

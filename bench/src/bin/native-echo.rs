@@ -1,7 +1,8 @@
 //! The native baseline: tokio's canonical echo server (examples/echo.rs in
-//! the tokio repository), with two changes for a fair comparison: the same
-//! 64 KiB read size as the default guest, and a client error ends that
-//! client instead of panicking.
+//! the tokio repository), with three changes for a fair comparison: the same
+//! 64 KiB read size as the default guest, TCP_NODELAY on each client as the
+//! host gives its guest (see host/src/nodelay.rs), and a client error ends
+//! that client instead of panicking.
 //!
 //! usage: native-echo ADDR:PORT
 
@@ -20,6 +21,7 @@ async fn main() -> anyhow::Result<()> {
         let Ok((mut socket, _)) = listener.accept().await else {
             continue;
         };
+        let _ = socket.set_nodelay(true);
         tokio::spawn(async move {
             let mut buf = vec![0; READ_SIZE];
             loop {

@@ -9,6 +9,7 @@
 mod cache;
 mod cli;
 mod engine;
+mod epoch;
 mod guest;
 mod inspect;
 mod limits;
@@ -45,7 +46,12 @@ fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(e) => return fail(e),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_park(epoch::runtime_parks)
+        .on_thread_unpark(epoch::runtime_wakes)
+        .build();
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => return fail(anyhow::Error::new(e).context("starting the async runtime")),
     };

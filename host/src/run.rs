@@ -2,6 +2,7 @@
 //! with `--restart on-failure`, starts it again after a failure.
 
 use crate::engine;
+use crate::epoch::{EpochTicker, EPOCH_TICK};
 use crate::guest;
 use crate::policy::Grants;
 use crate::sandbox::{self, GuestState};
@@ -11,7 +12,6 @@ use socket2::{Domain, Socket, Type};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -19,11 +19,6 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::I32Exit;
-
-/// How often compiled guest code checks in with the host. A guest that
-/// spins in a loop yields this often, so a stop request is seen quickly;
-/// it is also the unit of `--cpu-budget`.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Restart backoff: the first delay, doubled after each failure up to the last.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -286,32 +281,6 @@ impl Shutdown {
             _ = self.interrupt.recv() => "SIGINT",
             _ = self.terminate.recv() => "SIGTERM",
         }
-    }
-}
-
-/// A thread that advances the engine's epoch every [`EPOCH_TICK`]. It has
-/// to be a thread: while a guest spins, the async runtime cannot run.
-struct EpochTicker {
-    stop: Arc<AtomicBool>,
-}
-
-impl EpochTicker {
-    fn start(engine: &Engine) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (engine, stopped) = (engine.clone(), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            while !stopped.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
-                engine.increment_epoch();
-            }
-        });
-        EpochTicker { stop }
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

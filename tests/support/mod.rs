@@ -99,6 +99,23 @@ impl Host {
         Duration::from_millis(ticks * 1000 / per_second)
     }
 
+    /// How many times the host's threads have gone to sleep so far
+    /// (voluntary context switches, from /proc): each is a wake-up.
+    pub fn wakeups(&self) -> u64 {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).unwrap();
+        tasks
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+            .flat_map(|status| {
+                status
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                    .map(|n| n.trim().parse::<u64>().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    }
+
     /// Waits until a line containing `needle` has been printed; returns it.
     pub fn wait_for(&self, needle: &str) -> String {
         self.wait_for_nth(needle, 1)

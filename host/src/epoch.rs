@@ -1,0 +1,83 @@
+//! The epoch ticker: a thread that advances the engine's epoch every
+//! [`EPOCH_TICK`], so that compiled guest code which spins in a loop
+//! yields (and can be stopped) that often. It has to be a thread: while a
+//! guest spins, the async runtime cannot run.
+//!
+//! While the async runtime is parked (waiting for the network, a signal or
+//! a timer), no guest code is running and there is nothing to interrupt, so
+//! the ticker sleeps too: an idle server wakes up for nothing. The runtime
+//! reports parking and waking through [`runtime_parks`] and
+//! [`runtime_wakes`], installed as its `on_thread_park` and
+//! `on_thread_unpark` hooks.
+
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::thread::Thread;
+use std::time::Duration;
+use wasmtime::Engine;
+
+/// How often compiled guest code checks in with the host. A guest that
+/// spins in a loop yields this often, so a stop request is seen quickly;
+/// it is also the unit of `--cpu-budget`.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+static RUNTIME_PARKED: AtomicBool = AtomicBool::new(false);
+static TICKER_ASLEEP: AtomicBool = AtomicBool::new(false);
+static TICKER: Mutex<Option<Thread>> = Mutex::new(None);
+
+/// The async runtime's thread is about to wait.
+pub fn runtime_parks() {
+    RUNTIME_PARKED.store(true, SeqCst);
+}
+
+/// The async runtime's thread is running again: so must the ticker. Each
+/// side writes its own flag, then reads the other's (both SeqCst), so
+/// either the ticker sees the runtime awake or the runtime sees the ticker
+/// asleep and wakes it.
+pub fn runtime_wakes() {
+    RUNTIME_PARKED.store(false, SeqCst);
+    if TICKER_ASLEEP.load(SeqCst) {
+        wake_ticker();
+    }
+}
+
+fn wake_ticker() {
+    if let Some(ticker) = TICKER.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        ticker.unpark();
+    }
+}
+
+/// Ticks until dropped.
+pub struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    pub fn start(engine: &Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (engine, stopped) = (engine.clone(), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(SeqCst) {
+                if RUNTIME_PARKED.load(SeqCst) {
+                    TICKER_ASLEEP.store(true, SeqCst);
+                    if RUNTIME_PARKED.load(SeqCst) {
+                        std::thread::park();
+                    }
+                    TICKER_ASLEEP.store(false, SeqCst);
+                    continue;
+                }
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        });
+        *TICKER.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread.thread().clone());
+        EpochTicker { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, SeqCst);
+        wake_ticker();
+    }
+}

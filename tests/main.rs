@@ -10,6 +10,7 @@ mod errors;
 mod hostile;
 mod inspect;
 mod lesson;
+#[cfg(target_os = "linux")]
 mod nodelay;
 mod sandbox;
 mod shutdown;

@@ -26,7 +26,12 @@ fn host_socket(host: &Host, is_it: impl Fn(&SockRef) -> bool) -> Option<OwnedFd>
         .unwrap_or_else(|e| panic!("pidfd_open: {e}"));
     let fds = std::fs::read_dir(format!("/proc/{}/fd", host.pid())).unwrap();
     fds.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
-        .filter_map(|fd| syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd).ok())
+        .filter_map(|fd| match syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd) {
+            Ok(copy) => Some(copy),
+            // Closed since it was listed.
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) => None,
+            Err(e) => panic!("pidfd_getfd (copying the host's descriptor {fd}): {e}"),
+        })
         .find(|fd| is_it(&SockRef::from(fd)))
 }
 

@@ -69,6 +69,20 @@ fn sigterm_while_the_guest_spins() {
     assert_stops_cleanly(host, libc::SIGTERM, "SIGTERM");
 }
 
+/// The epoch ticker sleeps while the host waits; it must wake with it, or
+/// a guest that spins after waiting could not be stopped.
+#[test]
+fn sigterm_while_the_guest_spins_after_the_host_was_idle() {
+    let guest = test_guest("spin");
+    let host =
+        Host::start(&["--listen", "127.0.0.1:0", guest.to_str().unwrap(), "--", "after-a-client"]);
+    let addr = host.listen_addr();
+    host.wait_until_idle();
+    let _client = connect(addr);
+    host.wait_for("spinning");
+    assert_stops_cleanly(host, libc::SIGTERM, "SIGTERM");
+}
+
 #[test]
 fn sigint_while_the_guest_spins() {
     let guest = test_guest("spin");

@@ -11,7 +11,7 @@
 mod load;
 mod servers;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
 use load::Scenario;
 use servers::Server;
@@ -84,6 +84,9 @@ fn main() -> Result<()> {
         Some(text) => SCENARIOS.into_iter().filter(|s| s.name.contains(text.as_str())).collect(),
         None => SCENARIOS.to_vec(),
     };
+    if scenarios.is_empty() {
+        bail!("--only: no load is named like that; the loads are: {:?}", SCENARIOS.map(|s| s.name));
+    }
     let everything = args.only.is_none();
 
     // Exec to first echo: a fresh process each time.

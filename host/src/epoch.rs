@@ -5,11 +5,12 @@
 //!
 //! While the async runtime is parked (waiting for the network, a signal or
 //! a timer), no guest code is running and there is nothing to interrupt, so
-//! the ticker sleeps too: an idle server wakes up for nothing. The runtime
+//! the ticker sleeps too, and an idle server does not wake up for it. The runtime
 //! reports parking and waking through [`runtime_parks`] and
 //! [`runtime_wakes`], installed as its `on_thread_park` and
 //! `on_thread_unpark` hooks.
 
+use anyhow::Context;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread::Thread;
@@ -47,16 +48,18 @@ fn wake_ticker() {
     }
 }
 
-/// Ticks until dropped.
+/// Ticks until dropped. One at a time: the park hooks wake the latest.
 pub struct EpochTicker {
     stop: Arc<AtomicBool>,
+    thread: Thread,
 }
 
 impl EpochTicker {
-    pub fn start(engine: &Engine) -> Self {
+    pub fn start(engine: &Engine) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let (engine, stopped) = (engine.clone(), Arc::clone(&stop));
-        let thread = std::thread::spawn(move || {
+        let ticker = std::thread::Builder::new().name("epoch-ticker".into());
+        let thread = ticker.spawn(move || {
             while !stopped.load(SeqCst) {
                 if RUNTIME_PARKED.load(SeqCst) {
                     TICKER_ASLEEP.store(true, SeqCst);
@@ -70,14 +73,16 @@ impl EpochTicker {
                 engine.increment_epoch();
             }
         });
-        *TICKER.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread.thread().clone());
-        EpochTicker { stop }
+        let thread = thread.context("starting the epoch ticker thread")?;
+        let thread = thread.thread().clone();
+        *TICKER.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread.clone());
+        Ok(EpochTicker { stop, thread })
     }
 }
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, SeqCst);
-        wake_ticker();
+        self.thread.unpark();
     }
 }

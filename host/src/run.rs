@@ -53,7 +53,7 @@ pub async fn run(settings: Settings) -> Result<ExitCode> {
     let grants = Arc::new(settings.grants.clone());
     let argv: Vec<String> =
         std::iter::once(name.clone()).chain(settings.guest_args.iter().cloned()).collect();
-    let _ticker = EpochTicker::start(&engine);
+    let _ticker = EpochTicker::start(&engine)?;
 
     tracing::info!("running {name}; granted: {}; everything else is denied", grants.summary());
     let mut failures = Failures::default();

@@ -25,6 +25,16 @@ pub fn host_command() -> Command {
     cmd
 }
 
+/// Voluntary context switches per thread id.
+pub struct Wakeups(std::collections::HashMap<String, u64>);
+
+impl Wakeups {
+    /// Wake-ups since `earlier`, counting the threads alive at both times.
+    pub fn since(&self, earlier: &Wakeups) -> u64 {
+        self.0.iter().filter_map(|(tid, now)| Some(now - earlier.0.get(tid)?)).sum()
+    }
+}
+
 /// A running host, its output collected line by line as it arrives.
 pub struct Host {
     child: Child,
@@ -99,21 +109,41 @@ impl Host {
         Duration::from_millis(ticks * 1000 / per_second)
     }
 
-    /// How many times the host's threads have gone to sleep so far
+    /// How many times each of the host's threads has gone to sleep so far
     /// (voluntary context switches, from /proc): each is a wake-up.
-    pub fn wakeups(&self) -> u64 {
+    pub fn wakeups(&self) -> Wakeups {
         let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).unwrap();
-        tasks
+        let per_thread = tasks
             .flatten()
-            .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
-            .flat_map(|status| {
-                status
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-                    .map(|n| n.trim().parse::<u64>().unwrap())
-                    .collect::<Vec<_>>()
+            .filter_map(|task| {
+                let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+                let count = status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"));
+                Some((task.file_name().into_string().ok()?, count?.trim().parse().ok()?))
             })
-            .sum()
+            .collect();
+        Wakeups(per_thread)
+    }
+
+    /// Waits until the host is idle: its epoch ticker thread parked (waiting
+    /// on a futex, not in its 10 ms sleep), which it does only while the
+    /// async runtime waits too.
+    pub fn wait_until_idle(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        let read = |task: &std::fs::DirEntry, file: &str| {
+            std::fs::read_to_string(task.path().join(file)).unwrap_or_default()
+        };
+        loop {
+            let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).unwrap();
+            let ticker_parked = tasks.flatten().any(|task| {
+                read(&task, "comm").trim() == "epoch-ticker"
+                    && read(&task, "wchan").contains("futex")
+            });
+            if ticker_parked {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the host never went idle\n{}", self.report());
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Waits until a line containing `needle` has been printed; returns it.

@@ -53,6 +53,7 @@ fn the_trace_shows_each_winsock_call_next_to_its_wasi_function() {
         "trace: bind(127.0.0.1:0)              = tcp-socket.start-bind(127.0.0.1:0) -> ok [policy: allowed]",
         "= tcp-socket.finish-bind -> ok: bound",
         "trace: listen(backlog=4096)           = tcp-socket.set-listen-backlog-size(4096) -> ok",
+        "trace: setsockopt(TCP_NODELAY, 1)     = (not in wasi:sockets: the host sets it, see --nagle) -> ok",
         "= tcp-socket.start-listen -> ok [policy: allowed]",
         "trace: accept() -> 127.0.0.1:",
         "[policy: client allowed]",

@@ -17,14 +17,20 @@
 
 use std::net::SocketAddr;
 
-/// Sets TCP_NODELAY on the bound, not yet listening TCP socket at `addr`.
-pub fn set_on_listener(addr: SocketAddr) {
+/// Sets TCP_NODELAY on the bound, not yet listening TCP socket at `addr`;
+/// with `--trace`, says so in the trace, where a WinSock server would have
+/// called setsockopt itself.
+pub fn set_on_listener(addr: SocketAddr, trace: bool) {
     if addr.port() == 0 {
         // A listen without a bind: the system binds the socket only as it
         // starts listening, so nothing identifies it yet.
         return tracing::debug!("TCP_NODELAY not set: the guest listens without binding first");
     }
     match find_and_set(addr) {
+        Ok(1) if trace => crate::trace::line(
+            "setsockopt(TCP_NODELAY, 1)",
+            "(not in wasi:sockets: the host sets it, see --nagle) -> ok",
+        ),
         Ok(1) => tracing::debug!("TCP_NODELAY set on the listener at {addr}"),
         Ok(found) => tracing::warn!(
             "TCP_NODELAY: {found} sockets bound to {addr} instead of 1; its clients keep Nagle's algorithm"

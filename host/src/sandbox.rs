@@ -61,12 +61,10 @@ impl GuestState {
         // per address and logs each decision.
         wasi.allow_tcp(true).allow_udp(grants.udp).allow_ip_name_lookup(grants.dns);
         let sockets = Arc::new(SocketCount::new(settings.limits.max_connections));
-        let (grants, count, nagle) = (Arc::clone(grants), Arc::clone(&sockets), settings.nagle);
+        let (grants, count) = (Arc::clone(grants), Arc::clone(&sockets));
+        let (nagle, trace) = (settings.nagle, settings.trace.is_some());
         wasi.socket_addr_check(move |addr, use_| {
             let allowed = grants.check(addr, use_);
-            if allowed && !nagle && matches!(use_, SocketAddrUse::TcpListen) {
-                nodelay::set_on_listener(addr);
-            }
             // A client the grants let in still needs a free socket slot; the
             // cap logs its own refusal, so the client is not logged as accepted.
             let turned_away = allowed
@@ -74,6 +72,9 @@ impl GuestState {
                 && !count.try_open(&format_args!("a client from {addr}, turned away"));
             if !turned_away {
                 grants.log(addr, use_, allowed);
+            }
+            if allowed && !nagle && matches!(use_, SocketAddrUse::TcpListen) {
+                nodelay::set_on_listener(addr, trace);
             }
             Box::pin(async move { allowed && !turned_away })
         });

@@ -4,9 +4,9 @@
 //! guest spins, the async runtime cannot run.
 //!
 //! While the async runtime is parked (waiting for the network, a signal or
-//! a timer), no guest code is running and there is nothing to interrupt, so
-//! the ticker sleeps too, and an idle server does not wake up for it. The runtime
-//! reports parking and waking through [`runtime_parks`] and
+//! a timer), no guest code is running and there is nothing to interrupt,
+//! so the ticker sleeps too, and an idle server does not wake up for it.
+//! The runtime reports parking and waking through [`runtime_parks`] and
 //! [`runtime_wakes`], installed as its `on_thread_park` and
 //! `on_thread_unpark` hooks.
 

@@ -23,7 +23,6 @@ use wasmtime::Engine;
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 static RUNTIME_PARKED: AtomicBool = AtomicBool::new(false);
-static TICKER_ASLEEP: AtomicBool = AtomicBool::new(false);
 static TICKER: Mutex<Option<Thread>> = Mutex::new(None);
 
 /// The async runtime's thread is about to wait.
@@ -31,15 +30,13 @@ pub fn runtime_parks() {
     RUNTIME_PARKED.store(true, SeqCst);
 }
 
-/// The async runtime's thread is running again: so must the ticker. Each
-/// side writes its own flag, then reads the other's (both SeqCst), so
-/// either the ticker sees the runtime awake or the runtime sees the ticker
-/// asleep and wakes it.
+/// The async runtime's thread is running again: so must the ticker. An
+/// unpark that comes before the ticker's park is kept (`Thread::unpark`),
+/// so a wake-up between its check and its park is not lost; unparking a
+/// ticker that is not parked costs one atomic swap.
 pub fn runtime_wakes() {
     RUNTIME_PARKED.store(false, SeqCst);
-    if TICKER_ASLEEP.load(SeqCst) {
-        wake_ticker();
-    }
+    wake_ticker();
 }
 
 fn wake_ticker() {
@@ -62,11 +59,8 @@ impl EpochTicker {
         let thread = ticker.spawn(move || {
             while !stopped.load(SeqCst) {
                 if RUNTIME_PARKED.load(SeqCst) {
-                    TICKER_ASLEEP.store(true, SeqCst);
-                    if RUNTIME_PARKED.load(SeqCst) {
-                        std::thread::park();
-                    }
-                    TICKER_ASLEEP.store(false, SeqCst);
+                    // Until the runtime wakes (or a spurious return: look again).
+                    std::thread::park();
                     continue;
                 }
                 std::thread::sleep(EPOCH_TICK);

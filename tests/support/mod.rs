@@ -112,16 +112,21 @@ impl Host {
     /// How many times each of the host's threads has gone to sleep so far
     /// (voluntary context switches, from /proc): each is a wake-up.
     pub fn wakeups(&self) -> Wakeups {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).unwrap();
-        let per_thread = tasks
-            .flatten()
+        let per_thread = self
+            .threads()
             .filter_map(|task| {
-                let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+                let status = std::fs::read_to_string(task.join("status")).ok()?;
                 let count = status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"));
-                Some((task.file_name().into_string().ok()?, count?.trim().parse().ok()?))
+                Some((task.file_name()?.to_str()?.to_string(), count?.trim().parse().ok()?))
             })
             .collect();
         Wakeups(per_thread)
+    }
+
+    /// The host's threads: their /proc/PID/task/TID directories.
+    fn threads(&self) -> impl Iterator<Item = std::path::PathBuf> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).unwrap();
+        tasks.flatten().map(|task| task.path())
     }
 
     /// Waits until the host is idle: its epoch ticker thread parked (waiting
@@ -129,12 +134,10 @@ impl Host {
     /// async runtime waits too.
     pub fn wait_until_idle(&self) {
         let deadline = Instant::now() + PATIENCE;
-        let read = |task: &std::fs::DirEntry, file: &str| {
-            std::fs::read_to_string(task.path().join(file)).unwrap_or_default()
-        };
+        let read =
+            |task: &Path, file: &str| std::fs::read_to_string(task.join(file)).unwrap_or_default();
         loop {
-            let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).unwrap();
-            let ticker_parked = tasks.flatten().any(|task| {
+            let ticker_parked = self.threads().any(|task| {
                 read(&task, "comm").trim() == "epoch-ticker"
                     && read(&task, "wchan").contains("futex")
             });

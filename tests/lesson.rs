@@ -80,9 +80,9 @@ fn the_poll_guests_trace_shows_each_wsapoll() {
     assert_in_order(
         &host.output(),
         &[
-            "trace: WSAPoll(1 sockets) -> 1        = poll(1 pollables) -> ready [0]",
+            "trace: WSAPoll(1 entries) -> 1        = poll(1 pollables) -> ready [0]",
             "trace: accept() -> 127.0.0.1:",
-            "trace: WSAPoll(2 sockets) -> 1        = poll(2 pollables) -> ready [1]",
+            "trace: WSAPoll(2 entries) -> 1        = poll(2 pollables) -> ready [1]",
             "trace: recv(512) -> 6 bytes           = input-stream.read(512) -> 6 bytes",
             "= output-stream.check-write -> 65536 (send at most this much)",
             "trace: send(6) -> 6                   = output-stream.write(6 bytes) -> ok",
@@ -198,7 +198,7 @@ fn a_client_that_resets() {
     client.write_all(b"hi").unwrap();
     client.read_exact(&mut [0u8; 2]).unwrap();
     reset(client);
-    host.wait_for("recv() failed: ConnectionReset");
+    host.wait_for("recv() failed: Connection reset by peer (os error 104)");
     host.wait_for_nth("client disconnected", 3);
     assert_echoes(addr, b"next client");
 

@@ -14,4 +14,5 @@ mod lesson;
 mod nodelay;
 mod sandbox;
 mod shutdown;
+mod sockets;
 mod swap;

@@ -1,5 +1,5 @@
 //! Nagle's algorithm is off on the guest's connections (TCP_NODELAY, set by
-//! the host on its listeners), unless `--nagle`.
+//! the host on each client it accepts), unless `--nagle`.
 //!
 //! The option lives on the host's side of the connection, so the test looks
 //! at the host's own socket: `pidfd_getfd` copies it out of the host

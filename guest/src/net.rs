@@ -69,8 +69,9 @@ fn finish(sock: &TcpSocket, mut step: impl FnMut() -> Result<(), ErrorCode>) -> 
 /// client's address.
 ///
 /// Fields drop in declaration order: the streams before the socket they
-/// belong to. The other order traps ("resource has children"), which is
-/// why closesocket() is "drop the streams, then the socket".
+/// belong to. The other order traps on wasmtime's own runtime ("resource
+/// has children"; this repository's host allows it), which is why
+/// closesocket() is "drop the streams, then the socket".
 pub struct Accepted {
     pub input: InputStream,
     pub output: OutputStream,

@@ -3,7 +3,8 @@
 // Built into a component with componentize-js (SpiderMonkey) against the
 // same world as the Rust guest (wit/echo.wit); see build.mjs. One client at
 // a time, like the seed. A client's streams are dropped before its socket
-// (Symbol.dispose), or the guest traps ("resource has children").
+// (Symbol.dispose): the wasmtime CLI traps on the other order ("resource
+// has children").
 
 import { getEnvironment } from 'wasi:cli/environment@0.2.12';
 import { instanceNetwork } from 'wasi:sockets/instance-network@0.2.12';

@@ -1,7 +1,8 @@
 //! The command line.
 
 use crate::policy::{DirGrant, NetRule};
-use crate::settings::{LogFormat, Restart, Size};
+use crate::settings::{self, Choices, LogFormat, Restart, Run, Settings, Size, TraceDetail};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 use std::net::SocketAddr;
@@ -119,6 +120,44 @@ pub struct Args {
     pub guest_args: Vec<String>,
 }
 
+impl Args {
+    /// The settings these options and the policy file (if any) make.
+    pub fn into_settings(self) -> Result<Settings> {
+        let file = match &self.policy {
+            Some(path) => settings::read_policy(path)?,
+            None => Choices::default(),
+        };
+        let run = Run {
+            guest: self.guest,
+            guest_args: self.guest_args,
+            trace: match (self.trace, self.trace_data) {
+                (_, true) => Some(TraceDetail::Data),
+                (true, false) => Some(TraceDetail::Calls),
+                (false, false) => None,
+            },
+            cache_dir: match self.no_cache {
+                true => None,
+                false => self.cache_dir.or_else(crate::cache::default_dir),
+            },
+        };
+        let flags = Choices {
+            listen: self.listen,
+            allow_connect: self.allow_connect,
+            allow_client: self.allow_client,
+            allow_udp: self.allow_udp,
+            allow_dns: self.allow_dns,
+            nagle: self.nagle,
+            env: self.env.into_iter().collect(),
+            dir: self.dir,
+            max_memory: self.max_memory,
+            max_connections: self.max_connections,
+            cpu_budget: self.cpu_budget.map(Into::into),
+            restart: self.restart,
+        };
+        Settings::new(run, file, flags)
+    }
+}
+
 fn parse_env(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
@@ -138,4 +177,81 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::{DEFAULT_LISTEN, DEFAULT_MAX_MEMORY};
+    use std::time::Duration;
+
+    fn settings(policy: Option<&str>, flags: &[&str]) -> Result<Settings> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut argv = vec!["host".to_string()];
+        if let Some(text) = policy {
+            let path = dir.path().join("policy.toml");
+            std::fs::write(&path, text).unwrap();
+            argv.push("--policy".into());
+            argv.push(path.display().to_string());
+        }
+        argv.extend(flags.iter().map(|f| f.to_string()));
+        Args::try_parse_from(argv)?.into_settings()
+    }
+
+    #[test]
+    fn defaults_grant_one_listen_address() {
+        let s = settings(None, &[]).unwrap();
+        assert_eq!(s.grants.listen, vec![DEFAULT_LISTEN.parse().unwrap()]);
+        assert!(s.grants.connect.is_empty() && s.grants.clients.is_empty());
+        assert!(!s.grants.udp && !s.grants.dns && s.env.is_empty() && s.dirs.is_empty());
+        assert!(!s.nagle, "TCP_NODELAY is on by default");
+        assert_eq!(s.limits.max_memory, DEFAULT_MAX_MEMORY);
+        assert_eq!(s.restart, Restart::Never);
+        assert_eq!(s.guest_env(), vec![("LISTEN_ADDR".to_string(), DEFAULT_LISTEN.to_string())]);
+    }
+
+    #[test]
+    fn file_and_flags_combine_predictably() {
+        let file = r#"
+            listen = ["0.0.0.0:9000"]
+            allow-connect = ["127.0.0.1:5432"]
+            allow-udp = true
+            nagle = true
+            env = { A = "from-file", B = "file" }
+            max-memory = "32MiB"
+            max-connections = 10
+            cpu-budget = "5m"
+            restart = "on-failure"
+        "#;
+        let s = settings(
+            Some(file),
+            &[
+                "--listen",
+                "[::]:9000",
+                "--env",
+                "A=from-flag",
+                "--max-connections",
+                "20",
+                "--allow-dns",
+            ],
+        )
+        .unwrap();
+        let listen: Vec<String> = s.grants.listen.iter().map(ToString::to_string).collect();
+        assert_eq!(listen, ["0.0.0.0:9000", "[::]:9000"]);
+        assert_eq!(s.grants.connect.len(), 1);
+        assert!(s.grants.udp && s.grants.dns && s.nagle);
+        assert_eq!(s.env, vec![("A".into(), "from-flag".into()), ("B".into(), "file".into())]);
+        assert_eq!(s.limits.max_memory, Size(32 << 20));
+        assert_eq!(s.limits.max_connections, 20);
+        assert_eq!(s.limits.cpu_budget, Some(Duration::from_secs(300)));
+        assert_eq!(s.restart, Restart::OnFailure);
+        assert_eq!(s.guest_env()[0].1, "0.0.0.0:9000,[::]:9000");
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_with_its_line() {
+        let e = settings(Some("listen = []\nallow-everything = true\n"), &[]).unwrap_err();
+        let text = format!("{e:#}");
+        assert!(text.contains("line 2") && text.contains("allow-everything"), "{text}");
+    }
 }

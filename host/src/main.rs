@@ -13,15 +13,15 @@ mod epoch;
 mod guest;
 mod inspect;
 mod limits;
-mod nodelay;
 mod policy;
 mod run;
 mod sandbox;
 mod settings;
+mod sockets;
 mod trace;
 
 use clap::Parser;
-use settings::{LogFormat, Settings};
+use settings::LogFormat;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         };
     }
     init_logging(args.log_format);
-    let settings = match Settings::from_args(args) {
+    let settings = match args.into_settings() {
         Ok(settings) => settings,
         Err(e) => return fail(e),
     };

@@ -7,10 +7,9 @@ use crate::guest;
 use crate::policy::Grants;
 use crate::sandbox::{self, GuestState};
 use crate::settings::{Restart, Settings};
+use crate::sockets::Listeners;
 use anyhow::{bail, Context, Result};
-use socket2::{Domain, Socket, Type};
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,9 +30,9 @@ pub async fn run(settings: Settings) -> Result<ExitCode> {
     // Listen for SIGINT/SIGTERM from the start, so that they always mean
     // "stop gracefully" and never the default "die at once".
     let mut shutdown = Shutdown::install()?;
-    for addr in &settings.grants.listen {
-        check_can_listen(*addr)?;
-    }
+    // Bound now, so that a port already in use is reported before the
+    // guest loads; kept until the host exits, across guest restarts.
+    let listeners = Listeners::open(&settings.grants.listen)?;
 
     let engine = Engine::new(&engine::config())?;
     let name = guest::name(settings.guest.as_deref());
@@ -59,7 +58,7 @@ pub async fn run(settings: Settings) -> Result<ExitCode> {
     let mut failures = Failures::default();
     loop {
         let outcome = tokio::select! {
-            outcome = run_once(&engine, &pre, &settings, &grants, &argv) => outcome,
+            outcome = run_once(&engine, &pre, &settings, &grants, &listeners, &argv) => outcome,
             signal = shutdown.recv() => return Ok(stopped(signal)),
         };
         let failure = match outcome {
@@ -103,9 +102,10 @@ async fn run_once(
     pre: &CommandPre<GuestState>,
     settings: &Settings,
     grants: &Arc<Grants>,
+    listeners: &Arc<Listeners>,
     argv: &[String],
 ) -> Result<()> {
-    let mut store = Store::new(engine, GuestState::new(settings, grants, argv)?);
+    let mut store = Store::new(engine, GuestState::new(settings, grants, listeners, argv)?);
     store.limiter(|state| &mut state.memory);
     store.set_epoch_deadline(1);
     match settings.limits.cpu_budget {
@@ -138,34 +138,6 @@ async fn run_once(
             Some(I32Exit(0)) => Ok(()),
             _ => Err(guest_failure(e, store.data())),
         },
-    }
-}
-
-/// Fails early, with the address in the message, when a listen address
-/// cannot be bound (typically: another server already has it).
-///
-/// It binds without listening: a client connecting at this instant must be
-/// refused (and retry), not queued on a socket about to close, which would
-/// reset it.
-fn check_can_listen(addr: SocketAddr) -> Result<()> {
-    if addr.port() == 0 {
-        return Ok(());
-    }
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)
-        .context("creating a socket to check the listen address")?;
-    // As wasmtime-wasi's bind does: connections of an earlier run left in
-    // TIME_WAIT do not make the address busy, and IPv6 means IPv6 only.
-    socket.set_reuse_address(true).context("setting SO_REUSEADDR")?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true).context("setting IPV6_V6ONLY")?;
-    }
-    match socket.bind(&addr.into()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
-            "cannot listen on {addr}: the address is already in use \
-             (is another server running? choose another with --listen)"
-        ),
-        Err(e) => Err(e).with_context(|| format!("cannot listen on {addr}")),
     }
 }
 
@@ -203,15 +175,22 @@ fn guest_failure(e: wasmtime::Error, state: &GuestState) -> anyhow::Error {
     if let Some(spent) = e.downcast_ref::<CpuBudgetSpent>() {
         return anyhow::anyhow!("the guest used up its CPU budget of {:?} (--cpu-budget)", spent.0);
     }
-    let Some(trap) = e.downcast_ref::<Trap>() else {
-        let failed = match state.memory.reached {
-            true => format!(
-                "the guest needs more memory than --max-memory {} allows",
-                state.memory.max()
-            ),
-            false => "the guest failed".to_string(),
-        };
-        return anyhow::Error::from(e).context(failed);
+    let trap = match e.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        // A host function that ends the guest (it broke a rule that the
+        // spec makes a trap, say writing more than check-write allowed)
+        // leaves a wasm backtrace too: report it as the trap it is.
+        None if e.downcast_ref::<WasmBacktrace>().is_some() => e.root_cause().to_string(),
+        None => {
+            let failed = match state.memory.reached {
+                true => format!(
+                    "the guest needs more memory than --max-memory {} allows",
+                    state.memory.max()
+                ),
+                false => "the guest failed".to_string(),
+            };
+            return anyhow::Error::from(e).context(failed);
+        }
     };
     let (trapped_in, backtrace) = match e.downcast_ref::<WasmBacktrace>() {
         Some(bt) => {

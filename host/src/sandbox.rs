@@ -5,17 +5,16 @@
 //! variable (`LISTEN_ADDR`), clocks and randomness, and the listen
 //! addresses. Everything else is a grant (see `policy.rs`, `settings.rs`).
 //!
-//! The guest's listeners get TCP_NODELAY unless `--nagle` (see `nodelay.rs`).
-//!
-//! A few imports are replaced so that the host can see and say what the
-//! guest does: refused name lookups and directory look-ups are logged, and
-//! socket creation and closing are counted against `--max-connections`.
+//! TCP is the host's own (`sockets/`). Of wasmtime-wasi's imports, a few
+//! are replaced so that the host can say what the guest tried: refused
+//! name lookups and directory look-ups are logged, and UDP sockets count
+//! against `--max-connections` like TCP ones.
 
-use crate::limits::{MemoryLimit, SocketCount};
-use crate::nodelay;
+use crate::limits::MemoryLimit;
 use crate::policy::Grants;
 use crate::settings::{Settings, TraceDetail};
-use crate::trace::{self, Tracer};
+use crate::sockets::{self, HasTcp, Listeners, SocketCap, SocketsCtx, SocketsView};
+use crate::trace::Tracer;
 use anyhow::{Context, Result};
 use std::sync::Arc;
 use wasmtime::component::{Linker, Resource, ResourceTable, ResourceType};
@@ -23,19 +22,18 @@ use wasmtime::{Engine, StoreContextMut};
 use wasmtime_wasi::p2::bindings::filesystem::types::Descriptor;
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::ResolveAddressStream;
 use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddressFamily, Network};
-use wasmtime_wasi::p2::bindings::sockets::{tcp_create_socket, udp_create_socket};
-use wasmtime_wasi::p2::{SocketError, TcpSocket, UdpSocket};
-use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsView};
+use wasmtime_wasi::p2::bindings::sockets::udp_create_socket;
+use wasmtime_wasi::p2::UdpSocket;
+use wasmtime_wasi::sockets::WasiSocketsView;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 /// Everything the host keeps per guest instance.
 pub struct GuestState {
     wasi: WasiCtx,
-    pub(crate) table: ResourceTable,
+    table: ResourceTable,
     pub memory: MemoryLimit,
-    /// Set with `--trace`.
-    pub tracer: Option<Tracer>,
-    socket_count: Arc<SocketCount>,
+    sockets: SocketsCtx,
+    cap: Arc<SocketCap>,
 }
 
 impl WasiView for GuestState {
@@ -44,10 +42,22 @@ impl WasiView for GuestState {
     }
 }
 
+impl HasTcp for GuestState {
+    fn tcp(&mut self) -> SocketsView<'_> {
+        SocketsView { ctx: &mut self.sockets, table: &mut self.table }
+    }
+}
+
 impl GuestState {
     /// A fresh instance's view of the world: `argv`, its environment, its
-    /// directories and the network its grants allow.
-    pub fn new(settings: &Settings, grants: &Arc<Grants>, argv: &[String]) -> Result<Self> {
+    /// directories, the network its grants allow, and the listeners the
+    /// host keeps for it.
+    pub fn new(
+        settings: &Settings,
+        grants: &Arc<Grants>,
+        listeners: &Arc<Listeners>,
+        argv: &[String],
+    ) -> Result<Self> {
         let mut wasi = WasiCtx::builder();
         wasi.inherit_stdout().inherit_stderr().args(argv).envs(&settings.guest_env());
         for dir in &settings.dirs {
@@ -56,60 +66,47 @@ impl GuestState {
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("cannot open --dir {}", dir.host.display()))?;
         }
-        // wasmtime-wasi refuses TCP (and UDP) outright unless allowed here.
-        // Allowing TCP hands every decision to `Grants::check`, which decides
-        // per address and logs each decision.
-        wasi.allow_tcp(true).allow_udp(grants.udp).allow_ip_name_lookup(grants.dns);
-        let sockets = Arc::new(SocketCount::new(settings.limits.max_connections));
-        let (grants, count) = (Arc::clone(grants), Arc::clone(&sockets));
-        let (nagle, trace) = (settings.nagle, settings.trace.is_some());
+        // TCP never reaches wasmtime-wasi (the host implements it); UDP and
+        // name lookups do, when granted, and `Grants::check` decides each
+        // UDP address, logging each decision.
+        wasi.allow_tcp(false).allow_udp(grants.udp).allow_ip_name_lookup(grants.dns);
+        let udp_grants = Arc::clone(grants);
         wasi.socket_addr_check(move |addr, use_| {
-            let allowed = grants.check(addr, use_);
-            // A client the grants let in still needs a free socket slot; the
-            // cap logs its own refusal, so the client is not logged as accepted.
-            let turned_away = allowed
-                && matches!(use_, SocketAddrUse::TcpAccept)
-                && !count.try_open(&format_args!("a client from {addr}, turned away"));
-            if !turned_away {
-                grants.log(addr, use_, allowed);
-            }
-            if allowed && !nagle && matches!(use_, SocketAddrUse::TcpListen) {
-                nodelay::set_on_listener(addr, trace);
-            }
-            Box::pin(async move { allowed && !turned_away })
+            let allowed = udp_grants.check(addr, use_);
+            udp_grants.log(addr, use_, allowed);
+            Box::pin(async move { allowed })
         });
+        let cap = SocketCap::new(settings.limits.max_connections);
+        let tracer = settings.trace.map(|detail| Tracer::new(detail == TraceDetail::Data));
+        let sockets = SocketsCtx::new(
+            Arc::clone(grants),
+            Arc::clone(listeners),
+            Arc::clone(&cap),
+            !settings.nagle,
+            tracer,
+        );
         Ok(GuestState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             memory: MemoryLimit::new(settings.limits.max_memory),
-            tracer: settings.trace.map(|data| Tracer::new(data == TraceDetail::Data)),
-            socket_count: sockets,
+            sockets,
+            cap,
         })
     }
 }
 
-/// WASI 0.2 (everything in `wasi:cli/command`), with the replacements
-/// described at the top of this file.
+/// WASI 0.2 (everything in `wasi:cli/command`), with the host's own TCP
+/// and the replacements described at the top of this file.
 pub fn linker(engine: &Engine, settings: &Settings) -> Result<Linker<GuestState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    sockets::add_to_linker(&mut linker, settings.trace.is_some())?;
     linker.allow_shadowing(true);
     let grants = &settings.grants;
 
     if !grants.dns {
-        linker.instance("wasi:sockets/ip-name-lookup@0.2.12")?.func_wrap(
-            "resolve-addresses",
-            |_, (_network, name): (Resource<Network>, String)| {
-                tracing::warn!(
-                    event = "denied",
-                    name,
-                    "denied: name lookup of {name:?} (grant it with --allow-dns)"
-                );
-                Ok((Err::<Resource<ResolveAddressStream>, _>(ErrorCode::AccessDenied),))
-            },
-        )?;
+        deny_name_lookups(&mut linker)?;
     }
-
     if settings.dirs.is_empty() {
         linker.instance("wasi:filesystem/preopens@0.2.12")?.func_wrap("get-directories", |_, ()| {
             tracing::warn!(event = "denied", "denied: the guest looked for directories; none are granted (grant one with --dir)");
@@ -125,71 +122,65 @@ pub fn linker(engine: &Engine, settings: &Settings) -> Result<Linker<GuestState>
         Ok((env.clone(),))
     })?;
 
-    count_tcp_sockets(&mut linker)?;
-    if settings.trace.is_some() {
-        trace::add_to_linker(&mut linker)?;
-    }
-    if grants.udp {
-        count_udp_sockets(&mut linker)?;
-    } else {
-        linker.instance("wasi:sockets/udp-create-socket@0.2.12")?.func_wrap(
-            "create-udp-socket",
-            |_, (_family,): (IpAddressFamily,)| {
-                tracing::warn!(
-                    event = "denied",
-                    "denied: a UDP socket (UDP is not granted; grant it with --allow-udp)"
-                );
-                Ok((Err::<Resource<UdpSocket>, _>(ErrorCode::AccessDenied),))
-            },
-        )?;
+    match grants.udp {
+        true => count_udp_sockets(&mut linker)?,
+        false => deny_udp(&mut linker)?,
     }
     Ok(linker)
 }
 
-/// socket(SOCK_STREAM) takes a place under `--max-connections`; dropping
-/// the socket gives it back. (Accepted clients take theirs in the address
-/// check, before the guest sees them.)
-fn count_tcp_sockets(linker: &mut Linker<GuestState>) -> Result<()> {
-    linker.instance("wasi:sockets/tcp-create-socket@0.2.12")?.func_wrap(
-        "create-tcp-socket",
-        |mut store: StoreContextMut<GuestState>, (family,): (IpAddressFamily,)| {
-            let state = store.data_mut();
-            if !state.socket_count.try_open(&"a new TCP socket") {
-                return Ok((Err(ErrorCode::NewSocketLimit),));
-            }
-            let created = tcp_create_socket::Host::create_tcp_socket(&mut state.sockets(), family);
-            let created = settle(created, &state.socket_count)?;
-            trace::socket(state, family, &created);
-            Ok((created,))
-        },
-    )?;
-    linker.instance("wasi:sockets/tcp@0.2.12")?.resource(
-        "tcp-socket",
-        ResourceType::host::<TcpSocket>(),
-        |mut store, rep| {
-            let state = store.data_mut();
-            state.table.delete(Resource::<TcpSocket>::new_own(rep))?;
-            state.socket_count.close();
-            trace::closesocket(state, rep);
-            Ok(())
+/// A lookup the policy refuses fails the way the WIT says a lookup can:
+/// `permanent-resolver-failure`, what guests written against it expect.
+/// The log line says it was the policy.
+fn deny_name_lookups(linker: &mut Linker<GuestState>) -> Result<()> {
+    linker.instance("wasi:sockets/ip-name-lookup@0.2.12")?.func_wrap(
+        "resolve-addresses",
+        |_, (_network, name): (Resource<Network>, String)| {
+            tracing::warn!(
+                event = "denied",
+                name,
+                "denied: name lookup of {name:?} (grant it with --allow-dns)"
+            );
+            Ok((Err::<Resource<ResolveAddressStream>, _>(ErrorCode::PermanentResolverFailure),))
         },
     )?;
     Ok(())
 }
 
-/// The same for UDP sockets, when UDP is granted.
+fn deny_udp(linker: &mut Linker<GuestState>) -> Result<()> {
+    linker.instance("wasi:sockets/udp-create-socket@0.2.12")?.func_wrap(
+        "create-udp-socket",
+        |_, (_family,): (IpAddressFamily,)| {
+            tracing::warn!(
+                event = "denied",
+                "denied: a UDP socket (UDP is not granted; grant it with --allow-udp)"
+            );
+            Ok((Err::<Resource<UdpSocket>, _>(ErrorCode::AccessDenied),))
+        },
+    )?;
+    Ok(())
+}
+
+/// UDP sockets (wasmtime-wasi's) take a place under `--max-connections`
+/// when created and give it back when dropped.
 fn count_udp_sockets(linker: &mut Linker<GuestState>) -> Result<()> {
     linker.instance("wasi:sockets/udp-create-socket@0.2.12")?.func_wrap_async(
         "create-udp-socket",
         |mut store: StoreContextMut<GuestState>, (family,): (IpAddressFamily,)| {
             Box::new(async move {
                 let state = store.data_mut();
-                if !state.socket_count.try_open(&"a new UDP socket") {
+                if !state.cap.try_open(&"a new UDP socket") {
                     return Ok((Err(ErrorCode::NewSocketLimit),));
                 }
                 let created =
                     udp_create_socket::Host::create_udp_socket(&mut state.sockets(), family).await;
-                Ok((settle(created, &state.socket_count)?,))
+                match created {
+                    Ok(socket) => Ok((Ok(socket),)),
+                    Err(e) => {
+                        state.cap.close();
+                        Ok((Err(e.downcast()?),))
+                    }
+                }
             })
         },
     )?;
@@ -199,24 +190,9 @@ fn count_udp_sockets(linker: &mut Linker<GuestState>) -> Result<()> {
         |mut store, rep| {
             let state = store.data_mut();
             state.table.delete(Resource::<UdpSocket>::new_own(rep))?;
-            state.socket_count.close();
+            state.cap.close();
             Ok(())
         },
     )?;
     Ok(())
-}
-
-/// A creation's result as the guest sees it; a failed creation gives its
-/// place back. A trap (not an error code) stays a trap.
-fn settle<T>(
-    created: Result<Resource<T>, SocketError>,
-    sockets: &SocketCount,
-) -> wasmtime::Result<Result<Resource<T>, ErrorCode>> {
-    match created {
-        Ok(resource) => Ok(Ok(resource)),
-        Err(e) => {
-            sockets.close();
-            Ok(Err(e.downcast()?))
-        }
-    }
 }

@@ -10,7 +10,6 @@
 //!
 //! An unknown key in the file is an error, never ignored.
 
-use crate::cli::Args;
 use crate::policy::{DirGrant, Grants, NetRule};
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
@@ -74,48 +73,55 @@ pub enum LogFormat {
     Json,
 }
 
-/// The policy file: the same names as the command-line options.
+/// What the operator chose, from the policy file or from the command line:
+/// the same names in both places.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct PolicyFile {
+pub struct Choices {
     #[serde(default)]
-    listen: Vec<SocketAddr>,
+    pub listen: Vec<SocketAddr>,
     #[serde(default)]
-    allow_connect: Vec<NetRule>,
+    pub allow_connect: Vec<NetRule>,
     #[serde(default)]
-    allow_client: Vec<IpNet>,
+    pub allow_client: Vec<IpNet>,
     #[serde(default)]
-    allow_udp: bool,
+    pub allow_udp: bool,
     #[serde(default)]
-    allow_dns: bool,
+    pub allow_dns: bool,
     #[serde(default)]
-    nagle: bool,
+    pub nagle: bool,
     #[serde(default)]
-    env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, String>,
     #[serde(default)]
-    dir: Vec<DirGrant>,
-    max_memory: Option<Size>,
-    max_connections: Option<usize>,
+    pub dir: Vec<DirGrant>,
+    pub max_memory: Option<Size>,
+    pub max_connections: Option<usize>,
     #[serde(default, with = "duration_text")]
-    cpu_budget: Option<Duration>,
-    restart: Option<Restart>,
+    pub cpu_budget: Option<Duration>,
+    pub restart: Option<Restart>,
+}
+
+/// What runs, besides the grants and limits.
+#[derive(Debug, Default)]
+pub struct Run {
+    pub guest: Option<PathBuf>,
+    pub guest_args: Vec<String>,
+    pub trace: Option<TraceDetail>,
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Settings {
-    pub fn from_args(args: Args) -> Result<Settings> {
-        let file = match &args.policy {
-            Some(path) => read_policy(path)?,
-            None => PolicyFile::default(),
-        };
+    /// The policy file's choices combined with the command line's (`flags`),
+    /// the one way the module documentation gives.
+    pub fn new(run: Run, file: Choices, flags: Choices) -> Result<Settings> {
         let mut listen = file.listen;
-        listen.extend(args.listen);
+        listen.extend(flags.listen);
         if listen.is_empty() {
             listen.push(DEFAULT_LISTEN.parse()?);
         }
         let mut env = file.env;
-        env.extend(args.env);
-        let mut dirs = file.dir;
-        dirs.extend(args.dir);
+        env.extend(flags.env);
+        let dirs = [file.dir, flags.dir].concat();
         for dir in &dirs {
             if !dir.host.is_dir() {
                 bail!(
@@ -126,37 +132,30 @@ impl Settings {
         }
         let grants = Grants {
             listen,
-            connect: [file.allow_connect, args.allow_connect].concat(),
-            clients: [file.allow_client, args.allow_client].concat(),
-            udp: file.allow_udp || args.allow_udp,
-            dns: file.allow_dns || args.allow_dns,
+            connect: [file.allow_connect, flags.allow_connect].concat(),
+            clients: [file.allow_client, flags.allow_client].concat(),
+            udp: file.allow_udp || flags.allow_udp,
+            dns: file.allow_dns || flags.allow_dns,
         };
         let limits = Limits {
-            max_memory: args.max_memory.or(file.max_memory).unwrap_or(DEFAULT_MAX_MEMORY),
-            max_connections: args
+            max_memory: flags.max_memory.or(file.max_memory).unwrap_or(DEFAULT_MAX_MEMORY),
+            max_connections: flags
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or_else(default_max_connections),
-            cpu_budget: args.cpu_budget.map(Into::into).or(file.cpu_budget),
+            cpu_budget: flags.cpu_budget.or(file.cpu_budget),
         };
         Ok(Settings {
-            guest: args.guest,
-            guest_args: args.guest_args,
+            guest: run.guest,
+            guest_args: run.guest_args,
             grants,
             env: env.into_iter().collect(),
             dirs,
             limits,
-            restart: args.restart.or(file.restart).unwrap_or_default(),
-            trace: match (args.trace, args.trace_data) {
-                (_, true) => Some(TraceDetail::Data),
-                (true, false) => Some(TraceDetail::Calls),
-                (false, false) => None,
-            },
-            cache_dir: match args.no_cache {
-                true => None,
-                false => args.cache_dir.or_else(crate::cache::default_dir),
-            },
-            nagle: file.nagle || args.nagle,
+            restart: flags.restart.or(file.restart).unwrap_or_default(),
+            trace: run.trace,
+            cache_dir: run.cache_dir,
+            nagle: file.nagle || flags.nagle,
         })
     }
 
@@ -190,7 +189,8 @@ pub fn default_max_connections() -> usize {
     DEFAULT_MAX_CONNECTIONS.min(available.max(1))
 }
 
-fn read_policy(path: &Path) -> Result<PolicyFile> {
+/// Reads a policy file; an unknown key is an error with its line.
+pub fn read_policy(path: &Path) -> Result<Choices> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the policy file {}", path.display()))?;
     toml::from_str(&text).map_err(|e| {
@@ -264,77 +264,6 @@ mod duration_text {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    fn settings(policy: Option<&str>, flags: &[&str]) -> Result<Settings> {
-        let dir = tempfile::tempdir().unwrap();
-        let mut argv = vec!["host".to_string()];
-        if let Some(text) = policy {
-            let path = dir.path().join("policy.toml");
-            std::fs::write(&path, text).unwrap();
-            argv.push("--policy".into());
-            argv.push(path.display().to_string());
-        }
-        argv.extend(flags.iter().map(|f| f.to_string()));
-        Settings::from_args(Args::try_parse_from(argv)?)
-    }
-
-    #[test]
-    fn defaults_grant_one_listen_address() {
-        let s = settings(None, &[]).unwrap();
-        assert_eq!(s.grants.listen, vec![DEFAULT_LISTEN.parse().unwrap()]);
-        assert!(s.grants.connect.is_empty() && s.grants.clients.is_empty());
-        assert!(!s.grants.udp && !s.grants.dns && s.env.is_empty() && s.dirs.is_empty());
-        assert!(!s.nagle, "TCP_NODELAY is on by default");
-        assert_eq!(s.limits.max_memory, DEFAULT_MAX_MEMORY);
-        assert_eq!(s.restart, Restart::Never);
-        assert_eq!(s.guest_env(), vec![("LISTEN_ADDR".to_string(), DEFAULT_LISTEN.to_string())]);
-    }
-
-    #[test]
-    fn file_and_flags_combine_predictably() {
-        let file = r#"
-            listen = ["0.0.0.0:9000"]
-            allow-connect = ["127.0.0.1:5432"]
-            allow-udp = true
-            nagle = true
-            env = { A = "from-file", B = "file" }
-            max-memory = "32MiB"
-            max-connections = 10
-            cpu-budget = "5m"
-            restart = "on-failure"
-        "#;
-        let s = settings(
-            Some(file),
-            &[
-                "--listen",
-                "[::]:9000",
-                "--env",
-                "A=from-flag",
-                "--max-connections",
-                "20",
-                "--allow-dns",
-            ],
-        )
-        .unwrap();
-        let listen: Vec<String> = s.grants.listen.iter().map(ToString::to_string).collect();
-        assert_eq!(listen, ["0.0.0.0:9000", "[::]:9000"]);
-        assert_eq!(s.grants.connect.len(), 1);
-        assert!(s.grants.udp && s.grants.dns && s.nagle);
-        assert_eq!(s.env, vec![("A".into(), "from-flag".into()), ("B".into(), "file".into())]);
-        assert_eq!(s.limits.max_memory, Size(32 << 20));
-        assert_eq!(s.limits.max_connections, 20);
-        assert_eq!(s.limits.cpu_budget, Some(Duration::from_secs(300)));
-        assert_eq!(s.restart, Restart::OnFailure);
-        assert_eq!(s.guest_env()[0].1, "0.0.0.0:9000,[::]:9000");
-    }
-
-    #[test]
-    fn an_unknown_key_is_an_error_with_its_line() {
-        let e = settings(Some("listen = []\nallow-everything = true\n"), &[]).unwrap_err();
-        let text = format!("{e:#}");
-        assert!(text.contains("line 2") && text.contains("allow-everything"), "{text}");
-    }
 
     #[test]
     fn sizes() {

@@ -1,0 +1,67 @@
+//! With `--trace`: the wasi:io calls the trace cannot see from inside a
+//! stream. `poll` is traced as the guest's WSAPoll(), `pollable.block` as
+//! the wait inside a blocking call; `blocking-flush` is a
+//! flush and a wait underneath, so the stream's trace is told its real name.
+//! Both delegate to wasmtime-wasi-io's own implementation.
+
+use super::HasTcp;
+use crate::trace::calling_as;
+use std::future::{poll_fn, Future};
+use wasmtime::component::{Linker, Resource};
+use wasmtime::StoreContextMut;
+use wasmtime_wasi::p2::bindings::io::poll::{Host as PollHost, HostPollable};
+use wasmtime_wasi::p2::bindings::io::streams::HostOutputStream;
+use wasmtime_wasi::p2::{DynOutputStream, DynPollable};
+
+pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()> {
+    linker.instance("wasi:io/poll@0.2.12")?.func_wrap_async(
+        "poll",
+        |mut store: StoreContextMut<T>, (pollables,): (Vec<Resource<DynPollable>>,)| {
+            Box::new(async move {
+                let count = pollables.len();
+                let view = store.data_mut().tcp();
+                let ready = PollHost::poll(view.table, pollables).await?;
+                if let Some(tracer) = &store.data_mut().tcp().ctx.tracer {
+                    tracer.poll(count, &ready);
+                }
+                Ok((ready,))
+            })
+        },
+    )?;
+    linker.instance("wasi:io/poll@0.2.12")?.func_wrap_async(
+        "[method]pollable.block",
+        |mut store: StoreContextMut<T>, (this,): (Resource<DynPollable>,)| {
+            Box::new(async move {
+                HostPollable::block(store.data_mut().tcp().table, this).await?;
+                if let Some(tracer) = &store.data_mut().tcp().ctx.tracer {
+                    tracer.block();
+                }
+                Ok(())
+            })
+        },
+    )?;
+    linker.instance("wasi:io/streams@0.2.12")?.func_wrap_async(
+        "[method]output-stream.blocking-flush",
+        |mut store: StoreContextMut<T>, (this,): (Resource<DynOutputStream>,)| {
+            Box::new(async move {
+                let result = {
+                    let table = store.data_mut().tcp().table;
+                    let mut flushing =
+                        std::pin::pin!(HostOutputStream::blocking_flush(table, this));
+                    poll_fn(|cx| calling_as("blocking-flush", || flushing.as_mut().poll(cx))).await
+                };
+                let result = match result {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        Err(wasmtime_wasi::p2::bindings::io::streams::Host::convert_stream_error(
+                            store.data_mut().tcp().table,
+                            e,
+                        )?)
+                    }
+                };
+                Ok((result,))
+            })
+        },
+    )?;
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! The listening sockets the host keeps, so that they outlive a guest.
+//!
+//! A guest that binds a `--listen` address and listens on it is lent a
+//! listener the host opened for that address, instead of one of its own.
+//! When the guest drops it, or crashes, the listener goes back to the host
+//! still open: clients that connect meanwhile wait in its backlog, and the
+//! next guest instance that binds the address (after `--restart`) is lent
+//! the same listener and serves them.
+//!
+//! A grant with a fixed port is bound when the host starts, so a port that
+//! is already taken is an error before the guest even loads. A grant of
+//! port 0 ("let the system pick") keeps the first listener the guest opens
+//! on that IP; later binds of port 0 on that IP get it back while it is
+//! free, and a port of their own while it is lent.
+
+use super::ErrorCode;
+use anyhow::{bail, Context};
+use socket2::{Domain, SockAddr, Socket, Type};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{ready, Context as TaskContext, Poll};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// A bound TCP socket that is, or is about to be, listening.
+pub struct Listener {
+    /// Registered with the async runtime once listening: a socket that is
+    /// not listening yet reports "hung up", which the runtime never forgets.
+    /// Declared before `socket`, so that it is deregistered before the
+    /// socket closes.
+    ready: OnceLock<AsyncFd<RawFd>>,
+    socket: Socket,
+    local: SocketAddr,
+}
+
+impl Listener {
+    pub fn new(socket: Socket) -> std::io::Result<Arc<Listener>> {
+        socket.set_nonblocking(true)?;
+        let local = socket.local_addr()?.as_socket().ok_or(std::io::ErrorKind::InvalidInput)?;
+        Ok(Arc::new(Listener { ready: OnceLock::new(), socket, local }))
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    pub fn socket(&self) -> &Socket {
+        &self.socket
+    }
+
+    /// listen(): the first call starts listening; a later one (a new guest
+    /// instance) only asks for its own backlog, which Linux allows.
+    pub fn listen(&self, backlog: u32) -> Result<(), ErrorCode> {
+        let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+        if self.ready.get().is_some() {
+            let _ = self.socket.listen(backlog);
+            return Ok(());
+        }
+        self.socket.listen(backlog)?;
+        // SAFETY: the descriptor is `self.socket`'s, which stays open for as
+        // long as `self.ready` (dropped first) keeps it registered.
+        let fd =
+            unsafe { AsyncFd::register_with_interest(self.socket.as_raw_fd(), Interest::READABLE) };
+        let fd = fd.map_err(|e| e.into_parts().1)?;
+        let _ = self.ready.set(fd);
+        Ok(())
+    }
+
+    /// Ready when a client waits to be accepted (or accepting would fail).
+    pub fn poll_ready(&self, cx: &mut TaskContext<'_>) -> Poll<()> {
+        match self.ready.get() {
+            Some(fd) => fd.poll_read_ready(cx).map(|_| ()),
+            None => Poll::Pending,
+        }
+    }
+
+    /// accept(): the next client waiting in the backlog, as a non-blocking
+    /// socket, with its address.
+    pub fn poll_accept(
+        &self,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<(Socket, SocketAddr)>> {
+        let Some(fd) = self.ready.get() else { return Poll::Pending };
+        loop {
+            let mut ready = ready!(fd.poll_read_ready(cx))?;
+            // `try_io` forgets the readiness when the backlog turns out empty.
+            let Ok(accepted) = ready.try_io(|_| self.socket.accept()) else { continue };
+            return Poll::Ready(accepted.and_then(|(socket, peer)| {
+                socket.set_nonblocking(true)?;
+                let peer = peer.as_socket().ok_or(std::io::ErrorKind::InvalidInput)?;
+                Ok((socket, peer))
+            }));
+        }
+    }
+}
+
+impl Listener {
+    /// Resets the clients waiting in the backlog, as closing a listener
+    /// does; returns how many there were.
+    pub fn reset_waiting(&self) -> usize {
+        let mut noop = TaskContext::from_waker(std::task::Waker::noop());
+        let mut reset = 0;
+        while let Poll::Ready(Ok((client, _))) = self.poll_accept(&mut noop) {
+            let _ = client.set_linger(Some(std::time::Duration::ZERO));
+            reset += 1;
+        }
+        reset
+    }
+}
+
+/// The host's listeners, one place per `--listen` grant.
+pub struct Listeners {
+    places: Vec<Mutex<Place>>,
+}
+
+struct Place {
+    grant: SocketAddr,
+    kept: Option<Arc<Listener>>,
+    lent: bool,
+}
+
+impl Listeners {
+    /// Binds the granted addresses that name a port. Must run inside the
+    /// async runtime (the sockets are registered with it).
+    pub fn open(grants: &[SocketAddr]) -> anyhow::Result<Arc<Listeners>> {
+        let mut places = Vec::new();
+        for &grant in grants {
+            let kept = match grant.port() {
+                0 => None,
+                _ => Some(Listener::new(bind_reserved(grant)?).context("registering a listener")?),
+            };
+            places.push(Mutex::new(Place { grant, kept, lent: false }));
+        }
+        Ok(Arc::new(Listeners { places }))
+    }
+
+    /// At bind(addr): a kept listener for this address, lent to the caller;
+    /// `address-in-use` if another socket of the guest has it; `None` when
+    /// the host keeps nothing for `addr` and the guest binds a socket of its own.
+    pub fn lend(self: &Arc<Self>, addr: SocketAddr) -> Option<Result<Lease, ErrorCode>> {
+        for (index, place) in self.places.iter().enumerate() {
+            let mut place = lock(place);
+            let kept_port = place.kept.as_ref().map(|l| l.local_addr().port());
+            let covers = place.grant.ip() == addr.ip()
+                && (addr.port() == place.grant.port() || Some(addr.port()) == kept_port);
+            if !covers {
+                continue;
+            }
+            return match (&place.kept, place.lent) {
+                (Some(listener), false) => {
+                    let listener = Arc::clone(listener);
+                    place.lent = true;
+                    Some(Ok(self.lease(index, listener)))
+                }
+                // Port 0 asks for any free port: one of its own will do.
+                _ if addr.port() == 0 => None,
+                (Some(_), true) => Some(Err(ErrorCode::AddressInUse)),
+                (None, _) => None,
+            };
+        }
+        None
+    }
+
+    /// At listen(): a guest listener on an IP granted with port 0, when the
+    /// host keeps none there yet, becomes the one it keeps.
+    pub fn adopt(self: &Arc<Self>, listener: Arc<Listener>) -> Lease {
+        let local = listener.local_addr();
+        for (index, place) in self.places.iter().enumerate() {
+            let mut place = lock(place);
+            if place.grant.port() == 0 && place.grant.ip() == local.ip() && place.kept.is_none() {
+                place.kept = Some(Arc::clone(&listener));
+                place.lent = true;
+                return self.lease(index, listener);
+            }
+        }
+        Lease { listener, place: None }
+    }
+
+    fn lease(self: &Arc<Self>, index: usize, listener: Arc<Listener>) -> Lease {
+        Lease { listener, place: Some((Arc::clone(self), index)) }
+    }
+}
+
+/// A listener in a guest socket's hands: kept by the host (given back when
+/// the socket is dropped) or the guest's own (closed with it).
+pub struct Lease {
+    pub listener: Arc<Listener>,
+    place: Option<(Arc<Listeners>, usize)>,
+}
+
+impl Lease {
+    /// Whether the host keeps this listener when the guest lets go of it.
+    pub fn is_kept(&self) -> bool {
+        self.place.is_some()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some((listeners, index)) = &self.place {
+            lock(&listeners.places[*index]).lent = false;
+        }
+    }
+}
+
+fn lock(place: &Mutex<Place>) -> MutexGuard<'_, Place> {
+    place.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Binds, without listening, an address the host will keep: the port is
+/// reserved from now on, and a client connecting before the guest listens
+/// is refused (and may retry) rather than queued.
+fn bind_reserved(addr: SocketAddr) -> anyhow::Result<Socket> {
+    let socket = new_socket(addr).context("creating a socket for a listen address")?;
+    match socket.bind(&SockAddr::from(addr)) {
+        Ok(()) => Ok(socket),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "cannot listen on {addr}: the address is already in use \
+             (is another server running? choose another with --listen)"
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot listen on {addr}")),
+    }
+}
+
+/// A TCP socket as wasi:sockets makes them: non-blocking, IPv6 sockets
+/// IPv6-only, and SO_REUSEADDR so that connections of an earlier run left
+/// in TIME_WAIT do not make the address busy.
+pub fn new_socket(addr: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}

@@ -1,0 +1,408 @@
+//! recv() and send(): the input and output streams of a TCP connection.
+//!
+//! They are wasmtime-wasi-io's `InputStream` and `OutputStream`, so the
+//! guest's `wasi:io/streams` calls reach them through the same functions as
+//! every other stream; what is ours is what happens underneath:
+//!
+//! - a read asks the system once: into a buffer that is not zeroed first,
+//!   and a read that comes back short tells the async runtime that the
+//!   socket is drained, so the next read answers "nothing yet" without
+//!   asking the system again;
+//! - a write is sent at once; only what the system does not take at once
+//!   is left to a background task, which finishes even if the guest drops
+//!   the stream (nothing the guest wrote is lost), then sends the FIN.
+
+use crate::trace::{StreamEnd, Tracer};
+use bytes::{Bytes, BytesMut};
+use socket2::SockRef;
+use std::future::{poll_fn, Future};
+use std::io::ErrorKind;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
+
+/// The most one read returns and one check-write grants.
+pub const MAX_CHUNK: usize = 64 * 1024;
+
+/// One connection, shared by its socket and its two streams; closed when
+/// the last of the three is dropped.
+pub struct Connection {
+    pub stream: TcpStream,
+    /// shutdown(receive): the input stream reports `closed`.
+    read_shut: AtomicBool,
+    /// shutdown(send), or the output stream dropped: send the FIN once
+    /// everything written has gone out.
+    write_shut: AtomicBool,
+    /// A background task is still sending.
+    sending: AtomicBool,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream) -> Arc<Connection> {
+        Arc::new(Connection {
+            stream,
+            read_shut: AtomicBool::new(false),
+            write_shut: AtomicBool::new(false),
+            sending: AtomicBool::new(false),
+        })
+    }
+
+    pub fn shut_read(&self) {
+        self.read_shut.store(true, SeqCst);
+        let _ = SockRef::from(&self.stream).shutdown(Shutdown::Read);
+    }
+
+    /// The FIN goes out now, or after the background task's last byte.
+    pub fn shut_write(&self) {
+        self.write_shut.store(true, SeqCst);
+        if !self.sending.load(SeqCst) {
+            let _ = SockRef::from(&self.stream).shutdown(Shutdown::Write);
+        }
+    }
+
+    fn sent_all(&self) {
+        self.sending.store(false, SeqCst);
+        if self.write_shut.load(SeqCst) {
+            let _ = SockRef::from(&self.stream).shutdown(Shutdown::Write);
+        }
+    }
+}
+
+/// The input stream.
+pub struct Reader {
+    conn: Arc<Connection>,
+    state: ReadState,
+    tracer: Option<Tracer>,
+}
+
+enum ReadState {
+    Open,
+    /// A failure was reported once; from now on the stream is closed.
+    Closed,
+}
+
+impl Reader {
+    pub fn new(conn: Arc<Connection>, tracer: Option<Tracer>) -> Self {
+        Reader { conn, state: ReadState::Open, tracer }
+    }
+
+    fn read_now(&mut self, size: usize) -> StreamResult<Bytes> {
+        if matches!(self.state, ReadState::Closed) || self.conn.read_shut.load(SeqCst) {
+            return Err(StreamError::Closed);
+        }
+        if size == 0 {
+            return Ok(Bytes::new());
+        }
+        let mut buf = BytesMut::with_capacity(size.min(MAX_CHUNK));
+        match recv(&self.conn.stream, &mut buf) {
+            Ok(0) => {
+                self.state = ReadState::Closed;
+                Err(StreamError::Closed)
+            }
+            Ok(n) => {
+                // SAFETY: `recv` initialised the first `n` bytes of the spare capacity.
+                unsafe { buf.set_len(n) };
+                Ok(buf.freeze())
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(Bytes::new()),
+            Err(e) => {
+                self.state = ReadState::Closed;
+                Err(StreamError::LastOperationFailed(e.into()))
+            }
+        }
+    }
+}
+
+/// One recv() into `buf`'s spare room. When it fills less than that, the
+/// socket is drained: the async runtime forgets that it was readable, so
+/// the next read costs no system call (tokio does the same for its own
+/// reads; `try_read` would keep the readiness until a read fails).
+fn recv(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    let room = buf.capacity();
+    let mut short = None;
+    let result = stream.try_io(Interest::READABLE, || {
+        let n = SockRef::from(stream).recv(buf.spare_capacity_mut())?;
+        if n > 0 && n < room {
+            short = Some(n);
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match (result, short) {
+        (_, Some(n)) => Ok(n),
+        (result, None) => result,
+    }
+}
+
+#[async_trait::async_trait]
+impl InputStream for Reader {
+    fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        let result = self.read_now(size);
+        if let Some(tracer) = &self.tracer {
+            tracer.recv("read", size, read_outcome(&result));
+        }
+        result
+    }
+
+    /// Waits for at least one byte (or the end), then reads: one trace line.
+    async fn blocking_read(&mut self, size: usize) -> StreamResult<Bytes> {
+        let result = loop {
+            self.ready().await;
+            match self.read_now(size) {
+                Ok(bytes) if bytes.is_empty() && size > 0 => continue,
+                result => break result,
+            }
+        };
+        if let Some(tracer) = &self.tracer {
+            tracer.recv("blocking-read", size, read_outcome(&result));
+        }
+        result
+    }
+}
+
+fn read_outcome(result: &StreamResult<Bytes>) -> Result<&[u8], StreamEnd<'_>> {
+    match result {
+        Ok(bytes) => Ok(bytes),
+        Err(StreamError::Closed) => Err(StreamEnd::Closed),
+        Err(StreamError::LastOperationFailed(e)) => Err(StreamEnd::Failed(e)),
+        Err(StreamError::Trap(e)) => Err(StreamEnd::Failed(e)),
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for Reader {
+    async fn ready(&mut self) {
+        if matches!(self.state, ReadState::Closed) || self.conn.read_shut.load(SeqCst) {
+            return;
+        }
+        // An error counts as ready: the read that follows reports it.
+        let _ = self.conn.stream.readable().await;
+    }
+}
+
+/// The output stream.
+pub struct Writer {
+    conn: Arc<Connection>,
+    state: WriteState,
+    tracer: Option<Tracer>,
+}
+
+enum WriteState {
+    /// May write up to `permit` bytes (granted by the last check-write).
+    Ready {
+        permit: usize,
+    },
+    /// A background task is sending what the system did not take at once.
+    Sending(JoinHandle<std::io::Result<()>>),
+    /// A write failed; the next call reports it, then the stream is closed.
+    Failed(std::io::Error),
+    Closed,
+}
+
+impl Writer {
+    pub fn new(conn: Arc<Connection>, tracer: Option<Tracer>) -> Self {
+        Writer { conn, state: WriteState::Ready { permit: 0 }, tracer }
+    }
+
+    /// Settles a finished background send; Pending while it runs.
+    fn poll_sent(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let WriteState::Sending(task) = &mut self.state {
+            let outcome = match std::pin::Pin::new(task).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(outcome)) => outcome,
+                Poll::Ready(Err(join)) => Err(std::io::Error::other(join)),
+            };
+            self.state = match outcome {
+                Ok(()) => WriteState::Ready { permit: 0 },
+                Err(e) => WriteState::Failed(e),
+            };
+        }
+        Poll::Ready(())
+    }
+
+    /// The error to report now, if the stream can no longer be written.
+    fn check_open(&mut self) -> StreamResult<()> {
+        if self.conn.write_shut.load(SeqCst) {
+            self.state = WriteState::Closed;
+        }
+        match std::mem::replace(&mut self.state, WriteState::Closed) {
+            WriteState::Failed(e) => Err(failure(e)),
+            WriteState::Closed => Err(StreamError::Closed),
+            open => {
+                self.state = open;
+                Ok(())
+            }
+        }
+    }
+
+    fn check_write_now(&mut self) -> StreamResult<usize> {
+        let _ = self.poll_sent(&mut noop_context());
+        self.check_open()?;
+        let WriteState::Ready { permit } = &mut self.state else { return Ok(0) };
+        let writable = self.conn.stream.poll_write_ready(&mut noop_context()).is_ready();
+        *permit = if writable { MAX_CHUNK } else { 0 };
+        Ok(*permit)
+    }
+
+    fn write_now(&mut self, mut bytes: Bytes) -> StreamResult<()> {
+        let _ = self.poll_sent(&mut noop_context());
+        self.check_open()?;
+        match &mut self.state {
+            WriteState::Ready { permit } if bytes.len() <= *permit => *permit = 0,
+            _ => return Err(StreamError::trap("write of more bytes than check-write allowed")),
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        match self.conn.stream.try_write(&bytes) {
+            Ok(n) if n == bytes.len() => return Ok(()),
+            Ok(n) => drop(bytes.split_to(n)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => return Err(failure(e)),
+        }
+        self.conn.sending.store(true, SeqCst);
+        let conn = Arc::clone(&self.conn);
+        self.state = WriteState::Sending(tokio::spawn(async move {
+            let result = send_all(&conn.stream, bytes).await;
+            conn.sent_all();
+            result
+        }));
+        Ok(())
+    }
+}
+
+impl Writer {
+    /// Bytes go to the system as they are written: a flush has nothing to
+    /// hurry, only an error to report.
+    fn flush_now(&mut self) -> StreamResult<()> {
+        let _ = self.poll_sent(&mut noop_context());
+        self.check_open()
+    }
+
+    async fn write_all_now(&mut self, mut bytes: Bytes) -> StreamResult<()> {
+        while !bytes.is_empty() {
+            let permit = self.write_ready().await?;
+            self.write_now(bytes.split_to(permit.min(bytes.len())))?;
+        }
+        // A stream the peer closed meanwhile is not a failure of this call.
+        match self.flush_now() {
+            Ok(()) | Err(StreamError::Closed) => {}
+            Err(e) => return Err(e),
+        }
+        match self.write_ready().await {
+            Ok(_) | Err(StreamError::Closed) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+async fn send_all(stream: &TcpStream, mut bytes: Bytes) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(&bytes) {
+            Ok(n) => drop(bytes.split_to(n)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A broken pipe means the peer is gone: the stream is simply closed. Any
+/// other failure is reported with the system's words (`network-error-code`
+/// turns it back into an error code).
+fn failure(e: std::io::Error) -> StreamError {
+    match e.kind() {
+        ErrorKind::BrokenPipe => StreamError::Closed,
+        _ => StreamError::LastOperationFailed(e.into()),
+    }
+}
+
+#[async_trait::async_trait]
+impl OutputStream for Writer {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        let len = bytes.len();
+        let shown = self.tracer.as_ref().map(|t| t.bytes(&bytes));
+        let result = self.write_now(bytes);
+        if let Some(tracer) = &self.tracer {
+            tracer.send("write", len, shown.unwrap_or_default(), write_outcome(&result));
+        }
+        result
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        let result = self.flush_now();
+        if let Some(tracer) = &self.tracer {
+            tracer.flush(write_outcome(&result));
+        }
+        result
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        let result = self.check_write_now();
+        if let Some(tracer) = &self.tracer {
+            tracer.check_write(write_outcome(&result).map(|()| *result.as_ref().unwrap_or(&0)));
+        }
+        result
+    }
+
+    /// Waits until the stream takes more bytes (the wait inside
+    /// blocking-flush, say): not a call of the guest's, so not traced.
+    async fn write_ready(&mut self) -> StreamResult<usize> {
+        loop {
+            self.ready().await;
+            match self.check_write_now()? {
+                0 => continue,
+                n => return Ok(n),
+            }
+        }
+    }
+
+    /// send() of up to 4096 bytes, all of it, then a flush: one trace line.
+    async fn blocking_write_and_flush(&mut self, bytes: Bytes) -> StreamResult<()> {
+        let (len, shown) = (bytes.len(), self.tracer.as_ref().map(|t| t.bytes(&bytes)));
+        let result = self.write_all_now(bytes).await;
+        if let Some(tracer) = &self.tracer {
+            let outcome = write_outcome(&result);
+            tracer.send("blocking-write-and-flush", len, shown.unwrap_or_default(), outcome);
+        }
+        result
+    }
+}
+
+fn write_outcome<T>(result: &StreamResult<T>) -> Result<(), StreamEnd<'_>> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(StreamError::Closed) => Err(StreamEnd::Closed),
+        Err(StreamError::LastOperationFailed(e) | StreamError::Trap(e)) => {
+            Err(StreamEnd::Failed(e))
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for Writer {
+    async fn ready(&mut self) {
+        poll_fn(|cx| self.poll_sent(cx)).await;
+        if matches!(self.state, WriteState::Ready { .. }) && !self.conn.write_shut.load(SeqCst) {
+            let _ = self.conn.stream.writable().await;
+        }
+    }
+}
+
+impl Drop for Writer {
+    /// Dropping the output stream ends the sending side, as shutdown(send)
+    /// does: the FIN follows whatever is still being sent.
+    fn drop(&mut self) {
+        self.conn.shut_write();
+    }
+}
+
+fn noop_context() -> Context<'static> {
+    Context::from_waker(std::task::Waker::noop())
+}

@@ -1,0 +1,178 @@
+//! The host's own wasi:sockets/tcp: the spec's contract, checked from a
+//! guest (`tests/guests/src/bin/tcp-contract.rs`), the traps the spec
+//! names, how a stream ends, and listeners that outlive a crashed guest.
+
+use crate::support::guests::test_guest;
+use crate::support::{connect, Host, PATIENCE};
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+fn contract(args: &[&str]) -> (bool, String) {
+    let guest = test_guest("tcp-contract");
+    let mut all = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "[::1]:0",
+        "--allow-connect",
+        "127.0.0.1:*",
+        "--allow-connect",
+        "[::1]:*",
+        guest.to_str().unwrap(),
+    ];
+    if !args.is_empty() {
+        all.push("--");
+        all.extend(args);
+    }
+    let (status, output) = Host::start(&all).wait();
+    (status.success(), output)
+}
+
+/// Every check by name, so that one the guest skipped counts as failed.
+const CHECKS: &[&str] = &[
+    "unbound-state",
+    "bind-arguments",
+    "bind-denied-stays-unbound",
+    "bind-in-progress",
+    "listen-in-progress",
+    "listen-denied-closes",
+    "accept-and-connected-state",
+    "connect-arguments",
+    "connect-denied-closes",
+    "connect-refused-closes",
+    "connect-in-progress",
+    "option-ranges",
+    "option-readback",
+    "options-inherited-by-accepted",
+    "backlog-after-listen",
+    "shutdown-send",
+    "shutdown-receive",
+    "end-of-stream-is-closed",
+    "socket-dropped-before-streams",
+    "ipv6",
+];
+
+#[test]
+fn every_state_transition_and_error_code_of_the_tcp_interface() {
+    let (success, output) = contract(&[]);
+    let missing: Vec<_> =
+        CHECKS.iter().filter(|name| !output.lines().any(|l| l == format!("ok {name}"))).collect();
+    assert!(missing.is_empty() && success, "not ok: {missing:?}\n{output}");
+    assert!(output.contains(&format!("{} checks, 0 failed", CHECKS.len())), "{output}");
+}
+
+#[test]
+fn writing_more_than_check_write_allowed_traps() {
+    let (success, output) = contract(&["write-over-permit"]);
+    assert!(!success, "{output}");
+    assert!(output.contains("check-write granted 65536"), "{output}");
+    assert!(output.contains("error: the guest trapped"), "{output}");
+    assert!(output.contains("write of more bytes than check-write allowed"), "{output}");
+    assert!(!output.contains("did not trap"), "{output}");
+}
+
+#[test]
+fn blocking_write_and_flush_of_more_than_4096_bytes_traps() {
+    let (success, output) = contract(&["blocking-write-4097"]);
+    assert!(!success, "{output}");
+    assert!(output.contains("error: the guest trapped"), "{output}");
+    assert!(output.contains("expected at most 4096"), "{output}");
+    assert!(!output.contains("did not trap"), "{output}");
+}
+
+/// Starts the contract guest's `serve-once` mode and connects to it.
+fn serve_once() -> (Host, TcpStream) {
+    let guest = test_guest("tcp-contract");
+    let host =
+        Host::start(&["--listen", "127.0.0.1:0", guest.to_str().unwrap(), "--", "serve-once"]);
+    let client = connect(host.listen_addr());
+    (host, client)
+}
+
+#[test]
+fn a_reset_ends_the_input_stream_with_last_operation_failed() {
+    let (host, mut client) = serve_once();
+    client.write_all(b"x").unwrap();
+    host.wait_for("read 1 bytes");
+    socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO)).unwrap();
+    drop(client);
+    let line = host.wait_for("the stream ended");
+    assert!(line.contains("last-operation-failed (Connection reset by peer"), "{line}");
+}
+
+#[test]
+fn a_close_ends_the_input_stream_with_closed() {
+    let (host, mut client) = serve_once();
+    client.write_all(b"x").unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let line = host.wait_for("the stream ended");
+    assert!(line.ends_with("the stream ended: closed"), "{line}");
+}
+
+/// A guest that crashes (`crash-on-bang`, one client at a time, panics on
+/// `!`) under a steady stream of new clients, with `--restart on-failure`:
+/// the host keeps its listener open, so clients that connect while it is
+/// down wait in the backlog and the restarted guest serves them. None is
+/// refused, and every echo is exact.
+#[test]
+fn a_crashed_guests_listener_stays_open_and_no_client_is_refused() {
+    let guest = test_guest("crash-on-bang");
+    let host = Host::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--restart",
+        "on-failure",
+        guest.to_str().unwrap(),
+    ]);
+    let addr = host.listen_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|worker| {
+            let (stop, served) = (Arc::clone(&stop), Arc::clone(&served));
+            std::thread::spawn(move || {
+                let mut refused = 0;
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let mut client = match TcpStream::connect(addr) {
+                        Ok(client) => client,
+                        Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                            refused += 1;
+                            continue;
+                        }
+                        Err(e) => panic!("connecting: {e}"),
+                    };
+                    client.set_read_timeout(Some(PATIENCE)).unwrap();
+                    let message = format!("client {worker}.{i}\n");
+                    client.write_all(message.as_bytes()).unwrap();
+                    let mut echoed = vec![0; message.len()];
+                    client.read_exact(&mut echoed).unwrap();
+                    assert_eq!(echoed, message.as_bytes());
+                    served.fetch_add(1, Ordering::Relaxed);
+                }
+                refused
+            })
+        })
+        .collect();
+
+    for crash in 1..=3 {
+        let before = served.load(Ordering::Relaxed);
+        let mut bang = connect(addr);
+        bang.write_all(b"!").unwrap();
+        host.wait_for_nth("restarting it in", crash);
+        assert_eq!(host.nth_listen_addr(crash + 1), addr, "the same listener, the same port");
+        // Clients were served after the restart, not only before it.
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while served.load(Ordering::Relaxed) < before + 20 {
+            assert!(std::time::Instant::now() < deadline, "no client served\n{}", host.report());
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let refused: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert_eq!(refused, 0, "clients refused while the guest restarted\n{}", host.report());
+}

@@ -66,7 +66,8 @@ fn main() -> Result<()> {
     let bin_dir = std::env::current_exe()?.parent().context("no exe dir")?.to_path_buf();
     let guest = bin_dir.join("../guests/wasm32-wasip2/release/guest.wasm");
 
-    let mut servers = vec![Server::native(&bin_dir), Server::host(&bin_dir)];
+    let mut servers =
+        vec![Server::native(&bin_dir), Server::native_nagle(&bin_dir), Server::host(&bin_dir)];
     match Server::wasmtime_cli(&guest) {
         Some(cli) if !args.no_cli => servers.push(cli),
         Some(_) => {}
@@ -89,9 +90,12 @@ fn main() -> Result<()> {
     }
     let everything = args.only.is_none();
 
+    // The Nagle baseline is for the loads; the other measures leave it out.
+    let everything_for = |server: &Server| everything && server.name != servers::NATIVE_NAGLE;
+
     // Exec to first echo: a fresh process each time.
     for _ in 0..args.rounds {
-        for server in servers.iter().filter(|_| everything) {
+        for server in servers.iter().filter(|s| everything_for(s)) {
             let t = server.time_to_first_echo()?;
             results.add("exec to first echo (ms)", server.name, t.as_secs_f64() * 1e3);
         }
@@ -141,7 +145,7 @@ fn main() -> Result<()> {
     }
 
     // Memory: a fresh process idle, then holding 1000 idle connections.
-    for server in servers.iter().filter(|_| everything) {
+    for server in servers.iter().filter(|s| everything_for(s)) {
         // A failure here loses this server's memory figures, not the run.
         let run = match server.start() {
             Ok(run) => run,
@@ -169,7 +173,7 @@ fn main() -> Result<()> {
     }
 
     // Many connections held open and echoing.
-    for (server, run) in servers.iter().zip(&running).filter(|_| everything) {
+    for (server, run) in servers.iter().zip(&running).filter(|(s, _)| everything_for(s)) {
         let held = runtime.block_on(load::open_echoing(run.addr, args.hold));
         let (opened, errors) = match held {
             Ok(streams) => {
@@ -213,7 +217,8 @@ fn print_table(results: &Results, servers: &[Server]) {
         let native = values[0];
         row.extend(values.iter().skip(1).map(|v| ratio(*v, native)));
         if has_cli {
-            row.push(ratio(values[1], values.get(2).copied().flatten()));
+            let value_of = |name| names.iter().position(|n| *n == name).and_then(|i| values[i]);
+            row.push(ratio(value_of("host"), value_of("wasmtime CLI")));
         }
         println!("| {} |", row.join(" | "));
     }

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The native baseline with Nagle on: measured under load only.
+pub const NATIVE_NAGLE: &str = "native, Nagle on";
+
 /// One kind of echo server.
 #[derive(Clone, Debug)]
 pub struct Server {
@@ -22,6 +25,17 @@ impl Server {
             name: "native tokio",
             program: bin_dir.join("native-echo"),
             args: vec!["{addr}".into()],
+        }
+    }
+
+    /// The same with Nagle's algorithm left on: the system's default, for
+    /// comparison (the ratios use the one with TCP_NODELAY, as the host
+    /// sets it for its guest).
+    pub fn native_nagle(bin_dir: &Path) -> Server {
+        Server {
+            name: NATIVE_NAGLE,
+            program: bin_dir.join("native-echo"),
+            args: vec!["{addr}".into(), "--nagle".into()],
         }
     }
 

@@ -32,10 +32,13 @@ pub enum Progress {
 enum State {
     /// Waiting for bytes to arrive (recv).
     Reading,
-    /// Holding bytes not yet written (send): `pending[sent..]`.
+    /// Holding bytes not yet written (send): `pending[sent..]`. `drained`:
+    /// the read that got them returned less than it asked for, so nothing
+    /// more had arrived.
     Writing {
         pending: Vec<u8>,
         sent: usize,
+        drained: bool,
     },
     /// The client closed its side and everything was written: waiting for
     /// the last flush to complete before closing ours.
@@ -98,8 +101,9 @@ impl Connection {
                     // Nothing there after all: wait again.
                     Ok(data) if data.is_empty() => return Ok(Progress::Waiting),
                     Ok(data) => {
+                        let drained = (data.len() as u64) < self.read_size;
                         self.read_size = next_read_size(self.read_size, data.len());
-                        self.state = State::Writing { pending: data, sent: 0 };
+                        self.state = State::Writing { pending: data, sent: 0, drained };
                     }
                     // recv() == 0: the client is done sending. Finish ours.
                     Err(StreamError::Closed) => {
@@ -108,7 +112,7 @@ impl Connection {
                     }
                     Err(e) => return Err(format!("recv(): {}", stream_error(e))),
                 },
-                State::Writing { pending, sent } => {
+                State::Writing { pending, sent, drained } => {
                     // send(): no more than check-write allows (more traps).
                     let allowed =
                         output.check_write().map_err(|e| format!("send(): {}", stream_error(e)))?;
@@ -123,8 +127,14 @@ impl Connection {
                     output.flush().map_err(|e| format!("send(): {}", stream_error(e)))?;
                     *sent += n;
                     if *sent == pending.len() {
-                        // All echoed: free the buffer and read again.
+                        // All echoed: free the buffer and read again; after
+                        // a short read, only once the pollable says more
+                        // has arrived (asking at once would find nothing).
+                        let drained = *drained;
                         self.state = State::Reading;
+                        if drained {
+                            return Ok(Progress::Waiting);
+                        }
                     }
                 }
                 State::Flushing => {

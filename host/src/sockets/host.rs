@@ -5,10 +5,13 @@
 use super::bindings::wasi::sockets::tcp::{self, ShutdownType};
 use super::bindings::wasi::sockets::tcp_create_socket;
 use super::options::Opt;
+use super::poll::Watch;
+use super::streams::{Reader, Writer};
 use super::tcp::{Op, TcpSocket};
 use super::{ErrorCode, SocketsView};
 use crate::trace::{outcome, policy};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
 use wasmtime::component::Resource;
 use wasmtime_wasi::p2::bindings::sockets::network::{IpAddressFamily, IpSocketAddress, Network};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable};
@@ -69,11 +72,14 @@ impl SocketsView<'_> {
     /// (the connection closes when the last of the three is dropped).
     fn push_streams(
         &mut self,
-        reader: super::streams::Reader,
-        writer: super::streams::Writer,
+        reader: Reader,
+        writer: Writer,
     ) -> wasmtime::Result<(Resource<DynInputStream>, Resource<DynOutputStream>)> {
+        let conn = Arc::clone(reader.connection());
         let input = self.table.push(Box::new(reader) as DynInputStream)?;
         let output = self.table.push(Box::new(writer) as DynOutputStream)?;
+        self.ctx.watched.stream(input.rep(), Watch::Readable(Arc::clone(&conn)));
+        self.ctx.watched.stream(output.rep(), Watch::Writable(conn));
         Ok((input, output))
     }
 }
@@ -330,7 +336,10 @@ impl tcp::HostTcpSocket for SocketsView<'_> {
     }
 
     fn subscribe(&mut self, this: Resource<TcpSocket>) -> wasmtime::Result<Resource<DynPollable>> {
-        wasmtime_wasi::p2::subscribe(self.table, this)
+        let socket = this.rep();
+        let pollable = wasmtime_wasi::p2::subscribe(self.table, this)?;
+        self.ctx.watched.pollable(pollable.rep(), Watch::Socket(socket));
+        Ok(pollable)
     }
 
     fn shutdown(&mut self, this: Resource<TcpSocket>, how: ShutdownType) -> Answer<()> {

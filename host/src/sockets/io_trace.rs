@@ -1,6 +1,6 @@
 //! With `--trace`: the wasi:io calls the trace cannot see from inside a
-//! stream. `poll` is traced as the guest's WSAPoll(), `pollable.block` as
-//! the wait inside a blocking call; `blocking-flush` is a
+//! stream (`poll` is `poll.rs`'s). `pollable.block` is traced as the wait
+//! inside a blocking call; `blocking-flush` is a
 //! flush and a wait underneath, so the stream's trace is told its real name.
 //! Both delegate to wasmtime-wasi-io's own implementation.
 
@@ -9,25 +9,11 @@ use crate::trace::calling_as;
 use std::future::{poll_fn, Future};
 use wasmtime::component::{Linker, Resource};
 use wasmtime::StoreContextMut;
-use wasmtime_wasi::p2::bindings::io::poll::{Host as PollHost, HostPollable};
+use wasmtime_wasi::p2::bindings::io::poll::HostPollable;
 use wasmtime_wasi::p2::bindings::io::streams::HostOutputStream;
 use wasmtime_wasi::p2::{DynOutputStream, DynPollable};
 
 pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()> {
-    linker.instance("wasi:io/poll@0.2.12")?.func_wrap_async(
-        "poll",
-        |mut store: StoreContextMut<T>, (pollables,): (Vec<Resource<DynPollable>>,)| {
-            Box::new(async move {
-                let count = pollables.len();
-                let view = store.data_mut().tcp();
-                let ready = PollHost::poll(view.table, pollables).await?;
-                if let Some(tracer) = &store.data_mut().tcp().ctx.tracer {
-                    tracer.poll(count, &ready);
-                }
-                Ok((ready,))
-            })
-        },
-    )?;
     linker.instance("wasi:io/poll@0.2.12")?.func_wrap_async(
         "[method]pollable.block",
         |mut store: StoreContextMut<T>, (this,): (Resource<DynPollable>,)| {

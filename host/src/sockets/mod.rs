@@ -20,7 +20,8 @@
 //! | `options.rs` | socket options and their ranges |
 //! | `addr.rs` | which addresses a socket may use |
 //! | `cap.rs` | the socket cap (`--max-connections`) |
-//! | `io_trace.rs` | with `--trace`: `poll` and `blocking-flush`, named |
+//! | `poll.rs` | `poll`, answered at once for the host's own pollables |
+//! | `io_trace.rs` | with `--trace`: `block` and `blocking-flush`, named |
 
 mod addr;
 mod cap;
@@ -28,6 +29,7 @@ mod host;
 mod io_trace;
 mod listeners;
 mod options;
+mod poll;
 mod streams;
 mod tcp;
 
@@ -73,6 +75,8 @@ pub struct SocketsCtx {
     /// `--nagle` not given: TCP_NODELAY on every accepted client.
     nodelay: bool,
     tracer: Option<Tracer>,
+    /// The host's own streams and pollables (`poll.rs`).
+    watched: poll::Watched,
 }
 
 impl SocketsCtx {
@@ -83,7 +87,7 @@ impl SocketsCtx {
         nodelay: bool,
         tracer: Option<Tracer>,
     ) -> Self {
-        SocketsCtx { grants, listeners, cap, nodelay, tracer }
+        SocketsCtx { grants, listeners, cap, nodelay, tracer, watched: Default::default() }
     }
 
     /// The grants' decision on one use of an address, logged.
@@ -113,12 +117,14 @@ impl HasData for Sockets {
 }
 
 /// Registers `wasi:sockets/tcp` and `tcp-create-socket` over the ones
-/// `wasmtime_wasi::p2::add_to_linker_async` added; with `--trace`, also
-/// the wasi:io calls the trace names (`io_trace.rs`).
+/// `wasmtime_wasi::p2::add_to_linker_async` added, and the wasi:io calls
+/// that know the host's own pollables (`poll.rs`); with `--trace`, also
+/// those the trace names (`io_trace.rs`).
 pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>, trace: bool) -> anyhow::Result<()> {
     linker.allow_shadowing(true);
     bindings::wasi::sockets::tcp::add_to_linker::<T, Sockets>(linker, T::tcp)?;
     bindings::wasi::sockets::tcp_create_socket::add_to_linker::<T, Sockets>(linker, T::tcp)?;
+    poll::add_to_linker(linker)?;
     if trace {
         io_trace::add_to_linker(linker)?;
     }

@@ -19,8 +19,8 @@ use std::future::{poll_fn, Future};
 use std::io::ErrorKind;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -40,6 +40,8 @@ pub struct Connection {
     write_shut: AtomicBool,
     /// A background task is still sending.
     sending: AtomicBool,
+    /// Who to wake when it is done (a `poll` waiting to write).
+    when_sent: Mutex<Option<Waker>>,
 }
 
 impl Connection {
@@ -49,6 +51,7 @@ impl Connection {
             read_shut: AtomicBool::new(false),
             write_shut: AtomicBool::new(false),
             sending: AtomicBool::new(false),
+            when_sent: Mutex::new(None),
         })
     }
 
@@ -65,8 +68,33 @@ impl Connection {
         }
     }
 
+    /// Readable, or at its end: a read would not answer "nothing yet".
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.read_shut.load(SeqCst) {
+            return Poll::Ready(());
+        }
+        self.stream.poll_read_ready(cx).map(|_| ())
+    }
+
+    /// Writable (once a background send, if any, is done).
+    pub fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.sending.load(SeqCst) {
+            *self.when_sent.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+            if self.sending.load(SeqCst) {
+                return Poll::Pending;
+            }
+        }
+        if self.write_shut.load(SeqCst) {
+            return Poll::Ready(());
+        }
+        self.stream.poll_write_ready(cx).map(|_| ())
+    }
+
     fn sent_all(&self) {
         self.sending.store(false, SeqCst);
+        if let Some(waker) = self.when_sent.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            waker.wake();
+        }
         if self.write_shut.load(SeqCst) {
             let _ = SockRef::from(&self.stream).shutdown(Shutdown::Write);
         }
@@ -89,6 +117,10 @@ enum ReadState {
 impl Reader {
     pub fn new(conn: Arc<Connection>, tracer: Option<Tracer>) -> Self {
         Reader { conn, state: ReadState::Open, tracer }
+    }
+
+    pub fn connection(&self) -> &Arc<Connection> {
+        &self.conn
     }
 
     fn read_now(&mut self, size: usize) -> StreamResult<Bytes> {

@@ -358,7 +358,7 @@ impl TcpSocket {
         }
     }
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         match (&self.state, self.pending) {
             (State::Connecting(conn), Some(Op::Connect)) => {
                 conn.stream.poll_write_ready(cx).map(|_| ())

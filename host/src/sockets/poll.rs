@@ -1,0 +1,191 @@
+//! WSAPoll(): `wasi:io/poll.poll`, with a fast answer for the pollables of
+//! the host's own TCP sockets and streams.
+//!
+//! wasmtime-wasi-io answers a poll by building a future for every pollable
+//! in the list (two allocations each for a stream), then polling them all:
+//! for a server polling its listener and a hundred clients, that is most
+//! of the cost of each `poll`. The host knows what its own pollables wait
+//! for (a connection readable or writable, a socket's connect or accept),
+//! so it first asks each of those directly: no future, no allocation. If
+//! any pollable in the list is ready, that is the answer (others are asked
+//! the ordinary way, so a timer in the list is never starved). If none is,
+//! and all are the host's, it waits for them the same way, its waker left
+//! with each connection or listener; a list with others in it waits the
+//! ordinary way, in wasmtime-wasi-io.
+//!
+//! To know which pollables are its own, the host notes each stream it
+//! hands out and each pollable made from one, and forgets them when they
+//! are dropped: those are the `subscribe` and drop functions replaced here.
+
+use super::streams::Connection;
+use super::{HasTcp, SocketsView, TcpSocket};
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use wasmtime::component::{Linker, Resource, ResourceType};
+use wasmtime::StoreContextMut;
+use wasmtime_wasi::p2::bindings::io::poll::{Host as PollHost, HostPollable};
+use wasmtime_wasi::p2::bindings::io::streams::{HostInputStream, HostOutputStream};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable};
+
+/// What one of the host's pollables (or streams) waits for.
+#[derive(Clone)]
+pub enum Watch {
+    Readable(Arc<Connection>),
+    Writable(Arc<Connection>),
+    /// A TCP socket (by its handle): a connect finishing, a client to accept.
+    Socket(u32),
+}
+
+/// The host's own streams and pollables, by handle.
+#[derive(Default)]
+pub struct Watched {
+    streams: HashMap<u32, Watch>,
+    pollables: HashMap<u32, Watch>,
+}
+
+impl Watched {
+    pub fn stream(&mut self, rep: u32, watch: Watch) {
+        self.streams.insert(rep, watch);
+    }
+
+    pub fn pollable(&mut self, rep: u32, watch: Watch) {
+        self.pollables.insert(rep, watch);
+    }
+}
+
+impl SocketsView<'_> {
+    /// Whether the host's own `pollable` is ready, registering `cx` to be
+    /// woken when it may be; None for a pollable that is not the host's.
+    fn poll_own(&mut self, pollable: u32, cx: &mut Context<'_>) -> wasmtime::Result<Option<bool>> {
+        let ready = match self.ctx.watched.pollables.get(&pollable) {
+            Some(Watch::Readable(conn)) => conn.poll_readable(cx),
+            Some(Watch::Writable(conn)) => conn.poll_writable(cx),
+            Some(Watch::Socket(socket)) => {
+                let socket = Resource::<TcpSocket>::new_borrow(*socket);
+                self.table.get_mut(&socket)?.poll_ready(cx)
+            }
+            None => return Ok(None),
+        };
+        Ok(Some(ready.is_ready()))
+    }
+}
+
+/// poll(list): the ready ones at once if there are any, else a wait.
+async fn poll(
+    mut view: SocketsView<'_>,
+    pollables: Vec<Resource<DynPollable>>,
+) -> wasmtime::Result<Vec<u32>> {
+    let count = pollables.len();
+    let mut ready = Vec::new();
+    let mut all_own = true;
+    for (index, pollable) in pollables.iter().enumerate() {
+        let own = view.poll_own(pollable.rep(), &mut Context::from_waker(Waker::noop()))?;
+        let now = match own {
+            Some(now) => now,
+            None => {
+                all_own = false;
+                HostPollable::ready(view.table, Resource::new_borrow(pollable.rep())).await?
+            }
+        };
+        if now {
+            ready.push(u32::try_from(index)?);
+        }
+    }
+    if ready.is_empty() {
+        ready = match all_own {
+            // Every pollable is the host's: wait for them directly, the
+            // task's waker registered with each connection or listener.
+            true => poll_fn(|cx| wait_own(&mut view, &pollables, cx)).await?,
+            false => PollHost::poll(view.table, pollables).await?,
+        };
+    }
+    if let Some(tracer) = &view.ctx.tracer {
+        tracer.poll(count, &ready);
+    }
+    Ok(ready)
+}
+
+fn wait_own(
+    view: &mut SocketsView<'_>,
+    pollables: &[Resource<DynPollable>],
+    cx: &mut Context<'_>,
+) -> Poll<wasmtime::Result<Vec<u32>>> {
+    let mut ready = Vec::new();
+    for (index, pollable) in pollables.iter().enumerate() {
+        match view.poll_own(pollable.rep(), cx) {
+            Ok(Some(true)) => ready.push(index as u32),
+            Ok(_) => {}
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    match ready.is_empty() {
+        true => Poll::Pending,
+        false => Poll::Ready(Ok(ready)),
+    }
+}
+
+pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()> {
+    let mut io = linker.instance("wasi:io/poll@0.2.12")?;
+    io.func_wrap_async(
+        "poll",
+        |mut store: StoreContextMut<T>, (pollables,): (Vec<Resource<DynPollable>>,)| {
+            Box::new(async move { Ok((poll(store.data_mut().tcp(), pollables).await?,)) })
+        },
+    )?;
+    io.resource("pollable", ResourceType::host::<DynPollable>(), |mut store, rep| {
+        let view = store.data_mut().tcp();
+        view.ctx.watched.pollables.remove(&rep);
+        HostPollable::drop(view.table, Resource::new_own(rep))
+    })?;
+
+    let mut streams = linker.instance("wasi:io/streams@0.2.12")?;
+    streams.func_wrap(
+        "[method]input-stream.subscribe",
+        |mut store: StoreContextMut<T>, (stream,): (Resource<DynInputStream>,)| {
+            let view = store.data_mut().tcp();
+            let watch = view.ctx.watched.streams.get(&stream.rep()).cloned();
+            let pollable = HostInputStream::subscribe(view.table, stream)?;
+            if let Some(watch) = watch {
+                view.ctx.watched.pollables.insert(pollable.rep(), watch);
+            }
+            Ok((pollable,))
+        },
+    )?;
+    streams.func_wrap(
+        "[method]output-stream.subscribe",
+        |mut store: StoreContextMut<T>, (stream,): (Resource<DynOutputStream>,)| {
+            let view = store.data_mut().tcp();
+            let watch = view.ctx.watched.streams.get(&stream.rep()).cloned();
+            let pollable = HostOutputStream::subscribe(view.table, stream)?;
+            if let Some(watch) = watch {
+                view.ctx.watched.pollables.insert(pollable.rep(), watch);
+            }
+            Ok((pollable,))
+        },
+    )?;
+    streams.resource_async(
+        "input-stream",
+        ResourceType::host::<DynInputStream>(),
+        |mut store, rep| {
+            Box::new(async move {
+                let view = store.data_mut().tcp();
+                view.ctx.watched.streams.remove(&rep);
+                HostInputStream::drop(view.table, Resource::new_own(rep)).await
+            })
+        },
+    )?;
+    streams.resource_async(
+        "output-stream",
+        ResourceType::host::<DynOutputStream>(),
+        |mut store, rep| {
+            Box::new(async move {
+                let view = store.data_mut().tcp();
+                view.ctx.watched.streams.remove(&rep);
+                HostOutputStream::drop(view.table, Resource::new_own(rep)).await
+            })
+        },
+    )?;
+    Ok(())
+}

@@ -11,11 +11,12 @@ fn run(args: &[&str]) -> (ExitStatus, String) {
     Host::start_command(host_command().env("RUST_BACKTRACE", "1").args(args)).wait()
 }
 
-/// Exactly one line starts with "error:", and it says `expected`.
+/// Exactly one line starts with "wasi-tcp-host: error:", and it says `expected`.
 fn assert_fails_with(args: &[&str], expected: &str) -> String {
     let (status, output) = run(args);
     assert!(!status.success(), "expected failure\n{output}");
-    let errors: Vec<&str> = output.lines().filter(|l| l.starts_with("error:")).collect();
+    let errors: Vec<&str> =
+        output.lines().filter(|l| l.starts_with("wasi-tcp-host: error:")).collect();
     assert_eq!(errors.len(), 1, "one error line expected\n{output}");
     assert!(errors[0].contains(expected), "expected {expected:?} in {:?}", errors[0]);
     // (A Rust guest's panic message is the guest's output, not the host's.)

@@ -12,6 +12,7 @@ mod inspect;
 mod lesson;
 #[cfg(target_os = "linux")]
 mod nodelay;
+mod operate;
 mod sandbox;
 mod shutdown;
 mod sockets;

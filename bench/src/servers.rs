@@ -43,7 +43,7 @@ impl Server {
     pub fn host(bin_dir: &Path) -> Server {
         Server {
             name: "host",
-            program: bin_dir.join("host"),
+            program: bin_dir.join("wasi-tcp-host"),
             // Room for the many-connections test: the defaults (1024
             // sockets, 128 MiB) suit a small server, not 10 000 clients.
             args: ["--max-connections", "20000", "--max-memory", "1GiB", "--listen", "{addr}"]

@@ -15,8 +15,9 @@ use std::path::PathBuf;
 /// Every grant is off unless given here or in a --policy file.
 #[derive(Debug, Parser)]
 #[command(
+    name = "wasi-tcp-host",
     version,
-    override_usage = "host [OPTIONS] [GUEST.wasm] [-- GUEST_ARGS...]\n       host inspect [--json] GUEST.wasm",
+    override_usage = "wasi-tcp-host [OPTIONS] [GUEST.wasm] [-- GUEST_ARGS...]\n       wasi-tcp-host inspect [--json] GUEST.wasm",
     args_conflicts_with_subcommands = true
 )]
 pub struct Args {
@@ -86,6 +87,12 @@ pub struct Args {
     #[arg(long, value_name = "DURATION")]
     pub cpu_budget: Option<humantime::Duration>,
 
+    /// On SIGHUP the guest is swapped for a freshly loaded one; the old
+    /// instance serves its clients until they leave, or this long, e.g. 30s
+    /// [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub drain_timeout: Option<humantime::Duration>,
+
     /// Start the guest again when it traps or fails [default: never].
     #[arg(long, value_enum)]
     pub restart: Option<Restart>,
@@ -121,8 +128,9 @@ pub struct Args {
 }
 
 impl Args {
-    /// The settings these options and the policy file (if any) make.
-    pub fn into_settings(self) -> Result<Settings> {
+    /// The settings these options and the policy file (if any) make;
+    /// `handed` are the addresses of sockets a service manager passed.
+    pub fn into_settings(self, handed: &[SocketAddr]) -> Result<Settings> {
         let file = match &self.policy {
             Some(path) => settings::read_policy(path)?,
             None => Choices::default(),
@@ -139,6 +147,7 @@ impl Args {
                 true => None,
                 false => self.cache_dir.or_else(crate::cache::default_dir),
             },
+            handed: handed.to_vec(),
         };
         let flags = Choices {
             listen: self.listen,
@@ -152,6 +161,7 @@ impl Args {
             max_memory: self.max_memory,
             max_connections: self.max_connections,
             cpu_budget: self.cpu_budget.map(Into::into),
+            drain_timeout: self.drain_timeout.map(Into::into),
             restart: self.restart,
         };
         Settings::new(run, file, flags)
@@ -195,7 +205,7 @@ mod tests {
             argv.push(path.display().to_string());
         }
         argv.extend(flags.iter().map(|f| f.to_string()));
-        Args::try_parse_from(argv)?.into_settings()
+        Args::try_parse_from(argv)?.into_settings(&[])
     }
 
     #[test]

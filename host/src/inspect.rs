@@ -1,4 +1,4 @@
-//! `host inspect GUEST.wasm`: what a component imports and exports, which
+//! `wasi-tcp-host inspect GUEST.wasm`: what a component imports and exports, which
 //! grants it could use, and whether this host can run it, read from the
 //! file without compiling or running anything.
 

@@ -1,4 +1,5 @@
-//! `host`: runs a WASI 0.2 TCP server component, granting it one listen
+//! `wasi-tcp-host` (the `host` package): runs a WASI 0.2 TCP server
+//! component, granting it one listen
 //! address and nothing else unless told otherwise.
 //!
 //! ```text
@@ -12,12 +13,15 @@ mod engine;
 mod epoch;
 mod guest;
 mod inspect;
+mod instance;
 mod limits;
 mod policy;
 mod run;
 mod sandbox;
 mod settings;
+mod signals;
 mod sockets;
+mod swap;
 mod trace;
 
 use clap::Parser;
@@ -42,7 +46,13 @@ fn main() -> ExitCode {
         };
     }
     init_logging(args.log_format);
-    let settings = match args.into_settings() {
+    // Before any thread starts: this takes variables out of the environment.
+    let handed = match run::handed_sockets() {
+        Ok(handed) => handed,
+        Err(e) => return fail(e),
+    };
+    let handed_addrs: Vec<_> = handed.iter().map(|h| h.addr).collect();
+    let settings = match args.into_settings(&handed_addrs) {
         Ok(settings) => settings,
         Err(e) => return fail(e),
     };
@@ -55,7 +65,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fail(anyhow::Error::new(e).context("starting the async runtime")),
     };
-    let result = runtime.block_on(run::run(settings));
+    let result = runtime.block_on(run::run(settings, handed));
     // Do not wait for stray blocking I/O (say, a write to a closed terminal).
     runtime.shutdown_timeout(Duration::from_millis(100));
     match result {
@@ -92,6 +102,6 @@ fn init_logging(format: LogFormat) {
 /// One line (plus the guest's backtrace, for a trap), never a panic or the
 /// host's own backtrace, whatever RUST_BACKTRACE says.
 fn fail(e: anyhow::Error) -> ExitCode {
-    eprintln!("error: {e:#}");
+    eprintln!("wasi-tcp-host: error: {e:#}");
     ExitCode::FAILURE
 }

@@ -1,23 +1,28 @@
-//! Runs the guest until it returns, fails, or the host is told to stop;
-//! with `--restart on-failure`, starts it again after a failure.
+//! Supervises the guest: starts an instance; starts it again after a
+//! failure (`--restart on-failure`); on SIGHUP loads the guest file again
+//! and swaps the new instance in while the old one drains (`swap.rs`); on
+//! SIGINT or SIGTERM stops everything.
 
 use crate::engine;
-use crate::epoch::{EpochTicker, EPOCH_TICK};
+use crate::epoch::EpochTicker;
 use crate::guest;
-use crate::policy::Grants;
+use crate::instance::{command_pre, Instance, Shared};
 use crate::sandbox::{self, GuestState};
 use crate::settings::{Restart, Settings};
-use crate::sockets::Listeners;
-use anyhow::{bail, Context, Result};
+use crate::signals::{Received, Signals};
+use crate::sockets::{activation, Listeners};
+use crate::swap::{Drained, Swap, SwapStep};
+use anyhow::{Context, Result};
 use std::collections::VecDeque;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::task::JoinSet;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Engine, Store, Trap, UpdateDeadline, WasmBacktrace};
+use wasmtime::Engine;
 use wasmtime_wasi::p2::bindings::CommandPre;
-use wasmtime_wasi::I32Exit;
+
+pub use activation::Handed;
 
 /// Restart backoff: the first delay, doubled after each failure up to the last.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -26,49 +31,151 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_FAILURES: usize = 5;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
-pub async fn run(settings: Settings) -> Result<ExitCode> {
-    // Listen for SIGINT/SIGTERM from the start, so that they always mean
-    // "stop gracefully" and never the default "die at once".
-    let mut shutdown = Shutdown::install()?;
-    // Bound now, so that a port already in use is reported before the
-    // guest loads; kept until the host exits, across guest restarts.
-    let listeners = Listeners::open(&settings.grants.listen)?;
+/// The listening sockets a service manager handed to this process (socket
+/// activation). Call before any thread starts.
+pub fn handed_sockets() -> Result<Vec<Handed>> {
+    activation::take()
+}
 
+pub async fn run(settings: Settings, handed: Vec<Handed>) -> Result<ExitCode> {
+    // Listen for the signals from the start, so that SIGINT and SIGTERM
+    // always mean "stop gracefully" and never the default "die at once".
+    let mut signals = Signals::install()?;
+    // Bound now, so that a port already in use is reported before the
+    // guest loads; kept until the host exits, across guest instances.
+    let handed = handed.into_iter().map(|h| h.socket).collect();
+    let listeners = Listeners::open(&settings.grants.listen, handed)?;
     let engine = Engine::new(&engine::config())?;
     let name = guest::name(settings.guest.as_deref());
-    // Compiling a large guest takes seconds: do it off this thread, so
-    // that a stop request is honoured at once even then.
-    let loading = {
-        let (engine, path) = (engine.clone(), settings.guest.clone());
-        let cache = settings.cache_dir.clone();
-        tokio::task::spawn_blocking(move || guest::load(&engine, path.as_deref(), cache.as_deref()))
-    };
+    let settings = Arc::new(settings);
+    let loading = load(&engine, &settings);
     let component = tokio::select! {
-        loaded = loading => loaded.context("loading the guest")??,
-        signal = shutdown.recv() => return Ok(stopped(signal)),
+        loaded = loading => loaded?,
+        signal = signals.stop() => return Ok(stopped(signal)),
     };
     let linker = sandbox::linker(&engine, &settings)?;
     let pre = command_pre(&linker, &component)?;
+    let argv = std::iter::once(name.clone()).chain(settings.guest_args.iter().cloned()).collect();
     let grants = Arc::new(settings.grants.clone());
-    let argv: Vec<String> =
-        std::iter::once(name.clone()).chain(settings.guest_args.iter().cloned()).collect();
     let _ticker = EpochTicker::start(&engine)?;
-
     tracing::info!("running {name}; granted: {}; everything else is denied", grants.summary());
-    let mut failures = Failures::default();
-    loop {
-        let outcome = tokio::select! {
-            outcome = run_once(&engine, &pre, &settings, &grants, &listeners, &argv) => outcome,
-            signal = shutdown.recv() => return Ok(stopped(signal)),
-        };
-        let failure = match outcome {
-            Ok(()) => {
-                tracing::info!("the guest finished");
-                return Ok(ExitCode::SUCCESS);
+    let shared = Arc::new(Shared { engine, settings, grants, listeners, argv });
+    Supervisor { shared, linker, next_id: 1 }.serve(pre, signals).await
+}
+
+/// Loads (compiles, or takes from the cache) the guest. Compiling a large
+/// guest takes seconds: it runs off this thread, so that the host keeps
+/// serving, and a stop request is honoured at once, meanwhile.
+pub async fn load(engine: &Engine, settings: &Settings) -> Result<Component> {
+    let (engine, path) = (engine.clone(), settings.guest.clone());
+    let cache = settings.cache_dir.clone();
+    let loading = tokio::task::spawn_blocking(move || {
+        guest::load(&engine, path.as_deref(), cache.as_deref())
+    });
+    loading.await.context("loading the guest")?
+}
+
+fn stopped(signal: &str) -> ExitCode {
+    // Returning drops every instance (cancelling it wherever it is) and its
+    // store, which closes its sockets.
+    tracing::info!("{signal} received: stopping the guest");
+    ExitCode::SUCCESS
+}
+
+struct Supervisor {
+    shared: Arc<Shared>,
+    linker: Linker<GuestState>,
+    /// The id the next instance gets: newer instances have larger ids.
+    next_id: u64,
+}
+
+impl Supervisor {
+    fn start(&mut self, pre: &CommandPre<GuestState>) -> Instance {
+        self.next_id += 1;
+        Instance::start(&self.shared, pre, self.next_id - 1)
+    }
+
+    async fn serve(
+        mut self,
+        mut pre: CommandPre<GuestState>,
+        mut signals: Signals,
+    ) -> Result<ExitCode> {
+        let mut current = self.start(&pre);
+        let mut failures = Failures::default();
+        let mut swap: Option<Swap> = None;
+        let mut draining: JoinSet<Drained> = JoinSet::new();
+        loop {
+            tokio::select! {
+                biased;
+                received = signals.next() => match received {
+                    Received::Stop(signal) => return Ok(stopped(signal)),
+                    Received::Hangup if swap.is_some() => tracing::warn!(
+                        event = "swap",
+                        "SIGHUP received while a swap is under way; ignored"
+                    ),
+                    Received::Hangup => swap = Some(Swap::load(&self.shared)),
+                    Received::Quit => return self.stop_gracefully(current, &mut signals).await,
+                },
+                outcome = current.ended() => {
+                    let failure = match outcome {
+                        Ok(()) => {
+                            tracing::info!("the guest finished");
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                        Err(failure) => failure,
+                    };
+                    let delay = self.restart_delay(failure, &mut failures)?;
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        signal = signals.stop() => return Ok(stopped(signal)),
+                    }
+                    current = self.start(&pre);
+                }
+                step = crate::swap::step(&mut swap) => match step {
+                    SwapStep::Loaded(component) => {
+                        swap = self.start_swap(component, &current);
+                    }
+                    SwapStep::TookOver(new, new_pre) => {
+                        let old = std::mem::replace(&mut current, new);
+                        pre = new_pre;
+                        draining.spawn(crate::swap::drain(old, self.shared.settings.drain_timeout, "swap"));
+                        swap = None;
+                    }
+                    SwapStep::Failed => swap = None,
+                },
+                Some(drained) = draining.join_next() => {
+                    if let Ok(drained) = drained {
+                        drained.log();
+                    }
+                }
             }
-            Err(failure) if settings.restart == Restart::OnFailure => failure,
-            Err(failure) => return Err(failure),
-        };
+        }
+    }
+
+    /// SIGQUIT: no new clients for anyone; the current instance serves the
+    /// ones it has until they leave or --drain-timeout passes (a stop
+    /// signal meanwhile stops it at once); then the host exits.
+    async fn stop_gracefully(&self, current: Instance, signals: &mut Signals) -> Result<ExitCode> {
+        tracing::info!(event = "stop", "SIGQUIT received: taking no new clients");
+        self.shared.listeners.stop_offering();
+        let draining = crate::swap::drain(current, self.shared.settings.drain_timeout, "stop");
+        tokio::select! {
+            drained = draining => drained.log(),
+            received = signals.next() => {
+                if let Received::Stop(signal) = received {
+                    return Ok(stopped(signal));
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// After the current instance failed: the delay before starting it
+    /// again, or the error to stop the host with.
+    fn restart_delay(&self, failure: anyhow::Error, failures: &mut Failures) -> Result<Duration> {
+        if self.shared.settings.restart != Restart::OnFailure {
+            return Err(failure);
+        }
         let Some(delay) = failures.record() else {
             return Err(failure.context(format!(
                 "the guest failed {MAX_FAILURES} times within {}s; not restarting it again",
@@ -82,147 +189,24 @@ pub async fn run(settings: Settings) -> Result<ExitCode> {
             "the guest failed: {summary}; restarting it in {delay:?}"
         );
         tracing::debug!("{reason}");
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            signal = shutdown.recv() => return Ok(stopped(signal)),
-        }
+        Ok(delay)
+    }
+
+    /// The new guest loaded: link it and start an instance of it beside
+    /// the current one, which keeps serving meanwhile.
+    fn start_swap(&mut self, component: Component, current: &Instance) -> Option<Swap> {
+        let pre = match command_pre(&self.linker, &component) {
+            Ok(pre) => pre,
+            Err(e) => {
+                crate::swap::failed(&format!("{e:#}"));
+                return None;
+            }
+        };
+        let required = self.shared.listeners.held_by(current.tenant.id);
+        let instance = self.start(&pre);
+        Some(Swap::starting(instance, pre, required, &self.shared.listeners))
     }
 }
-
-fn stopped(signal: &str) -> ExitCode {
-    // Returning drops the guest's future (cancelling it wherever it is:
-    // waiting in accept, or spinning) and its store, which closes its sockets.
-    tracing::info!("{signal} received: stopping the guest");
-    ExitCode::SUCCESS
-}
-
-/// One instance of the guest, from instantiation to the end of `run`.
-async fn run_once(
-    engine: &Engine,
-    pre: &CommandPre<GuestState>,
-    settings: &Settings,
-    grants: &Arc<Grants>,
-    listeners: &Arc<Listeners>,
-    argv: &[String],
-) -> Result<()> {
-    let mut store = Store::new(engine, GuestState::new(settings, grants, listeners, argv)?);
-    store.limiter(|state| &mut state.memory);
-    store.set_epoch_deadline(1);
-    match settings.limits.cpu_budget {
-        // At every epoch tick, yield to the async runtime (where the stop
-        // signal is waiting), then carry on for one more tick.
-        None => store.epoch_deadline_async_yield_and_update(1),
-        Some(budget) => {
-            let allowed = budget.as_millis() / EPOCH_TICK.as_millis();
-            let mut used = 0;
-            store.epoch_deadline_callback(move |_| {
-                used += 1;
-                if used > allowed {
-                    return Err(wasmtime::Error::new(CpuBudgetSpent(budget)));
-                }
-                Ok(UpdateDeadline::Yield(1))
-            });
-        }
-    }
-    let command =
-        pre.instantiate_async(&mut store).await.map_err(|e| guest_failure(e, store.data()))?;
-    // Unconstrained: tokio's cooperative budget (128 readiness checks per
-    // turn) would make one `poll` over more connections than that report
-    // the rest as not ready. The guest is this runtime's only work, so
-    // there is nobody to be fair to.
-    let result = tokio::task::unconstrained(command.wasi_cli_run().call_run(&mut store)).await;
-    match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(())) => bail!("the guest exited with an error (its `run` returned `err`)"),
-        Err(e) => match e.downcast_ref::<I32Exit>() {
-            Some(I32Exit(0)) => Ok(()),
-            _ => Err(guest_failure(e, store.data())),
-        },
-    }
-}
-
-/// Links the guest's imports and finds its `wasi:cli/run` export.
-fn command_pre(
-    linker: &Linker<GuestState>,
-    component: &Component,
-) -> Result<CommandPre<GuestState>> {
-    let engine = linker.engine();
-    let exports_run = component
-        .component_type()
-        .exports(engine)
-        .any(|(name, _)| name.starts_with("wasi:cli/run@0.2."));
-    if !exports_run {
-        bail!(
-            "the guest does not export `wasi:cli/run@0.2.x`, so there is nothing to run; \
-             this host runs WASI 0.2 commands (a Rust `fn main` built for wasm32-wasip2, \
-             or a component whose world exports wasi:cli/run)"
-        );
-    }
-    let instance_pre = linker.instantiate_pre(component).map_err(|e| {
-        anyhow::anyhow!("the guest needs an import this host does not provide: {e:#}")
-    })?;
-    CommandPre::new(instance_pre)
-        .map_err(anyhow::Error::from)
-        .context("the guest's `wasi:cli/run` export has an unexpected type")
-}
-
-/// Why the guest stopped, in words: its exit status, the limit it hit, or
-/// its trap with the guest's (not the host's) backtrace.
-fn guest_failure(e: wasmtime::Error, state: &GuestState) -> anyhow::Error {
-    if let Some(exit) = e.downcast_ref::<I32Exit>() {
-        return anyhow::anyhow!("the guest exited with status {}", exit.0);
-    }
-    if let Some(spent) = e.downcast_ref::<CpuBudgetSpent>() {
-        return anyhow::anyhow!("the guest used up its CPU budget of {:?} (--cpu-budget)", spent.0);
-    }
-    let trap = match e.downcast_ref::<Trap>() {
-        Some(trap) => trap.to_string(),
-        // A host function that ends the guest (it broke a rule that the
-        // spec makes a trap, say writing more than check-write allowed)
-        // leaves a wasm backtrace too: report it as the trap it is.
-        None if e.downcast_ref::<WasmBacktrace>().is_some() => e.root_cause().to_string(),
-        None => {
-            let failed = match state.memory.reached {
-                true => format!(
-                    "the guest needs more memory than --max-memory {} allows",
-                    state.memory.max()
-                ),
-                false => "the guest failed".to_string(),
-            };
-            return anyhow::Error::from(e).context(failed);
-        }
-    };
-    let (trapped_in, backtrace) = match e.downcast_ref::<WasmBacktrace>() {
-        Some(bt) => {
-            // The innermost frames, on the first line: enough to tell one
-            // trap from another in a restart log.
-            let names: Vec<&str> =
-                bt.frames().iter().take(3).filter_map(|f| f.func_name()).collect();
-            let text = bt
-                .to_string()
-                .replace("error while executing at wasm backtrace:", "wasm backtrace:");
-            (format!(" (in {})", names.join(" <- ")), text)
-        }
-        None => (String::new(), String::new()),
-    };
-    let why = if state.memory.reached {
-        format!(" after reaching its memory limit of {} (--max-memory)", state.memory.max())
-    } else {
-        String::new()
-    };
-    anyhow::anyhow!("the guest trapped{why}: {trap}{trapped_in}\n{backtrace}")
-}
-
-#[derive(Debug)]
-struct CpuBudgetSpent(Duration);
-
-impl std::fmt::Display for CpuBudgetSpent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CPU budget of {:?} used up", self.0)
-    }
-}
-
-impl std::error::Error for CpuBudgetSpent {}
 
 /// Recent failures, for the restart backoff and the give-up rule.
 #[derive(Default)]
@@ -238,28 +222,6 @@ impl Failures {
         let recent = self.0.len();
         (recent < MAX_FAILURES)
             .then(|| (FIRST_BACKOFF * 2u32.pow(recent as u32 - 1)).min(MAX_BACKOFF))
-    }
-}
-
-/// SIGINT (Ctrl-C) and SIGTERM, registered once, awaited together.
-struct Shutdown {
-    interrupt: Signal,
-    terminate: Signal,
-}
-
-impl Shutdown {
-    fn install() -> Result<Self> {
-        Ok(Shutdown {
-            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
-            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
-        })
-    }
-
-    async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.interrupt.recv() => "SIGINT",
-            _ = self.terminate.recv() => "SIGTERM",
-        }
     }
 }
 

@@ -13,7 +13,7 @@
 use crate::limits::MemoryLimit;
 use crate::policy::Grants;
 use crate::settings::{Settings, TraceDetail};
-use crate::sockets::{self, HasTcp, Listeners, SocketCap, SocketsCtx, SocketsView};
+use crate::sockets::{self, HasTcp, Listeners, SocketCap, SocketsCtx, SocketsView, Tenant};
 use crate::trace::Tracer;
 use anyhow::{Context, Result};
 use std::sync::Arc;
@@ -56,6 +56,7 @@ impl GuestState {
         settings: &Settings,
         grants: &Arc<Grants>,
         listeners: &Arc<Listeners>,
+        tenant: Arc<Tenant>,
         argv: &[String],
     ) -> Result<Self> {
         let mut wasi = WasiCtx::builder();
@@ -81,6 +82,7 @@ impl GuestState {
         let sockets = SocketsCtx::new(
             Arc::clone(grants),
             Arc::clone(listeners),
+            tenant,
             Arc::clone(&cap),
             !settings.nagle,
             tracer,

@@ -6,7 +6,8 @@
 //!   command line replaces the file's);
 //! - switches (`allow-udp`, `allow-dns`, `nagle`): on if either turns them on;
 //! - single values (`max-memory`, `max-connections`, `cpu-budget`,
-//!   `restart`): the command line over the file, the file over the default.
+//!   `drain-timeout`, `restart`): the command line over the file, the file
+//!   over the default.
 //!
 //! An unknown key in the file is an error, never ignored.
 
@@ -23,6 +24,7 @@ use std::time::Duration;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9000";
 pub const DEFAULT_MAX_MEMORY: Size = Size(128 << 20);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Descriptors the host keeps for itself under the process's open-file limit.
 const HOST_DESCRIPTORS: usize = 64;
 
@@ -36,6 +38,8 @@ pub struct Settings {
     pub dirs: Vec<DirGrant>,
     pub limits: Limits,
     pub restart: Restart,
+    /// How long an old instance may serve its clients after a swap.
+    pub drain_timeout: Duration,
     /// `--trace` (calls) or `--trace-data` (calls and bytes).
     pub trace: Option<TraceDetail>,
     /// Where compiled guests are kept; `None` with `--no-cache`.
@@ -98,6 +102,8 @@ pub struct Choices {
     pub max_connections: Option<usize>,
     #[serde(default, with = "duration_text")]
     pub cpu_budget: Option<Duration>,
+    #[serde(default, with = "duration_text")]
+    pub drain_timeout: Option<Duration>,
     pub restart: Option<Restart>,
 }
 
@@ -108,6 +114,9 @@ pub struct Run {
     pub guest_args: Vec<String>,
     pub trace: Option<TraceDetail>,
     pub cache_dir: Option<PathBuf>,
+    /// Listening sockets a service manager passed (socket activation):
+    /// with no `listen` chosen, their addresses are the grants.
+    pub handed: Vec<SocketAddr>,
 }
 
 impl Settings {
@@ -116,6 +125,9 @@ impl Settings {
     pub fn new(run: Run, file: Choices, flags: Choices) -> Result<Settings> {
         let mut listen = file.listen;
         listen.extend(flags.listen);
+        if listen.is_empty() {
+            listen = run.handed.clone();
+        }
         if listen.is_empty() {
             listen.push(DEFAULT_LISTEN.parse()?);
         }
@@ -153,6 +165,10 @@ impl Settings {
             dirs,
             limits,
             restart: flags.restart.or(file.restart).unwrap_or_default(),
+            drain_timeout: flags
+                .drain_timeout
+                .or(file.drain_timeout)
+                .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
             trace: run.trace,
             cache_dir: run.cache_dir,
             nagle: file.nagle || flags.nagle,

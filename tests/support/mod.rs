@@ -16,7 +16,17 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 /// The `host` binary, with a clean logging configuration. Compiled guests
 /// are cached under target/, never in the user's own cache directory.
 pub fn host_command() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_host"));
+    let mut cmd = Command::new(HOST_BIN);
+    prepare(&mut cmd);
+    cmd
+}
+
+/// The host executable.
+pub const HOST_BIN: &str = env!("CARGO_BIN_EXE_wasi-tcp-host");
+
+/// The environment and pipes every host a test starts gets (for a command
+/// that runs the host in turn, say through a shell).
+pub fn prepare(cmd: &mut Command) -> &mut Command {
     cmd.env_remove("RUST_LOG")
         .env("XDG_CACHE_HOME", concat!(env!("CARGO_TARGET_TMPDIR"), "/cache"))
         .stdin(Stdio::null())

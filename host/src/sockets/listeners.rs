@@ -18,6 +18,7 @@ use anyhow::{bail, Context};
 use socket2::{Domain, SockAddr, Socket, Type};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{ready, Context as TaskContext, Poll};
 use tokio::io::unix::AsyncFd;
@@ -117,68 +118,137 @@ pub struct Listeners {
 struct Place {
     grant: SocketAddr,
     kept: Option<Arc<Listener>>,
-    lent: bool,
+    /// The guest instances holding a lease on it, oldest first. Only the
+    /// newest is offered clients: while a new instance takes over (SIGHUP),
+    /// the old one keeps its lease, and its clients, but accepts no more.
+    holders: Vec<u64>,
+    /// The newest holder (0: none), read without the lock on every accept.
+    current: Arc<AtomicU64>,
 }
 
 impl Listeners {
-    /// Binds the granted addresses that name a port. Must run inside the
-    /// async runtime (the sockets are registered with it).
-    pub fn open(grants: &[SocketAddr]) -> anyhow::Result<Arc<Listeners>> {
+    /// The host's listeners: `activated` sockets (handed over by a service
+    /// manager) where their address is granted, and the granted addresses
+    /// that name a port bound now. Must run inside the async runtime.
+    pub fn open(grants: &[SocketAddr], activated: Vec<Socket>) -> anyhow::Result<Arc<Listeners>> {
+        let mut activated = activated
+            .into_iter()
+            .map(|socket| Ok((socket.local_addr()?.as_socket(), socket)))
+            .collect::<std::io::Result<Vec<_>>>()?;
         let mut places = Vec::new();
         for &grant in grants {
-            let kept = match grant.port() {
-                0 => None,
-                _ => Some(Listener::new(bind_reserved(grant)?).context("registering a listener")?),
+            let handed = activated.iter().position(|(addr, _)| *addr == Some(grant));
+            let socket = match (handed, grant.port()) {
+                (Some(at), _) => Some(activated.swap_remove(at).1),
+                (None, 0) => None,
+                (None, _) => Some(bind_reserved(grant)?),
             };
-            places.push(Mutex::new(Place { grant, kept, lent: false }));
+            let kept = socket.map(Listener::new).transpose().context("registering a listener")?;
+            places.push(Mutex::new(Place {
+                grant,
+                kept,
+                holders: Vec::new(),
+                current: Arc::new(AtomicU64::new(0)),
+            }));
+        }
+        if let Some((addr, _)) = activated.first() {
+            bail!(
+                "the service manager passed a listening socket on {} that no --listen grants",
+                addr.map_or("an unknown address".to_string(), |a| a.to_string())
+            );
         }
         Ok(Arc::new(Listeners { places }))
     }
 
-    /// At bind(addr): a kept listener for this address, lent to the caller;
-    /// `address-in-use` if another socket of the guest has it; `None` when
-    /// the host keeps nothing for `addr` and the guest binds a socket of its own.
-    pub fn lend(self: &Arc<Self>, addr: SocketAddr) -> Option<Result<Lease, ErrorCode>> {
-        for (index, place) in self.places.iter().enumerate() {
-            let mut place = lock(place);
+    /// At bind(addr) by guest instance `holder`: a kept listener for this
+    /// address, lent to it (taken over from an older instance if one holds
+    /// it); `address-in-use` if this instance (or a newer one) already
+    /// does; `None` when the host keeps nothing for `addr` and the guest
+    /// binds a socket of its own.
+    pub fn lend(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        holder: u64,
+    ) -> Option<Result<Lease, ErrorCode>> {
+        let (index, mut place) = self.place_covering(addr)?;
+        let taken = place.holders.last().is_some_and(|newest| *newest >= holder);
+        match (&place.kept, taken) {
+            (Some(listener), false) => {
+                let listener = Arc::clone(listener);
+                place.holders.push(holder);
+                place.current.store(holder, Ordering::SeqCst);
+                Some(Ok(self.lease(index, &place, listener, holder)))
+            }
+            // Port 0 asks for any free port: one of its own will do.
+            _ if addr.port() == 0 => None,
+            (Some(_), true) => Some(Err(ErrorCode::AddressInUse)),
+            (None, _) => None,
+        }
+    }
+
+    fn place_covering(&self, addr: SocketAddr) -> Option<(usize, MutexGuard<'_, Place>)> {
+        self.places.iter().enumerate().find_map(|(index, place)| {
+            let place = lock(place);
             let kept_port = place.kept.as_ref().map(|l| l.local_addr().port());
             let covers = place.grant.ip() == addr.ip()
                 && (addr.port() == place.grant.port() || Some(addr.port()) == kept_port);
-            if !covers {
-                continue;
-            }
-            return match (&place.kept, place.lent) {
-                (Some(listener), false) => {
-                    let listener = Arc::clone(listener);
-                    place.lent = true;
-                    Some(Ok(self.lease(index, listener)))
-                }
-                // Port 0 asks for any free port: one of its own will do.
-                _ if addr.port() == 0 => None,
-                (Some(_), true) => Some(Err(ErrorCode::AddressInUse)),
-                (None, _) => None,
-            };
-        }
-        None
+            covers.then_some((index, place))
+        })
     }
 
     /// At listen(): a guest listener on an IP granted with port 0, when the
     /// host keeps none there yet, becomes the one it keeps.
-    pub fn adopt(self: &Arc<Self>, listener: Arc<Listener>) -> Lease {
+    pub fn adopt(self: &Arc<Self>, listener: Arc<Listener>, holder: u64) -> Lease {
         let local = listener.local_addr();
         for (index, place) in self.places.iter().enumerate() {
             let mut place = lock(place);
             if place.grant.port() == 0 && place.grant.ip() == local.ip() && place.kept.is_none() {
                 place.kept = Some(Arc::clone(&listener));
-                place.lent = true;
-                return self.lease(index, listener);
+                place.holders.push(holder);
+                place.current.store(holder, Ordering::SeqCst);
+                return self.lease(index, &place, listener, holder);
             }
         }
         Lease { listener, place: None }
     }
 
-    fn lease(self: &Arc<Self>, index: usize, listener: Arc<Listener>) -> Lease {
-        Lease { listener, place: Some((Arc::clone(self), index)) }
+    fn lease(
+        self: &Arc<Self>,
+        index: usize,
+        place: &Place,
+        listener: Arc<Listener>,
+        holder: u64,
+    ) -> Lease {
+        let kept = Kept {
+            listeners: Arc::clone(self),
+            index,
+            current: Arc::clone(&place.current),
+            holder,
+        };
+        Lease { listener, place: Some(kept) }
+    }
+
+    /// The places guest instance `holder` holds a lease on.
+    pub fn held_by(&self, holder: u64) -> Vec<usize> {
+        let holds = |(index, place): (usize, &Mutex<Place>)| {
+            lock(place).holders.contains(&holder).then_some(index)
+        };
+        self.places.iter().enumerate().filter_map(holds).collect()
+    }
+
+    /// Offers no client to any guest instance from now on (a graceful stop):
+    /// as if an instance newer than all took every listener over.
+    pub fn stop_offering(&self) {
+        for place in &self.places {
+            let mut place = lock(place);
+            place.holders.push(u64::MAX);
+            place.current.store(u64::MAX, Ordering::SeqCst);
+        }
+    }
+
+    /// The granted address of a place, for log lines.
+    pub fn grant(&self, index: usize) -> SocketAddr {
+        lock(&self.places[index]).grant
     }
 }
 
@@ -186,20 +256,36 @@ impl Listeners {
 /// the socket is dropped) or the guest's own (closed with it).
 pub struct Lease {
     pub listener: Arc<Listener>,
-    place: Option<(Arc<Listeners>, usize)>,
+    place: Option<Kept>,
+}
+
+struct Kept {
+    listeners: Arc<Listeners>,
+    index: usize,
+    current: Arc<AtomicU64>,
+    holder: u64,
 }
 
 impl Lease {
-    /// Whether the host keeps this listener when the guest lets go of it.
-    pub fn is_kept(&self) -> bool {
-        self.place.is_some()
+    /// The place of a listener the host keeps; None for the guest's own.
+    pub fn kept_place(&self) -> Option<usize> {
+        self.place.as_ref().map(|kept| kept.index)
+    }
+
+    /// Whether this lease is offered clients: a guest's own listener
+    /// always is; a kept one while no newer instance has taken it over.
+    pub fn is_current(&self) -> bool {
+        self.place.as_ref().is_none_or(|kept| kept.current.load(Ordering::SeqCst) == kept.holder)
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some((listeners, index)) = &self.place {
-            lock(&listeners.places[*index]).lent = false;
+        if let Some(kept) = &self.place {
+            let mut place = lock(&kept.listeners.places[kept.index]);
+            place.holders.retain(|h| *h != kept.holder);
+            let newest = place.holders.last().copied().unwrap_or(0);
+            place.current.store(newest, Ordering::SeqCst);
         }
     }
 }

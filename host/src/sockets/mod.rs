@@ -5,8 +5,8 @@
 //! wasmtime-wasi provides the rest of WASI (UDP, name lookups, clocks,
 //! files, ...); these two interfaces are registered over its own. For TCP,
 //! this is the one place where
-//! - the operator's grants are checked, and each decision is logged
-//!   (the audit trail): [`SocketsCtx::allowed`];
+//! - the operator's grants are checked ([`SocketsCtx::allowed`]), and each
+//!   refusal and each use that succeeded is logged (the audit trail);
 //! - the socket cap takes and gives back places (`cap.rs`);
 //! - TCP_NODELAY is set on each accepted client (unless `--nagle`);
 //! - `--trace` is told what happened (`crate::trace` formats it).
@@ -16,6 +16,7 @@
 //! | `host.rs` | the WIT functions, one by one, each traced |
 //! | `tcp.rs` | a socket and its states (unbound, bound, listening, ...) |
 //! | `listeners.rs` | listeners the host keeps, so they outlive a guest |
+//! | `tenant.rs` | one guest instance: where it listens, how many clients it has |
 //! | `streams.rs` | a connection's input and output streams |
 //! | `options.rs` | socket options and their ranges |
 //! | `addr.rs` | which addresses a socket may use |
@@ -23,6 +24,7 @@
 //! | `poll.rs` | `poll`, answered at once for the host's own pollables |
 //! | `io_trace.rs` | with `--trace`: `block` and `blocking-flush`, named |
 
+pub mod activation;
 mod addr;
 mod cap;
 mod host;
@@ -32,10 +34,12 @@ mod options;
 mod poll;
 mod streams;
 mod tcp;
+mod tenant;
 
 pub use cap::SocketCap;
 pub use listeners::Listeners;
 pub use tcp::TcpSocket;
+pub use tenant::Tenant;
 
 use crate::policy::Grants;
 use crate::trace::Tracer;
@@ -77,24 +81,36 @@ pub struct SocketsCtx {
     tracer: Option<Tracer>,
     /// The host's own streams and pollables (`poll.rs`).
     watched: poll::Watched,
+    /// This guest instance, as the listeners and the supervisor see it.
+    tenant: Arc<Tenant>,
 }
 
 impl SocketsCtx {
     pub fn new(
         grants: Arc<Grants>,
         listeners: Arc<Listeners>,
+        tenant: Arc<Tenant>,
         cap: Arc<SocketCap>,
         nodelay: bool,
         tracer: Option<Tracer>,
     ) -> Self {
-        SocketsCtx { grants, listeners, cap, nodelay, tracer, watched: Default::default() }
+        let watched = Default::default();
+        SocketsCtx { grants, listeners, tenant, cap, nodelay, tracer, watched }
     }
 
-    /// The grants' decision on one use of an address, logged.
+    /// The grants' decision on one use of an address; a refusal is logged
+    /// at once, an allowed use by [`SocketsCtx::done`] once it happened.
     fn allowed(&self, addr: SocketAddr, use_: SocketAddrUse) -> bool {
         let allowed = self.grants.check(addr, use_);
-        self.grants.log(addr, use_, allowed);
+        if !allowed {
+            self.grants.log(addr, use_, false);
+        }
         allowed
+    }
+
+    /// The audit line for an allowed use that succeeded.
+    fn done(&self, addr: SocketAddr, use_: SocketAddrUse) {
+        self.grants.log(addr, use_, true);
     }
 }
 

@@ -12,6 +12,7 @@
 //!   is left to a background task, which finishes even if the guest drops
 //!   the stream (nothing the guest wrote is lost), then sends the FIN.
 
+use super::tenant::Client;
 use crate::trace::{StreamEnd, Tracer};
 use bytes::{Bytes, BytesMut};
 use socket2::SockRef;
@@ -42,16 +43,19 @@ pub struct Connection {
     sending: AtomicBool,
     /// Who to wake when it is done (a `poll` waiting to write).
     when_sent: Mutex<Option<Waker>>,
+    /// An accepted client counts for its guest instance while it lasts.
+    _client: Option<Client>,
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream) -> Arc<Connection> {
+    pub fn new(stream: TcpStream, client: Option<Client>) -> Arc<Connection> {
         Arc::new(Connection {
             stream,
             read_shut: AtomicBool::new(false),
             write_shut: AtomicBool::new(false),
             sending: AtomicBool::new(false),
             when_sent: Mutex::new(None),
+            _client: client,
         })
     }
 

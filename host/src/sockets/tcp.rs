@@ -118,7 +118,7 @@ impl TcpSocket {
         if !ctx.allowed(addr, SocketAddrUse::TcpBind) {
             return Err(ErrorCode::AccessDenied);
         }
-        let bound = match ctx.listeners.lend(addr) {
+        let bound = match ctx.listeners.lend(addr, ctx.tenant.id) {
             Some(lease) => {
                 let lease = lease?;
                 self.chosen.apply(SockRef::from(lease.listener.socket()), self.family)?;
@@ -136,6 +136,7 @@ impl TcpSocket {
             Binding::Kept(lease) => State::BoundKept { lease, own, asked: addr },
             Binding::Own => State::Bound(own),
         };
+        ctx.done(addr, SocketAddrUse::TcpBind);
         self.pending = Some(Op::Bind);
         Ok(())
     }
@@ -154,11 +155,16 @@ impl TcpSocket {
             State::Bound(own) => {
                 let listener = Listener::new(own)?;
                 listener.listen(self.backlog)?;
-                Ok(ctx.listeners.adopt(listener))
+                Ok(ctx.listeners.adopt(listener, ctx.tenant.id))
             }
             _ => unreachable!("checked above"),
         };
-        self.state = State::Listening(result?);
+        let lease = result?;
+        if let Some(place) = lease.kept_place() {
+            ctx.tenant.listened(place);
+        }
+        ctx.done(local, SocketAddrUse::TcpListen);
+        self.state = State::Listening(lease);
         self.pending = Some(Op::Listen);
         Ok(())
     }
@@ -196,7 +202,8 @@ impl TcpSocket {
             Err(e) => return Err(e.into()),
         }
         let stream = tokio::net::TcpStream::from_std(socket.into())?;
-        self.state = State::Connecting(Connection::new(stream));
+        ctx.done(addr, SocketAddrUse::TcpConnect);
+        self.state = State::Connecting(Connection::new(stream, None));
         self.pending = Some(Op::Connect);
         Ok(())
     }
@@ -233,6 +240,11 @@ impl TcpSocket {
         if self.pending == Some(Op::Listen) {
             return Err(ErrorCode::InvalidState);
         }
+        // A newer instance has taken this listener over: its clients are
+        // the newer one's now.
+        if !lease.is_current() {
+            return Err(ErrorCode::WouldBlock);
+        }
         let mut noop = Context::from_waker(std::task::Waker::noop());
         loop {
             let (client, peer) = match lease.listener.poll_accept(&mut noop) {
@@ -250,11 +262,12 @@ impl TcpSocket {
                 reset(client);
                 continue;
             };
-            ctx.grants.log(peer, SocketAddrUse::TcpAccept, true);
+            ctx.done(peer, SocketAddrUse::TcpAccept);
             if ctx.nodelay {
                 client.set_tcp_nodelay(true)?;
             }
-            let conn = Connection::new(tokio::net::TcpStream::from_std(client.into())?);
+            let stream = tokio::net::TcpStream::from_std(client.into())?;
+            let conn = Connection::new(stream, Some(ctx.tenant.client()));
             let reader = Reader::new(Arc::clone(&conn), ctx.tracer);
             let writer = Writer::new(Arc::clone(&conn), ctx.tracer);
             let socket = TcpSocket::with_state(self.family, State::Connected(conn), place);
@@ -351,7 +364,7 @@ impl TcpSocket {
     /// address and how many were reset.
     pub fn close_kept_listener(&self) -> Option<(SocketAddr, usize)> {
         match &self.state {
-            State::Listening(lease) if lease.is_kept() => {
+            State::Listening(lease) if lease.kept_place().is_some() => {
                 Some((lease.listener.local_addr(), lease.listener.reset_waiting()))
             }
             _ => None,
@@ -363,7 +376,9 @@ impl TcpSocket {
             (State::Connecting(conn), Some(Op::Connect)) => {
                 conn.stream.poll_write_ready(cx).map(|_| ())
             }
-            (State::Listening(lease), None) => lease.listener.poll_ready(cx),
+            (State::Listening(lease), None) if lease.is_current() => lease.listener.poll_ready(cx),
+            // Taken over by a newer instance: never ready again.
+            (State::Listening(_), None) => Poll::Pending,
             _ => Poll::Ready(()),
         }
     }

@@ -1,0 +1,184 @@
+//! One instance of the guest: its store, its limits, its `run` call, and
+//! the words for how it ended. Each runs as a task of its own, so that
+//! during a swap an old instance serves its clients beside the new one.
+
+use crate::epoch::EPOCH_TICK;
+use crate::policy::Grants;
+use crate::sandbox::GuestState;
+use crate::settings::Settings;
+use crate::sockets::{Listeners, Tenant};
+use anyhow::{bail, Context, Result};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline, WasmBacktrace};
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::I32Exit;
+
+/// What every instance of the guest is made with.
+pub struct Shared {
+    pub engine: Engine,
+    pub settings: Arc<Settings>,
+    pub grants: Arc<Grants>,
+    pub listeners: Arc<Listeners>,
+    pub argv: Vec<String>,
+}
+
+/// A running guest instance: a task of its own, stopped when dropped.
+pub struct Instance {
+    pub tenant: Arc<Tenant>,
+    task: JoinHandle<Result<()>>,
+}
+
+impl Instance {
+    /// Starts instance number `id` of `pre`.
+    pub fn start(shared: &Arc<Shared>, pre: &CommandPre<GuestState>, id: u64) -> Instance {
+        let tenant = Tenant::new(id);
+        let run = run_once(Arc::clone(shared), pre.clone(), Arc::clone(&tenant));
+        Instance { tenant, task: tokio::spawn(run) }
+    }
+
+    /// Waits for the instance to end: its `run` returned, or it failed.
+    pub async fn ended(&mut self) -> Result<()> {
+        match (&mut self.task).await {
+            Ok(outcome) => outcome,
+            Err(e) => Err(anyhow::anyhow!("the guest's task ended: {e}")),
+        }
+    }
+}
+
+impl Drop for Instance {
+    /// Dropping the task's future cancels the guest wherever it is (waiting
+    /// in `poll`, or spinning: epochs make it yield) and drops its store,
+    /// which closes its sockets and gives kept listeners back.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One instance of the guest, from instantiation to the end of `run`.
+async fn run_once(
+    shared: Arc<Shared>,
+    pre: CommandPre<GuestState>,
+    tenant: Arc<Tenant>,
+) -> Result<()> {
+    let Shared { engine, settings, grants, listeners, argv } = &*shared;
+    let state = GuestState::new(settings, grants, listeners, tenant, argv)?;
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.memory);
+    store.set_epoch_deadline(1);
+    match settings.limits.cpu_budget {
+        // At every epoch tick, yield to the async runtime (where the stop
+        // signal is waiting), then carry on for one more tick.
+        None => store.epoch_deadline_async_yield_and_update(1),
+        Some(budget) => {
+            let allowed = budget.as_millis() / EPOCH_TICK.as_millis();
+            let mut used = 0;
+            store.epoch_deadline_callback(move |_| {
+                used += 1;
+                if used > allowed {
+                    return Err(wasmtime::Error::new(CpuBudgetSpent(budget)));
+                }
+                Ok(UpdateDeadline::Yield(1))
+            });
+        }
+    }
+    let command =
+        pre.instantiate_async(&mut store).await.map_err(|e| guest_failure(e, store.data()))?;
+    // Unconstrained: tokio's cooperative budget (128 readiness checks per
+    // turn) would make one `poll` over more connections than that report
+    // the rest as not ready.
+    let result = tokio::task::unconstrained(command.wasi_cli_run().call_run(&mut store)).await;
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(())) => bail!("the guest exited with an error (its `run` returned `err`)"),
+        Err(e) => match e.downcast_ref::<I32Exit>() {
+            Some(I32Exit(0)) => Ok(()),
+            _ => Err(guest_failure(e, store.data())),
+        },
+    }
+}
+
+/// Links the guest's imports and finds its `wasi:cli/run` export.
+pub fn command_pre(
+    linker: &Linker<GuestState>,
+    component: &Component,
+) -> Result<CommandPre<GuestState>> {
+    let engine = linker.engine();
+    let exports_run = component
+        .component_type()
+        .exports(engine)
+        .any(|(name, _)| name.starts_with("wasi:cli/run@0.2."));
+    if !exports_run {
+        bail!(
+            "the guest does not export `wasi:cli/run@0.2.x`, so there is nothing to run; \
+             this host runs WASI 0.2 commands (a Rust `fn main` built for wasm32-wasip2, \
+             or a component whose world exports wasi:cli/run)"
+        );
+    }
+    let instance_pre = linker.instantiate_pre(component).map_err(|e| {
+        anyhow::anyhow!("the guest needs an import this host does not provide: {e:#}")
+    })?;
+    CommandPre::new(instance_pre)
+        .map_err(anyhow::Error::from)
+        .context("the guest's `wasi:cli/run` export has an unexpected type")
+}
+
+/// Why the guest stopped, in words: its exit status, the limit it hit, or
+/// its trap with the guest's (not the host's) backtrace.
+fn guest_failure(e: wasmtime::Error, state: &GuestState) -> anyhow::Error {
+    if let Some(exit) = e.downcast_ref::<I32Exit>() {
+        return anyhow::anyhow!("the guest exited with status {}", exit.0);
+    }
+    if let Some(spent) = e.downcast_ref::<CpuBudgetSpent>() {
+        return anyhow::anyhow!("the guest used up its CPU budget of {:?} (--cpu-budget)", spent.0);
+    }
+    let trap = match e.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        // A host function that ends the guest (it broke a rule that the
+        // spec makes a trap, say writing more than check-write allowed)
+        // leaves a wasm backtrace too: report it as the trap it is.
+        None if e.downcast_ref::<WasmBacktrace>().is_some() => e.root_cause().to_string(),
+        None => {
+            let failed = match state.memory.reached {
+                true => format!(
+                    "the guest needs more memory than --max-memory {} allows",
+                    state.memory.max()
+                ),
+                false => "the guest failed".to_string(),
+            };
+            return anyhow::Error::from(e).context(failed);
+        }
+    };
+    let (trapped_in, backtrace) = match e.downcast_ref::<WasmBacktrace>() {
+        Some(bt) => {
+            // The innermost frames, on the first line: enough to tell one
+            // trap from another in a restart log.
+            let names: Vec<&str> =
+                bt.frames().iter().take(3).filter_map(|f| f.func_name()).collect();
+            let text = bt
+                .to_string()
+                .replace("error while executing at wasm backtrace:", "wasm backtrace:");
+            (format!(" (in {})", names.join(" <- ")), text)
+        }
+        None => (String::new(), String::new()),
+    };
+    let why = if state.memory.reached {
+        format!(" after reaching its memory limit of {} (--max-memory)", state.memory.max())
+    } else {
+        String::new()
+    };
+    anyhow::anyhow!("the guest trapped{why}: {trap}{trapped_in}\n{backtrace}")
+}
+
+#[derive(Debug)]
+struct CpuBudgetSpent(Duration);
+
+impl std::fmt::Display for CpuBudgetSpent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CPU budget of {:?} used up", self.0)
+    }
+}
+
+impl std::error::Error for CpuBudgetSpent {}

@@ -1,0 +1,66 @@
+//! One guest instance, as the host's listeners and its supervisor see it:
+//! which kept listeners it listens on, and how many clients it serves.
+//!
+//! While a new instance takes over (SIGHUP), the supervisor waits for the
+//! new one to listen where the old one did, then for the old one's last
+//! client to leave (`run.rs`).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+pub struct Tenant {
+    /// Newer instances have larger ids (see `Listeners::lend`).
+    pub id: u64,
+    clients: AtomicUsize,
+    /// The kept listeners (by place) it has listened on.
+    listening: Mutex<BTreeSet<usize>>,
+    changed: Notify,
+}
+
+impl Tenant {
+    pub fn new(id: u64) -> Arc<Tenant> {
+        Arc::new(Tenant {
+            id,
+            clients: AtomicUsize::new(0),
+            listening: Mutex::new(BTreeSet::new()),
+            changed: Notify::new(),
+        })
+    }
+
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::SeqCst)
+    }
+
+    pub fn listening(&self) -> BTreeSet<usize> {
+        self.listening.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Returns after the next listen or client leaving (or at once if one
+    /// happened since the last call).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    pub fn listened(&self, place: usize) {
+        self.listening.lock().unwrap_or_else(|e| e.into_inner()).insert(place);
+        self.changed.notify_one();
+    }
+
+    /// A client accepted: it counts until the connection is gone.
+    pub fn client(self: &Arc<Self>) -> Client {
+        self.clients.fetch_add(1, Ordering::SeqCst);
+        Client(Arc::clone(self))
+    }
+}
+
+/// One client of a tenant, counted while it is held.
+pub struct Client(Arc<Tenant>);
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_one();
+    }
+}

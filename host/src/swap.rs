@@ -1,0 +1,181 @@
+//! SIGHUP: swap the guest for a freshly loaded one without closing the
+//! port (the signal nginx and systemd's `ExecReload` use).
+//!
+//! 1. The guest file is loaded again, compiled off the serving thread; the
+//!    running instance serves meanwhile.
+//! 2. A new instance starts beside it. As it binds the granted addresses it
+//!    is lent the same listeners; from then on the old instance is offered
+//!    no new clients (`Listeners::lend`).
+//! 3. Once the new instance listens everywhere the old one did, it has taken
+//!    over. The old one keeps serving the clients it has, until they leave
+//!    or `--drain-timeout` passes, then stops.
+//!
+//! If the new guest fails to load, to start, or to listen where the old one
+//! did (within `LISTEN_WITHIN`), it is stopped, its listeners go back to the
+//! old instance, and one line says why. Each step is an audit event (`swap`).
+
+use crate::instance::Instance;
+use crate::instance::Shared;
+use crate::sandbox::GuestState;
+use crate::sockets::Listeners;
+use anyhow::Result;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use wasmtime::component::Component;
+use wasmtime_wasi::p2::bindings::CommandPre;
+
+/// How long a new instance has to listen where the old one did.
+const LISTEN_WITHIN: Duration = Duration::from_secs(10);
+
+pub enum Swap {
+    Loading(JoinHandle<Result<Component>>),
+    Starting {
+        instance: Instance,
+        pre: CommandPre<GuestState>,
+        /// The places (kept listeners) the old instance held.
+        required: Vec<usize>,
+        listeners: Arc<Listeners>,
+        deadline: Instant,
+    },
+}
+
+pub enum SwapStep {
+    Loaded(Component),
+    TookOver(Instance, CommandPre<GuestState>),
+    Failed,
+}
+
+impl Swap {
+    pub fn load(shared: &Arc<Shared>) -> Swap {
+        let name = crate::guest::name(shared.settings.guest.as_deref());
+        tracing::info!(event = "swap", "SIGHUP received: loading {name} again, to swap it in");
+        let (engine, settings) = (shared.engine.clone(), Arc::clone(&shared.settings));
+        Swap::Loading(tokio::spawn(async move { crate::run::load(&engine, &settings).await }))
+    }
+
+    pub fn starting(
+        instance: Instance,
+        pre: CommandPre<GuestState>,
+        required: Vec<usize>,
+        listeners: &Arc<Listeners>,
+    ) -> Swap {
+        let (listeners, deadline) = (Arc::clone(listeners), Instant::now() + LISTEN_WITHIN);
+        Swap::Starting { instance, pre, required, listeners, deadline }
+    }
+}
+
+/// The next step of the swap under way; never, when there is none.
+pub async fn step(swap: &mut Option<Swap>) -> SwapStep {
+    match swap {
+        None => std::future::pending().await,
+        Some(Swap::Loading(task)) => match task.await {
+            Ok(Ok(component)) => SwapStep::Loaded(component),
+            Ok(Err(e)) => failed(&format!("{e:#}")),
+            Err(e) => failed(&format!("loading the guest: {e}")),
+        },
+        Some(Swap::Starting { instance, required, listeners, deadline, .. }) => {
+            let where_ =
+                required.iter().map(|p| listeners.grant(*p).to_string()).collect::<Vec<_>>();
+            let where_ = where_.join(", ");
+            let tenant = Arc::clone(&instance.tenant);
+            loop {
+                if required.iter().all(|place| tenant.listening().contains(place)) {
+                    break;
+                }
+                tokio::select! {
+                    () = tenant.changed() => {}
+                    outcome = instance.ended() => {
+                        let why = match outcome {
+                            Ok(()) => "finished".to_string(),
+                            Err(e) => format!("{e:#}").lines().next().unwrap_or_default().to_string(),
+                        };
+                        return failed(&format!("the new guest ended before listening on {where_} ({why})"));
+                    }
+                    () = tokio::time::sleep_until(*deadline) => {
+                        return failed(&format!(
+                            "the new guest did not listen on {where_} within {LISTEN_WITHIN:?}"
+                        ));
+                    }
+                }
+            }
+            let Some(Swap::Starting { instance, pre, .. }) = swap.take() else {
+                unreachable!("matched above")
+            };
+            tracing::info!(
+                event = "swap",
+                "swap: the new guest instance #{} listens on {where_} and takes every new client",
+                instance.tenant.id
+            );
+            SwapStep::TookOver(instance, pre)
+        }
+    }
+}
+
+/// One line for a swap that did not happen; the running guest keeps going.
+pub fn failed(why: &str) -> SwapStep {
+    tracing::warn!(event = "swap", "swap failed: {why}; the running guest keeps serving");
+    SwapStep::Failed
+}
+
+/// How an old instance's drain ended.
+pub struct Drained {
+    id: u64,
+    end: DrainEnd,
+    timeout: Duration,
+    /// "swap", or "stop" (SIGQUIT): the audit event and the lines' prefix.
+    event: &'static str,
+}
+
+enum DrainEnd {
+    NoClients,
+    TimedOut(usize),
+    Ended(Option<String>),
+}
+
+/// Lets an instance offered no more clients serve those it has until they
+/// leave or `timeout` passes; then it is stopped (dropped).
+pub async fn drain(mut old: Instance, timeout: Duration, event: &'static str) -> Drained {
+    let id = old.tenant.id;
+    tracing::info!(
+        event,
+        "{event}: guest instance #{id} takes no new clients; it serves its {} until they leave (--drain-timeout {timeout:?})",
+        old.tenant.clients()
+    );
+    let deadline = Instant::now() + timeout;
+    let tenant = Arc::clone(&old.tenant);
+    let end = loop {
+        if tenant.clients() == 0 {
+            break DrainEnd::NoClients;
+        }
+        tokio::select! {
+            () = tenant.changed() => {}
+            outcome = old.ended() => break DrainEnd::Ended(outcome.err().map(|e| format!("{e:#}"))),
+            () = tokio::time::sleep_until(deadline) => break DrainEnd::TimedOut(tenant.clients()),
+        }
+    };
+    Drained { id, end, timeout, event }
+}
+
+impl Drained {
+    pub fn log(&self) {
+        let (id, event) = (self.id, self.event);
+        match &self.end {
+            DrainEnd::NoClients => {
+                tracing::info!(event, "{event}: guest instance #{id} has no clients left; stopped it")
+            }
+            DrainEnd::TimedOut(left) => tracing::warn!(
+                event,
+                "{event}: guest instance #{id} still had {left} clients after --drain-timeout {:?}; stopped it",
+                self.timeout
+            ),
+            DrainEnd::Ended(None) => tracing::info!(event, "{event}: guest instance #{id} finished"),
+            DrainEnd::Ended(Some(why)) => tracing::warn!(
+                event,
+                "{event}: guest instance #{id} failed while draining: {}",
+                why.lines().next().unwrap_or_default()
+            ),
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Operating the host: swapping the guest on SIGHUP without closing the
+//! port, and listening sockets handed over by a service manager (socket
+//! activation).
+
+use crate::support::guests::{default_guest, test_guest, tool};
+use crate::support::{connect, prepare, Host, HOST_BIN, PATIENCE};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a client saw, counted across the clients of a test.
+#[derive(Default)]
+struct Tally {
+    served: AtomicUsize,
+    refused: AtomicUsize,
+    failed: AtomicUsize,
+}
+
+/// One round trip on `client`; any error or wrong byte is a failure.
+fn echo(client: &mut TcpStream, message: &[u8]) -> bool {
+    let mut back = vec![0; message.len()];
+    client.write_all(message).is_ok() && client.read_exact(&mut back).is_ok() && back == message
+}
+
+/// New clients, one after another until `stop`: connect, one echo, close.
+fn stream_of_clients(
+    addr: SocketAddr,
+    stop: &Arc<AtomicBool>,
+    tally: &Arc<Tally>,
+) -> std::thread::JoinHandle<()> {
+    let (stop, tally) = (Arc::clone(stop), Arc::clone(tally));
+    std::thread::spawn(move || {
+        for i in 0.. {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let mut client = match TcpStream::connect(addr) {
+                Ok(client) => client,
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                    tally.refused.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Err(_) => {
+                    tally.failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            client.set_read_timeout(Some(PATIENCE)).unwrap();
+            let counter = match echo(&mut client, format!("short-lived {i}\n").as_bytes()) {
+                true => &tally.served,
+                false => &tally.failed,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+}
+
+/// Clients that stay connected through every swap, echoing now and then.
+fn long_lived_clients(
+    addr: SocketAddr,
+    stop: &Arc<AtomicBool>,
+    tally: &Arc<Tally>,
+) -> std::thread::JoinHandle<()> {
+    let (stop, tally) = (Arc::clone(stop), Arc::clone(tally));
+    let mut clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::spawn(move || {
+        for round in 0.. {
+            for (i, client) in clients.iter_mut().enumerate() {
+                client.set_read_timeout(Some(PATIENCE)).unwrap();
+                let counter =
+                    match echo(client, format!("long-lived {i} round {round}\n").as_bytes()) {
+                        true => &tally.served,
+                        false => &tally.failed,
+                    };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
+/// Waits until `tally` has counted `more` served round trips beyond now.
+fn served_more(tally: &Tally, more: usize, host: &Host) {
+    let target = tally.served.load(Ordering::Relaxed) + more;
+    let deadline = Instant::now() + PATIENCE;
+    while tally.served.load(Ordering::Relaxed) < target {
+        assert!(Instant::now() < deadline, "clients stopped being served\n{}", host.report());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn install(guest: &Path, at: &Path) {
+    // A new file, renamed into place: what a deployment does, and never a
+    // half-written file for the host to read.
+    let next = at.with_extension("next");
+    std::fs::copy(guest, &next).unwrap();
+    std::fs::rename(&next, at).unwrap();
+}
+
+/// SIGHUP under load, four times: the same guest again, a guest that
+/// traps at start (the old one keeps serving), a different guest (which
+/// takes over), a file that is not a component. No client is refused or
+/// reset, every byte comes back, and each old instance drains.
+#[test]
+fn sighup_swaps_the_guest_without_closing_the_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("guest.wasm");
+    install(&default_guest(), &file);
+    let host =
+        Host::start(&["--listen", "127.0.0.1:0", "--drain-timeout", "5m", file.to_str().unwrap()]);
+    let addr = host.listen_addr();
+    let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
+    let long_lived = long_lived_clients(addr, &stop, &tally);
+    let streams: Vec<_> = (0..2).map(|_| stream_of_clients(addr, &stop, &tally)).collect();
+    served_more(&tally, 50, &host);
+
+    host.signal(libc::SIGHUP);
+    host.wait_for("swap: the new guest instance #2 listens on 127.0.0.1:");
+    host.wait_for("swap: guest instance #1 takes no new clients; it serves its ");
+    served_more(&tally, 50, &host);
+
+    install(&test_guest("trap"), &file);
+    host.signal(libc::SIGHUP);
+    let failed = host.wait_for("swap failed:");
+    assert!(failed.contains("the new guest ended before listening on 127.0.0.1:"), "{failed}");
+    assert!(failed.ends_with("the running guest keeps serving"), "{failed}");
+    served_more(&tally, 50, &host);
+
+    install(&test_guest("echo-std"), &file);
+    host.signal(libc::SIGHUP);
+    host.wait_for("swap: the new guest instance #4 listens on 127.0.0.1:");
+    host.wait_for("swap: guest instance #2 has no clients left; stopped it");
+    served_more(&tally, 50, &host);
+    // The std guest serves the new clients now: they show in its output.
+    host.wait_for("[std echo] client connected: 127.0.0.1:");
+
+    std::fs::write(&file, b"not a component").unwrap();
+    host.signal(libc::SIGHUP);
+    let failed = host.wait_for_nth("swap failed:", 2);
+    assert!(failed.contains("is not a WebAssembly component"), "{failed}");
+    served_more(&tally, 50, &host);
+
+    stop.store(true, Ordering::Relaxed);
+    long_lived.join().unwrap();
+    streams.into_iter().for_each(|s| s.join().unwrap());
+    host.wait_for("swap: guest instance #1 has no clients left; stopped it");
+    let (refused, failed) =
+        (tally.refused.load(Ordering::Relaxed), tally.failed.load(Ordering::Relaxed));
+    assert_eq!((refused, failed), (0, 0), "refused, failed round trips\n{}", host.report());
+}
+
+/// `socket` passed the way systemd passes one: as descriptor 3, with
+/// LISTEN_FDS=1 and LISTEN_PID (the shell that execs the host keeps its pid).
+fn handed(socket: &impl AsRawFd, args: &[&str]) -> Host {
+    let fd = socket.as_raw_fd();
+    let mut cmd = Command::new("sh");
+    prepare(&mut cmd)
+        .env_remove("LISTEN_FDNAMES")
+        .args(["-c", "LISTEN_FDS=1 LISTEN_PID=$$ exec \"$0\" \"$@\"", HOST_BIN])
+        .args(args);
+    // SAFETY: between fork and exec, in the child: dup2 and fcntl only.
+    unsafe {
+        cmd.pre_exec(move || {
+            let done = match fd {
+                // Already descriptor 3: only keep it open across exec.
+                3 => libc::fcntl(3, libc::F_SETFD, 0),
+                _ => libc::dup2(fd, 3),
+            };
+            match done >= 0 {
+                true => Ok(()),
+                false => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+    Host::start_command(&mut cmd)
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+#[test]
+fn a_socket_handed_over_becomes_the_grant_and_the_listener() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let host = handed(&listener, &[]);
+    host.wait_for(&format!("granted: listen on {addr};"));
+    drop(listener);
+    let mut client = connect(addr);
+    assert!(echo(&mut client, b"handed over"), "{}", host.report());
+}
+
+/// With a `--listen` grant for its address, the handed socket serves it:
+/// the host binds nothing (if it tried, the address would be in use).
+#[test]
+fn a_socket_handed_over_serves_its_grant_and_the_host_binds_nothing() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let host = handed(&listener, &["--listen", &addr.to_string()]);
+    host.wait_for(&format!("guest listening on {addr}"));
+    let mut client = connect(addr);
+    assert!(echo(&mut client, b"no bind"), "{}", host.report());
+}
+
+#[test]
+fn a_handed_descriptor_that_is_not_a_listening_tcp_socket_is_a_clear_error() {
+    let bound_only =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    bound_only.bind(&free_port().into()).unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for descriptor in [bound_only.as_raw_fd(), udp.as_raw_fd()] {
+        let (status, output) = handed(&Fd(descriptor), &[]).wait();
+        assert!(!status.success(), "{output}");
+        let expected = "wasi-tcp-host: error: descriptor 3, passed by the service manager, is not a listening TCP socket";
+        assert_eq!(output.trim(), expected);
+    }
+}
+
+#[test]
+fn a_handed_socket_no_grant_covers_is_a_clear_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let other = free_port();
+    let (status, output) = handed(&listener, &["--listen", &other.to_string()]).wait();
+    assert!(!status.success(), "{output}");
+    let expected =
+        format!("the service manager passed a listening socket on {addr} that no --listen grants");
+    assert!(output.contains(&expected), "{output}");
+}
+
+/// The real thing: systemd's own tool listens, and starts the host (with
+/// the socket) when the first client connects.
+#[test]
+fn systemd_socket_activate_starts_the_host_on_the_first_client() {
+    let Some(activate) = tool("systemd-socket-activate", "SYSTEMD_SOCKET_ACTIVATE") else { return };
+    let addr = free_port();
+    let mut cmd = Command::new(activate);
+    prepare(&mut cmd).args(["--listen", &addr.to_string(), HOST_BIN]);
+    let host = Host::start_command(&mut cmd);
+    host.wait_for(&format!("Listening on {addr}"));
+    let mut client = connect(addr);
+    assert!(echo(&mut client, b"activated"), "{}", host.report());
+    host.wait_for(&format!("granted: listen on {addr};"));
+}
+
+struct Fd(std::os::fd::RawFd);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
+/// SIGQUIT (the image's STOPSIGNAL, systemd's KillSignal): no new clients;
+/// the ones connected are served until they leave; then the host exits.
+#[test]
+fn sigquit_serves_the_connected_clients_then_exits() {
+    let host = Host::start(&["--listen", "127.0.0.1:0", "--drain-timeout", "5m"]);
+    let mut client = connect(host.listen_addr());
+    assert!(echo(&mut client, b"before"));
+    host.signal(libc::SIGQUIT);
+    host.wait_for("stop: guest instance #1 takes no new clients; it serves its 1 until they leave");
+    assert!(echo(&mut client, b"still served"), "{}", host.report());
+    drop(client);
+    let (status, output) = host.wait();
+    assert!(status.success(), "{output}");
+    assert!(output.contains("stop: guest instance #1 has no clients left; stopped it"), "{output}");
+}
+
+#[test]
+fn sigquit_stops_a_client_that_stays_after_the_drain_timeout() {
+    let host = Host::start(&["--listen", "127.0.0.1:0", "--drain-timeout", "200ms"]);
+    let mut client = connect(host.listen_addr());
+    assert!(echo(&mut client, b"staying"));
+    host.signal(libc::SIGQUIT);
+    let (status, output) = host.wait();
+    assert!(status.success(), "{output}");
+    let expected =
+        "stop: guest instance #1 still had 1 clients after --drain-timeout 200ms; stopped it";
+    assert!(output.contains(expected), "{output}");
+}

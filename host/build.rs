@@ -28,7 +28,11 @@ fn main() -> Result<()> {
 
     let wasm = build_guest(workspace, &guests_dir, "guest")?;
     let bytes = std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
-    let engine = wasmtime::Engine::new(&engine::config())?;
+    // Machine code for the target being built (a musl build on a glibc
+    // machine, say): wasmtime loads only code made for its own target.
+    let mut config = engine::config();
+    config.target(&env::var("TARGET")?).map_err(anyhow::Error::from)?;
+    let engine = wasmtime::Engine::new(&config)?;
     let precompiled = engine
         .precompile_component(&bytes)
         .map_err(anyhow::Error::from)

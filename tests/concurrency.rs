@@ -1,7 +1,7 @@
 //! The built-in guest serves many clients at once, and no client can stall
 //! another or make the guest buffer without bound.
 
-use crate::echo::reset;
+use crate::support::traffic::reset;
 use crate::support::{assert_echoes, connect, pattern, Host};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -28,8 +28,12 @@ fn an_idle_client_does_not_block_another() {
     drop(idle);
 }
 
-/// Idle connections cost no CPU: with 100 clients connected and silent, the
-/// guest waits in one `poll`, and the host process does next to nothing.
+/// Idle connections cost nothing: with 100 clients connected and silent,
+/// the guest waits in one `poll` and no thread of the host runs at all, so
+/// it is charged no CPU tick and wakes up not once in a second. (Measured
+/// once the epoch ticker has parked: its last tick may still be running
+/// when the clients fall silent.)
+#[cfg(target_os = "linux")] // reads /proc
 #[test]
 fn idle_connections_cost_no_cpu() {
     let (host, addr) = Host::serve(None);
@@ -42,15 +46,16 @@ fn idle_connections_cost_no_cpu() {
             client
         })
         .collect();
+    host.wait_until_idle();
     let (cpu, wakeups) = (host.cpu_time(), host.wakeups());
     // Not a wait for something to happen: the window in which nothing should.
     std::thread::sleep(Duration::from_secs(1));
     let used = host.cpu_time() - cpu;
-    assert!(used <= Duration::from_millis(30), "{used:?} of CPU in 1 s with 100 idle clients");
+    assert_eq!(used, Duration::ZERO, "CPU used in 1 s with 100 idle clients");
     // Nothing runs, so nothing needs interrupting: even the epoch ticker
     // (100 wake-ups a second while the guest computes) sleeps.
     let woke = host.wakeups().since(&wakeups);
-    assert!(woke < 10, "the host woke up {woke} times in 1 s with 100 idle clients");
+    assert_eq!(woke, 0, "wake-ups in 1 s with 100 idle clients");
     assert_echoes(addr, b"still awake");
     drop(clients);
 }

@@ -3,11 +3,10 @@
 //! the lesson's one-client-at-a-time guest.
 
 use crate::support::guests::{default_guest, EchoGuest};
-use crate::support::{assert_echoes, assert_echoes_on, connect, pattern, Host};
-use socket2::SockRef;
+use crate::support::traffic::reset;
+use crate::support::{assert_echoes, connect, pattern, Host};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::time::Duration;
 
 /// One `#[test]` per check and per guest, each with a fresh host. A
 /// traffic check needs only the address; a server check also reads the
@@ -16,12 +15,14 @@ macro_rules! for_each_echo_guest {
     (traffic: [$($traffic:ident),* $(,)?], server: [$($server:ident),* $(,)?] $(,)?) => {
         mod built_in {
             use super::EchoGuest::BuiltIn as GUEST;
-            $( #[test] fn $traffic() { super::run(GUEST, |_, addr| super::$traffic(addr)) } )*
+            use crate::support::traffic;
+            $( #[test] fn $traffic() { super::run(GUEST, |_, addr| traffic::$traffic(addr)) } )*
             $( #[test] fn $server() { super::run(GUEST, super::$server) } )*
         }
         mod iterative {
             use super::EchoGuest::Iterative as GUEST;
-            $( #[test] fn $traffic() { super::run(GUEST, |_, addr| super::$traffic(addr)) } )*
+            use crate::support::traffic;
+            $( #[test] fn $traffic() { super::run(GUEST, |_, addr| traffic::$traffic(addr)) } )*
             $( #[test] fn $server() { super::run(GUEST, super::$server) } )*
         }
     };
@@ -47,74 +48,6 @@ for_each_echo_guest!(
 fn run(guest: EchoGuest, check: impl FnOnce(&Host, SocketAddr)) {
     let (host, addr) = Host::serve(guest.file().as_deref());
     check(&host, addr);
-}
-
-/// Every traffic check in turn, on one server: what the guests from other
-/// toolchains, and ours on the wasmtime CLI, must pass too (`swap.rs`).
-pub fn every_traffic_shape(addr: SocketAddr) {
-    one_byte(addr);
-    a_line_of_text(addr);
-    binary_with_nul_bytes(addr);
-    one_mib_sent_in_one_go_while_reading_concurrently(addr);
-    many_small_sends(addr);
-    pipelined_messages_arriving_in_arbitrary_pieces(addr);
-    half_close_returns_every_byte_then_eof(addr);
-    clients_are_served_one_after_another(addr);
-}
-
-fn one_byte(addr: SocketAddr) {
-    assert_echoes(addr, b"x");
-}
-
-fn a_line_of_text(addr: SocketAddr) {
-    assert_echoes(addr, "hello, echo server! 안녕하세요\n".as_bytes());
-}
-
-fn binary_with_nul_bytes(addr: SocketAddr) {
-    let mut data = pattern(4096, 1);
-    data[..4].copy_from_slice(&[0, 0, 0xff, 0]);
-    assert_echoes(addr, &data);
-}
-
-fn one_mib_sent_in_one_go_while_reading_concurrently(addr: SocketAddr) {
-    assert_echoes(addr, &pattern(1 << 20, 2));
-}
-
-fn many_small_sends(addr: SocketAddr) {
-    let data = pattern(5000, 3);
-    assert_echoes_on(connect(addr), &data, &[1, 2, 3]);
-}
-
-fn pipelined_messages_arriving_in_arbitrary_pieces(addr: SocketAddr) {
-    // Messages of many sizes back to back, cut into pieces that straddle
-    // both the messages and the guests' read sizes.
-    let data: Vec<u8> = (0..200)
-        .flat_map(|i| {
-            let mut message = format!("message {i}:").into_bytes();
-            message.extend(pattern(i * 37 % 1500, i as u64));
-            message.push(b'\n');
-            message
-        })
-        .collect();
-    assert_echoes_on(connect(addr), &data, &[1, 511, 7, 513, 2000, 64, 3]);
-}
-
-fn half_close_returns_every_byte_then_eof(addr: SocketAddr) {
-    let mut client = connect(addr);
-    let data = pattern(100_000, 4);
-    // Small enough to sit in the socket buffers: send it all, then close
-    // our sending side before reading a single byte.
-    client.write_all(&data).unwrap();
-    client.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut echoed = Vec::new();
-    client.read_to_end(&mut echoed).unwrap();
-    assert!(echoed == data, "got {} of {} bytes back", echoed.len(), data.len());
-}
-
-fn clients_are_served_one_after_another(addr: SocketAddr) {
-    for i in 0..5 {
-        assert_echoes(addr, format!("client {i}").as_bytes());
-    }
 }
 
 fn a_client_that_resets_mid_stream_does_not_stop_the_server(host: &Host, addr: SocketAddr) {
@@ -144,9 +77,4 @@ fn the_built_in_guest_from_a_file_echoes_the_same() {
     let guest = default_guest();
     let (_host, addr) = Host::serve(Some(&guest));
     assert_echoes(addr, &pattern(70_000, 6));
-}
-
-pub fn reset(stream: std::net::TcpStream) {
-    SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();
-    drop(stream);
 }

@@ -1,8 +1,8 @@
 //! The experiments of docs/lesson.md, one test each, so that the lesson
 //! cannot drift from the code. Section numbers refer to the lesson.
 
-use crate::echo::reset;
 use crate::support::guests::test_guest;
+use crate::support::traffic::reset;
 use crate::support::{assert_echoes, connect, host_command, pattern, Host, PATIENCE};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -207,6 +207,7 @@ fn a_client_that_resets() {
 }
 
 /// `/proc/net/tcp`: (local port, remote port, state) of each IPv4 socket.
+#[cfg(target_os = "linux")]
 fn tcp_table() -> Vec<(u16, u16, u8)> {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
     let port = |field: &str| u16::from_str_radix(field.rsplit(':').next().unwrap(), 16).unwrap();
@@ -226,6 +227,7 @@ fn tcp_table() -> Vec<(u16, u16, u8)> {
 
 const TIME_WAIT: u8 = 0x06;
 
+#[cfg(target_os = "linux")]
 fn wait_for_time_wait(local: u16, remote: u16) {
     let deadline = Instant::now() + PATIENCE;
     while !tcp_table().contains(&(local, remote, TIME_WAIT)) {
@@ -236,6 +238,7 @@ fn wait_for_time_wait(local: u16, remote: u16) {
 
 /// Section 3 and 5.5: the side that closes first keeps TIME_WAIT; the
 /// server binds its port again at once anyway.
+#[cfg(target_os = "linux")] // reads /proc/net/tcp
 #[test]
 fn time_wait_after_a_client_closes_and_the_server_binds_again_at_once() {
     let (host, addr) = Host::serve(None);

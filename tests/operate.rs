@@ -2,7 +2,7 @@
 //! port, and listening sockets handed over by a service manager (socket
 //! activation).
 
-use crate::support::guests::{default_guest, test_guest, tool};
+use crate::support::guests::{default_guest, test_guest};
 use crate::support::{connect, prepare, Host, HOST_BIN, PATIENCE};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -235,21 +235,6 @@ fn a_handed_socket_no_grant_covers_is_a_clear_error() {
     let expected =
         format!("the service manager passed a listening socket on {addr} that no --listen grants");
     assert!(output.contains(&expected), "{output}");
-}
-
-/// The real thing: systemd's own tool listens, and starts the host (with
-/// the socket) when the first client connects.
-#[test]
-fn systemd_socket_activate_starts_the_host_on_the_first_client() {
-    let Some(activate) = tool("systemd-socket-activate", "SYSTEMD_SOCKET_ACTIVATE") else { return };
-    let addr = free_port();
-    let mut cmd = Command::new(activate);
-    prepare(&mut cmd).args(["--listen", &addr.to_string(), HOST_BIN]);
-    let host = Host::start_command(&mut cmd);
-    host.wait_for(&format!("Listening on {addr}"));
-    let mut client = connect(addr);
-    assert!(echo(&mut client, b"activated"), "{}", host.report());
-    host.wait_for(&format!("granted: listen on {addr};"));
 }
 
 struct Fd(std::os::fd::RawFd);

@@ -9,9 +9,10 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-fn contract(args: &[&str]) -> (bool, String) {
+fn contract(host_args: &[&str], args: &[&str]) -> (bool, String) {
     let guest = test_guest("tcp-contract");
-    let mut all = vec![
+    let mut all = host_args.to_vec();
+    all.extend([
         "--listen",
         "127.0.0.1:0",
         "--listen",
@@ -21,7 +22,7 @@ fn contract(args: &[&str]) -> (bool, String) {
         "--allow-connect",
         "[::1]:*",
         guest.to_str().unwrap(),
-    ];
+    ]);
     if !args.is_empty() {
         all.push("--");
         all.extend(args);
@@ -52,20 +53,47 @@ const CHECKS: &[&str] = &[
     "end-of-stream-is-closed",
     "socket-dropped-before-streams",
     "ipv6",
+    "name-lookup-not-granted",
 ];
 
 #[test]
 fn every_state_transition_and_error_code_of_the_tcp_interface() {
-    let (success, output) = contract(&[]);
+    let (success, output) = contract(&[], &[]);
     let missing: Vec<_> =
         CHECKS.iter().filter(|name| !output.lines().any(|l| l == format!("ok {name}"))).collect();
     assert!(missing.is_empty() && success, "not ok: {missing:?}\n{output}");
     assert!(output.contains(&format!("{} checks, 0 failed", CHECKS.len())), "{output}");
 }
 
+/// `--trace` covers every TCP call, connect, shutdown and socket options
+/// included, in WinSock words next to the wasi names.
+#[test]
+fn the_trace_shows_every_kind_of_tcp_call() {
+    let (success, output) = contract(&["--trace"], &[]);
+    assert!(success, "{output}");
+    for expected in [
+        "trace: socket()                       = tcp-create-socket.create-tcp-socket(ipv6) -> tcp-socket#",
+        "trace: bind(127.0.0.2:0)              = tcp-socket.start-bind(127.0.0.2:0) -> error access-denied [policy: denied]",
+        "trace: connect(127.0.0.2:80)          = tcp-socket.start-connect(127.0.0.2:80) -> error access-denied [policy: denied]",
+        "= tcp-socket.finish-connect -> connected: input-stream#",
+        "trace: shutdown(SD_SEND)              = tcp-socket.shutdown(send) -> ok",
+        "trace: shutdown(SD_RECEIVE)           = tcp-socket.shutdown(receive) -> ok",
+        "trace: setsockopt(SO_KEEPALIVE, 1)    = tcp-socket.set-keep-alive-enabled(1) -> ok",
+        "trace: setsockopt(TCP_KEEPIDLE, 0)    = tcp-socket.set-keep-alive-idle-time(0) -> error invalid-argument",
+        "trace: getsockopt(IP_TTL)             = tcp-socket.hop-limit -> 42",
+        "trace: getsockname()                  = tcp-socket.local-address -> 127.0.0.1:",
+        "trace: getpeername()                  = tcp-socket.remote-address -> 127.0.0.1:",
+        "trace: accept()                       = tcp-socket.accept -> would-block (not yet: wait on the pollable)",
+        "trace: closesocket()                  = [drop] tcp-socket#",
+        "trace: WSAPoll(2 entries) -> 1        = poll(2 pollables) -> ready [0]",
+    ] {
+        assert!(output.contains(expected), "no {expected:?} in\n{output}");
+    }
+}
+
 #[test]
 fn writing_more_than_check_write_allowed_traps() {
-    let (success, output) = contract(&["write-over-permit"]);
+    let (success, output) = contract(&[], &["write-over-permit"]);
     assert!(!success, "{output}");
     assert!(output.contains("check-write granted 65536"), "{output}");
     assert!(output.contains("error: the guest trapped"), "{output}");
@@ -75,7 +103,7 @@ fn writing_more_than_check_write_allowed_traps() {
 
 #[test]
 fn blocking_write_and_flush_of_more_than_4096_bytes_traps() {
-    let (success, output) = contract(&["blocking-write-4097"]);
+    let (success, output) = contract(&[], &["blocking-write-4097"]);
     assert!(!success, "{output}");
     assert!(output.contains("error: the guest trapped"), "{output}");
     assert!(output.contains("expected at most 4096"), "{output}");

@@ -1,13 +1,11 @@
-//! Swapping guests: echo servers from other toolchains run on this host and
-//! pass the same echo checks, and this project's guests run unchanged on the
-//! official wasmtime CLI.
+//! Swapping guests: a Rust std echo server runs on this host and passes the
+//! same echo checks, and a guest file's compiled code is cached. (Guests
+//! from other toolchains, and ours on the wasmtime CLI, are in
+//! `tests/toolchains/`: they need tools from outside Rust.)
 
-use crate::echo::{every_traffic_shape, reset};
-use crate::support::guests::{default_guest, skipped, test_guest, tool};
-use crate::support::{assert_echoes, connect, host_command, Host};
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use crate::support::guests::test_guest;
+use crate::support::traffic::{every_traffic_shape, reset};
+use crate::support::{connect, host_command, Host};
 
 #[test]
 fn the_rust_std_guest_echoes() {
@@ -33,114 +31,6 @@ fn the_rust_std_guest_dies_on_an_early_reset_and_restart_keeps_it_up() {
     assert!(restart.contains("(in abort <- tcp_accept4 <- accept)"), "{restart}");
     // ...and the host starts it again.
     every_traffic_shape(host.nth_listen_addr(2));
-}
-
-/// Builds `guests/python` with componentize-py into target/guests.
-fn python_guest() -> Option<PathBuf> {
-    let componentize_py = tool("componentize-py", "COMPONENTIZE_PY")?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = root.join("target/guests/echo-python.wasm");
-    let status = Command::new("bash")
-        .arg(root.join("guests/python/build.sh"))
-        .arg(&out)
-        .env("COMPONENTIZE_PY", componentize_py)
-        .status()
-        .expect("running guests/python/build.sh");
-    assert!(status.success(), "building the Python guest failed");
-    Some(out)
-}
-
-#[test]
-fn the_python_guest_echoes() {
-    let Some(guest) = python_guest() else { return };
-    let (host, addr) = Host::serve(Some(&guest));
-    every_traffic_shape(addr);
-    // A client that resets mid-stream ends that client only.
-    reset(connect(addr));
-    assert_echoes(addr, b"still here");
-    drop(host);
-}
-
-/// Compiling a large guest takes seconds; Ctrl-C during it stops the host
-/// at once, before the guest ever runs.
-#[test]
-fn sigint_while_a_large_guest_compiles_stops_at_once() {
-    let Some(guest) = python_guest() else { return };
-    let host = Host::start(&["--listen", "127.0.0.1:0", "--no-cache", guest.to_str().unwrap()]);
-    host.wait_for("compiling");
-    host.signal(libc::SIGINT);
-    let (status, output) = host.wait();
-    assert!(status.success(), "{output}");
-    assert!(output.contains("SIGINT received"), "{output}");
-    assert!(!output.contains("running ") && !output.contains("compiled "), "{output}");
-}
-
-/// Builds `guests/js` with componentize-js (installed by `npm ci` in
-/// guests/js) into target/guests.
-fn javascript_guest() -> Option<PathBuf> {
-    let node = tool("node", "NODE")?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    if !root.join("guests/js/node_modules/@bytecodealliance/componentize-js").is_dir() {
-        let why = "componentize-js is not installed (run `npm ci` in guests/js, or .ci/run)";
-        assert!(std::env::var_os("REQUIRE_TOOLCHAINS").is_none(), "{why}");
-        skipped(why);
-        return None;
-    }
-    let out = root.join("target/guests/echo-js.wasm");
-    let status = Command::new(node)
-        .arg(root.join("guests/js/build.mjs"))
-        .arg(&out)
-        .status()
-        .expect("running guests/js/build.mjs");
-    assert!(status.success(), "building the JavaScript guest failed");
-    Some(out)
-}
-
-#[test]
-fn the_javascript_guest_echoes() {
-    let Some(guest) = javascript_guest() else { return };
-    let (_host, addr) = Host::serve(Some(&guest));
-    every_traffic_shape(addr);
-    reset(connect(addr));
-    assert_echoes(addr, b"still here");
-}
-
-/// The official CLI, granting the whole network, running `guest` on a
-/// fresh loopback port.
-struct WasmtimeCli {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl WasmtimeCli {
-    fn start(wasmtime: &Path, guest: &Path) -> WasmtimeCli {
-        // The CLI prints no address, so pick a free port for it.
-        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let child = Command::new(wasmtime)
-            .args(["run", "-S", "inherit-network", "--env", &format!("LISTEN_ADDR={addr}")])
-            .arg(guest)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting wasmtime");
-        WasmtimeCli { child, addr }
-    }
-}
-
-impl Drop for WasmtimeCli {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[test]
-fn our_guests_run_unchanged_on_the_wasmtime_cli() {
-    let Some(wasmtime) = tool("wasmtime", "WASMTIME") else { return };
-    for guest in [default_guest(), test_guest("guest_iterative"), test_guest("echo-std")] {
-        let cli = WasmtimeCli::start(&wasmtime, &guest);
-        every_traffic_shape(cli.addr);
-    }
 }
 
 /// A guest file is compiled once: the next start loads the compiled code

@@ -258,6 +258,20 @@ mod tests {
         assert_eq!(s.guest_env()[0].1, "0.0.0.0:9000,[::]:9000");
     }
 
+    /// The policy files shipped in deploy/ (on its own, and inside the
+    /// Kubernetes ConfigMap) are ones the host accepts.
+    #[test]
+    fn the_shipped_policy_files_are_valid() {
+        let file: Choices = toml::from_str(include_str!("../../deploy/policy.toml")).unwrap();
+        assert_eq!(file.listen, ["0.0.0.0:9000".parse::<std::net::SocketAddr>().unwrap()]);
+        let configmap = include_str!("../../deploy/kubernetes/configmap.yaml");
+        let (_, embedded) = configmap.split_once("policy.toml: |\n").unwrap();
+        let embedded: String =
+            embedded.lines().map(|l| l.trim_start().to_string() + "\n").collect();
+        let file: Choices = toml::from_str(&embedded).unwrap();
+        assert_eq!(file.drain_timeout, Some(Duration::from_secs(30)));
+    }
+
     #[test]
     fn an_unknown_key_is_an_error_with_its_line() {
         let e = settings(Some("listen = []\nallow-everything = true\n"), &[]).unwrap_err();

@@ -105,3 +105,19 @@ fn fail(e: anyhow::Error) -> ExitCode {
     eprintln!("wasi-tcp-host: error: {e:#}");
     ExitCode::FAILURE
 }
+
+#[cfg(test)]
+mod tests {
+    /// Cargo builds wasmtime once for the host and its build script only if
+    /// both see the same features on every crate below it, so the two
+    /// dependency lists in Cargo.toml must be the same; if they drift,
+    /// wasmtime is silently compiled twice.
+    #[test]
+    fn build_dependencies_mirror_dependencies() {
+        let manifest: toml::Table = toml::from_str(include_str!("../Cargo.toml")).unwrap();
+        assert_eq!(
+            manifest["dependencies"], manifest["build-dependencies"],
+            "[build-dependencies] must list exactly what [dependencies] does"
+        );
+    }
+}

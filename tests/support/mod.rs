@@ -1,6 +1,7 @@
 //! Running the host and talking to it.
 
 pub mod guests;
+pub mod traffic;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -36,8 +37,10 @@ pub fn prepare(cmd: &mut Command) -> &mut Command {
 }
 
 /// Voluntary context switches per thread id.
+#[cfg(target_os = "linux")]
 pub struct Wakeups(std::collections::HashMap<String, u64>);
 
+#[cfg(target_os = "linux")]
 impl Wakeups {
     /// Wake-ups since `earlier`, counting the threads alive at both times.
     pub fn since(&self, earlier: &Wakeups) -> u64 {
@@ -107,6 +110,7 @@ impl Host {
         self.child.id()
     }
 
+    #[cfg(target_os = "linux")]
     /// The CPU time the host process has used so far (user and system),
     /// from /proc, in clock ticks (10 ms on Linux).
     pub fn cpu_time(&self) -> Duration {
@@ -119,6 +123,7 @@ impl Host {
         Duration::from_millis(ticks * 1000 / per_second)
     }
 
+    #[cfg(target_os = "linux")]
     /// How many times each of the host's threads has gone to sleep so far
     /// (voluntary context switches, from /proc): each is a wake-up.
     pub fn wakeups(&self) -> Wakeups {
@@ -133,12 +138,14 @@ impl Host {
         Wakeups(per_thread)
     }
 
+    #[cfg(target_os = "linux")]
     /// The host's threads: their /proc/PID/task/TID directories.
     fn threads(&self) -> impl Iterator<Item = std::path::PathBuf> {
         let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).unwrap();
         tasks.flatten().map(|task| task.path())
     }
 
+    #[cfg(target_os = "linux")]
     /// Waits until the host is idle: its epoch ticker thread parked (waiting
     /// on a futex, not in its 10 ms sleep), which it does only while the
     /// async runtime waits too.

@@ -14,6 +14,7 @@ use wasi::clocks::monotonic_clock::subscribe_duration;
 use wasi::io::poll::{poll, Pollable};
 use wasi::io::streams::{InputStream, OutputStream, StreamError};
 use wasi::sockets::instance_network::instance_network;
+use wasi::sockets::ip_name_lookup::resolve_addresses;
 use wasi::sockets::network::{
     ErrorCode, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress, Network,
 };
@@ -58,6 +59,7 @@ fn run_all() {
         ("end-of-stream-is-closed", end_of_stream_is_closed),
         ("socket-dropped-before-streams", socket_dropped_before_streams),
         ("ipv6", ipv6),
+        ("name-lookup-not-granted", name_lookup_not_granted),
     ];
     let mut failed = 0;
     for (name, check) in checks {
@@ -582,6 +584,13 @@ fn ipv6(net: &Network) -> Check {
     let server = accept(&listening)?;
     send(&client, b"six")?;
     check("echo over IPv6", recv(&server, 3)? == b"six")
+}
+
+/// Not a TCP check, but a wasi:sockets one the host answers itself: a
+/// lookup the policy refuses fails the way the WIT says lookups fail.
+fn name_lookup_not_granted(net: &Network) -> Check {
+    let result = resolve_addresses(net, "localhost").map(drop);
+    expect("resolve-addresses without --allow-dns", result, ErrorCode::PermanentResolverFailure)
 }
 
 // ---- modes that must trap, and one that serves a test's client --------------

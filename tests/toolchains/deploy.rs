@@ -1,0 +1,169 @@
+//! The deployment files in `deploy/`: systemd units that verify clean and
+//! rate as little exposed as the README says, and Kubernetes manifests
+//! valid for a named Kubernetes version.
+
+use crate::support::HOST_BIN;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The Kubernetes version the manifests are checked against.
+const KUBERNETES: &str = "1.33.0";
+
+fn deploy(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(path)
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// `systemd-analyze verify` checks that ExecStart names an executable
+/// that exists: the units are checked as shipped, but for that one path,
+/// which points at the executable this build made.
+pub fn the_systemd_units_verify_clean(analyze: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let service = std::fs::read_to_string(deploy("systemd/wasi-tcp-host.service")).unwrap();
+    assert!(service.contains("ExecStart=/usr/local/bin/wasi-tcp-host "), "{service}");
+    let service = service.replace("/usr/local/bin/wasi-tcp-host", HOST_BIN);
+    std::fs::write(dir.path().join("wasi-tcp-host.service"), service).unwrap();
+    std::fs::copy(deploy("systemd/wasi-tcp-host.socket"), dir.path().join("wasi-tcp-host.socket"))
+        .unwrap();
+    let (ok, output) = run(Command::new(analyze)
+        .arg("verify")
+        .arg(dir.path().join("wasi-tcp-host.socket"))
+        .arg(dir.path().join("wasi-tcp-host.service")));
+    assert!(ok && output.trim().is_empty(), "systemd-analyze verify:\n{output}");
+}
+
+pub fn the_service_is_exposed_no_more_than_the_readme_says_and_at_most_2(analyze: &Path) {
+    let (ok, output) = run(Command::new(analyze)
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(deploy("systemd/wasi-tcp-host.service")));
+    assert!(ok, "{output}");
+    let line = output
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("{output}"));
+    let level = line.split(": ").nth(1).and_then(|rest| rest.split(' ').next()).unwrap();
+    assert!(level.parse::<f64>().unwrap() <= 2.0, "{line}");
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let claim = format!("rates the service {level} ");
+    assert!(readme.contains(&claim), "the README should say {claim:?} ({line})");
+}
+
+pub fn the_kubernetes_manifests_are_valid_for_the_named_version(validate: &Path) {
+    let manifests: Vec<PathBuf> = std::fs::read_dir(deploy("kubernetes"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    assert_eq!(manifests.len(), 5, "{manifests:?}");
+    let (ok, output) =
+        run(Command::new(validate).args(["--strict", "-k", KUBERNETES]).args(&manifests));
+    assert!(ok, "{output}");
+    for kind in ["deployment", "service", "configmap", "networkpolicy", "poddisruptionbudget"] {
+        assert!(output.contains(&format!("passed for resource {kind}/")), "{kind}:\n{output}");
+    }
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let short = KUBERNETES.trim_end_matches(".0");
+    assert!(
+        readme.contains(&format!("Kubernetes {short}")),
+        "the README should name Kubernetes {short}"
+    );
+}
+
+/// The image from `deploy/Containerfile`, built with podman from the
+/// static host (`cargo build --release --target x86_64-unknown-linux-musl
+/// -p host`, which `.ci/run` does). `podman run` does not work on the
+/// build machine, so its exported file system is run instead, the way its
+/// configuration says: the entrypoint and command, as its user, chrooted,
+/// in a network namespace of its own, with a client beside it.
+pub fn the_container_image_holds_the_host_alone_and_serves(podman: &Path) {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let musl = workspace.join("target/x86_64-unknown-linux-musl/release/wasi-tcp-host");
+    assert!(musl.exists(), "{} is missing: build it first (.ci/run does)", musl.display());
+    let tag = "localhost/wasi-tcp-host:test";
+    let (ok, output) = run(Command::new(&podman)
+        .args(["build", "-q", "-f", "deploy/Containerfile", "-t", tag, "."])
+        .current_dir(&workspace));
+    assert!(ok, "podman build:\n{output}");
+
+    let inspect = |format: &str| {
+        run(Command::new(&podman).args(["image", "inspect", "--format", format, tag])).1
+    };
+    let size: u64 = inspect("{{.Size}}").trim().parse().unwrap();
+    eprintln!("the image is {:.1} MB", size as f64 / 1e6);
+    assert!(size < 25_000_000, "the image is {size} bytes");
+    let config: serde_json::Value = serde_json::from_str(&inspect("{{json .Config}}")).unwrap();
+    assert_eq!(config["User"], "65532:65532", "{config}");
+    assert_eq!(config["StopSignal"], "SIGQUIT", "{config}");
+
+    let root = tempfile::tempdir().unwrap();
+    let name = format!("wasi-tcp-host-test-{}", std::process::id());
+    let (ok, output) = run(Command::new(&podman).args(["create", "--name", &name, tag]));
+    assert!(ok, "podman create:\n{output}");
+    let tar = root.path().join("image.tar");
+    let (exported, output) = run(Command::new(&podman).args(["export", "-o"]).arg(&tar).arg(&name));
+    run(Command::new(&podman).args(["rm", &name]));
+    assert!(exported, "podman export:\n{output}");
+    let fs = root.path().join("fs");
+    std::fs::create_dir(&fs).unwrap();
+    assert!(run(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&fs)).0);
+    assert_eq!(files_in(&fs), ["etc/wasi-tcp-host/policy.toml", "wasi-tcp-host"], "nothing else");
+
+    let argv: Vec<String> = ["Entrypoint", "Cmd"]
+        .iter()
+        .flat_map(|key| config[*key].as_array().cloned().unwrap_or_default())
+        .map(|arg| arg.as_str().unwrap().to_string())
+        .collect();
+    let script = format!(
+        "ip link set lo up && chroot --userspec=65532:65532 \"$0\" {} & host=$!; python3 -c \"$1\"; status=$?; kill -TERM $host; wait $host; exit $status",
+        argv.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ")
+    );
+    let mut cmd = Command::new("unshare");
+    crate::support::prepare(&mut cmd).args(["--net", "sh", "-c", &script]).arg(&fs).arg(CLIENT);
+    let (status, output) = crate::support::Host::start_command(&mut cmd).wait();
+    assert!(status.success(), "{output}");
+    assert!(output.contains("echoed: from outside the image"), "{output}");
+    assert!(output.contains("granted: listen on 0.0.0.0:9000"), "{output}");
+}
+
+/// Connects to the image's server (retrying while it starts) and echoes.
+const CLIENT: &str = r#"
+import socket, time
+deadline = time.time() + 60
+while True:
+    try:
+        s = socket.create_connection(("127.0.0.1", 9000)); break
+    except ConnectionRefusedError:
+        if time.time() > deadline: raise
+        time.sleep(0.05)
+s.sendall(b"from outside the image")
+got = b""
+while len(got) < 22: got += s.recv(64)
+print("echoed:", got.decode(), flush=True)
+"#;
+
+/// The regular files under `dir`, as relative paths, sorted.
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(at) = todo.pop() {
+        for entry in std::fs::read_dir(&at).unwrap() {
+            let path = entry.unwrap().path();
+            match path.is_dir() {
+                true => todo.push(path),
+                false => files.push(path.strip_prefix(dir).unwrap().display().to_string()),
+            }
+        }
+    }
+    files.sort();
+    files
+}

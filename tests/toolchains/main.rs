@@ -1,0 +1,107 @@
+//! The tests that need something from outside Rust: the wasmtime CLI,
+//! componentize-py and componentize-js (guests from other toolchains),
+//! systemd's tools, kubernetes-validate, podman and the static host (the
+//! deployment files), root (a network namespace for the container image).
+//!
+//! A test whose needs are missing is shown as ignored, saying what it
+//! needs, and counted in the summary (`cargo test` prints "N ignored");
+//! `.ci/run` installs everything and sets REQUIRE_TOOLCHAINS=1, which makes
+//! a missing need a failure instead.
+
+#[path = "../support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+mod activation;
+mod deploy;
+mod elsewhere;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use std::path::PathBuf;
+use support::guests::find_tool;
+
+/// Something a test needs: found (its path), or what to say it lacks.
+type Need = Result<PathBuf, &'static str>;
+
+fn tool(name: &'static str, var: &str) -> Need {
+    find_tool(name, var).ok_or(name)
+}
+
+fn main() {
+    let python = || tool("componentize-py", "COMPONENTIZE_PY");
+    let analyze = || tool("systemd-analyze", "SYSTEMD_ANALYZE");
+    let js = || elsewhere::componentize_js().ok_or("componentize-js (npm ci in guests/js)");
+    let static_host = || {
+        let musl = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/x86_64-unknown-linux-musl/release/wasi-tcp-host");
+        musl.exists().then_some(musl).ok_or(
+            "the static host (cargo build --release --target x86_64-unknown-linux-musl -p host)",
+        )
+    };
+    // SAFETY: geteuid only reads the process's credentials.
+    let root = || (unsafe { libc::geteuid() } == 0).then(PathBuf::new).ok_or("root");
+    let trials = vec![
+        trial("elsewhere::the_python_guest_echoes", [python()], |[p]| {
+            elsewhere::the_python_guest_echoes(&p)
+        }),
+        trial("elsewhere::sigint_while_a_large_guest_compiles_stops_at_once", [python()], |[p]| {
+            elsewhere::sigint_while_a_large_guest_compiles_stops_at_once(&p)
+        }),
+        trial(
+            "elsewhere::the_javascript_guest_echoes",
+            [tool("node", "NODE"), js()],
+            |[node, _]| elsewhere::the_javascript_guest_echoes(&node),
+        ),
+        trial(
+            "elsewhere::our_guests_run_unchanged_on_the_wasmtime_cli",
+            [tool("wasmtime", "WASMTIME")],
+            |[w]| elsewhere::our_guests_run_unchanged_on_the_wasmtime_cli(&w),
+        ),
+        trial(
+            "activation::systemd_socket_activate_starts_the_host_on_the_first_client",
+            [tool("systemd-socket-activate", "SYSTEMD_SOCKET_ACTIVATE")],
+            |[a]| activation::systemd_socket_activate_starts_the_host_on_the_first_client(&a),
+        ),
+        trial("deploy::the_systemd_units_verify_clean", [analyze()], |[a]| {
+            deploy::the_systemd_units_verify_clean(&a)
+        }),
+        trial(
+            "deploy::the_service_is_exposed_no_more_than_the_readme_says_and_at_most_2",
+            [analyze()],
+            |[a]| deploy::the_service_is_exposed_no_more_than_the_readme_says_and_at_most_2(&a),
+        ),
+        trial(
+            "deploy::the_kubernetes_manifests_are_valid_for_the_named_version",
+            [tool("kubernetes-validate", "KUBERNETES_VALIDATE")],
+            |[k]| deploy::the_kubernetes_manifests_are_valid_for_the_named_version(&k),
+        ),
+        trial(
+            "deploy::the_container_image_holds_the_host_alone_and_serves",
+            [tool("podman", "PODMAN"), static_host(), root()],
+            |[podman, _, _]| deploy::the_container_image_holds_the_host_alone_and_serves(&podman),
+        ),
+    ];
+    libtest_mimic::run(&Arguments::from_args(), trials).exit();
+}
+
+/// A test that runs with what it needs, or is ignored (a failure, with
+/// REQUIRE_TOOLCHAINS=1) saying what is missing.
+fn trial<const N: usize>(
+    name: &str,
+    needs: [Need; N],
+    test: impl FnOnce([PathBuf; N]) + Send + 'static,
+) -> Trial {
+    let missing: Vec<&str> = needs.iter().filter_map(|need| need.as_ref().err().copied()).collect();
+    if missing.is_empty() {
+        let found = needs.map(|need| need.unwrap_or_default());
+        return Trial::test(name, move || {
+            test(found);
+            Ok(())
+        });
+    }
+    let why = format!("needs {}", missing.join(", "));
+    if std::env::var_os("REQUIRE_TOOLCHAINS").is_some() {
+        return Trial::test(name, move || Err(Failed::from(format!("{why}, which is missing"))));
+    }
+    Trial::test(name, || Ok(())).with_ignored_flag(true).with_kind(why)
+}

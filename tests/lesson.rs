@@ -120,7 +120,9 @@ fn partial_reads() {
 }
 
 /// Section 5.2 (and 4): with the step-1 guest, a second client waits in the
-/// backlog until the first leaves.
+/// backlog until the first leaves. A first client that only stops typing
+/// (what Ctrl-D does in `nc` without `-N`) keeps the second waiting; one
+/// that half-closes (Ctrl-D with `nc -N`) lets it in.
 #[test]
 fn a_second_client_waits_behind_the_first() {
     let (host, addr) = serve_iterative(&[]);
@@ -128,15 +130,19 @@ fn a_second_client_waits_behind_the_first() {
     let mut second = connect(addr);
     second.write_all(b"second\n").unwrap();
     // Proving that nothing comes needs a bounded wait: half a second of
-    // silence while the first client stays connected.
+    // silence while the first client stays connected, and silent.
     second.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     let mut buf = [0u8; 7];
     let silent = second.read(&mut buf).unwrap_err();
     assert!(matches!(silent.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut), "{silent}");
     assert_eq!(host.output().matches("client connected").count(), 1, "{}", host.output());
 
+    // `nc -N` after Ctrl-D: a FIN. The guest's recv() returns 0, it closes
+    // its side (the first client reads the end), and takes the second.
+    first.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut first = first;
+    assert_eq!(first.read(&mut [0u8; 1]).unwrap(), 0, "the guest closed its side");
     let (one, two) = (first.local_addr().unwrap().port(), second.local_addr().unwrap().port());
-    drop(first);
     second.set_read_timeout(Some(PATIENCE)).unwrap();
     second.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"second\n");
@@ -209,20 +215,71 @@ fn a_client_that_resets() {
 /// `/proc/net/tcp`: (local port, remote port, state) of each IPv4 socket.
 #[cfg(target_os = "linux")]
 fn tcp_table() -> Vec<(u16, u16, u8)> {
+    tcp_table_with_queues()
+        .into_iter()
+        .map(|(local, remote, state, _)| (local, remote, state))
+        .collect()
+}
+
+/// The same, with each socket's receive queue: for a listening socket,
+/// the connections waiting for accept() (what `ss` shows as Recv-Q).
+#[cfg(target_os = "linux")]
+fn tcp_table_with_queues() -> Vec<(u16, u16, u8, u32)> {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next().unwrap(), 16).unwrap();
+    let hex = |field: &str| u32::from_str_radix(field, 16).unwrap();
+    let port = |field: &str| hex(field.rsplit(':').next().unwrap()) as u16;
     table
         .lines()
         .skip(1)
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
+            let queues = fields.get(4)?;
             Some((
                 port(fields.get(1)?),
                 port(fields.get(2)?),
-                u8::from_str_radix(fields.get(3)?, 16).ok()?,
+                hex(fields.get(3)?) as u8,
+                hex(queues.split(':').nth(1)?),
             ))
         })
         .collect()
+}
+
+/// Waits until /proc/net/tcp has a row (local, remote, state) with its
+/// receive queue at `queue`.
+#[cfg(target_os = "linux")]
+fn wait_for_row(local: u16, remote: u16, state: u8, queue: u32) {
+    let deadline = Instant::now() + PATIENCE;
+    while !tcp_table_with_queues().contains(&(local, remote, state, queue)) {
+        assert!(
+            Instant::now() < deadline,
+            "no row {local} -> {remote} state {state:X} queue {queue}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+const LISTEN: u8 = 0x0A;
+const CLOSE_WAIT: u8 = 0x08;
+
+/// Sections 5.6 and 5.7, and the life of a connection: a client waiting in
+/// the step-1 guest's backlog is the LISTEN socket's Recv-Q; one that
+/// closes while it waits is in CLOSE-WAIT until the guest accepts it.
+#[cfg(target_os = "linux")] // reads /proc/net/tcp
+#[test]
+fn the_backlog_shows_as_recv_q_and_a_client_that_gives_up_there_as_close_wait() {
+    let (host, addr) = serve_iterative(&[]);
+    let first = echo_once(addr, b"first\n");
+    let waiting = connect(addr);
+    wait_for_row(addr.port(), 0, LISTEN, 1);
+    waiting.shutdown(std::net::Shutdown::Write).unwrap();
+    let waiting_port = waiting.local_addr().unwrap().port();
+    // Its queue holds the FIN (one sequence number, still to be read).
+    wait_for_row(addr.port(), waiting_port, CLOSE_WAIT, 1);
+    // The first leaves: the guest accepts the second, reads 0, closes.
+    drop(first);
+    let mut waiting = waiting;
+    assert_eq!(waiting.read(&mut [0u8; 1]).unwrap(), 0, "{}", host.report());
+    wait_for_row(addr.port(), 0, LISTEN, 0);
 }
 
 const TIME_WAIT: u8 = 0x06;
@@ -288,5 +345,37 @@ fn the_side_by_side_code_is_the_guests_own() {
         let lines: Vec<&str> = block.lines().skip(1).map(str::trim).collect();
         let found = source.windows(lines.len()).any(|window| window == lines.as_slice());
         assert!(found, "not in guest-iterative/src/lib.rs:\n{}", lines.join("\n"));
+    }
+}
+
+/// Both lessons (and the README) render as CommonMark with GitHub's tables:
+/// no `**` left over (a bold span that did not close, as happens when it
+/// ends in punctuation and a Korean particle follows), and no table row
+/// that fell out of its table.
+#[test]
+fn the_lessons_render_cleanly_as_commonmark() {
+    use pulldown_cmark::{html, Event, Options, Parser, Tag, TagEnd};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for doc in ["docs/lesson.md", "docs/lesson.ko.md", "README.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        // The text outside code: code may hold any characters.
+        let mut in_code = 0;
+        let prose: Vec<Event> = Parser::new_ext(&text, Options::ENABLE_TABLES)
+            .filter(|event| {
+                match event {
+                    Event::Start(Tag::CodeBlock(_)) => in_code += 1,
+                    Event::End(TagEnd::CodeBlock) => in_code -= 1,
+                    _ => {}
+                }
+                in_code == 0
+                    && !matches!(event, Event::Code(_) | Event::Html(_) | Event::InlineHtml(_))
+            })
+            .collect();
+        let mut rendered = String::new();
+        html::push_html(&mut rendered, prose.into_iter());
+        for line in rendered.lines() {
+            assert!(!line.contains("**"), "{doc}: a bold span did not close: {line}");
+            assert!(!line.starts_with("<p>|"), "{doc}: a table row outside its table: {line}");
+        }
     }
 }

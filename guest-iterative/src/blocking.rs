@@ -1,4 +1,4 @@
-//! accept(), recv() and send() as the seed knows them: calls that wait.
+//! accept(), recv() and send() as the study notes know them: calls that wait.
 //!
 //! wasi:sockets never waits inside a call; waiting is `block()` on a
 //! pollable. These helpers put the two together.

@@ -1,6 +1,6 @@
 //! The textbook WinSock echo server, rebuilt on `wasi:sockets`.
 //!
-//! Read `run` from top to bottom: it is the seed's `main()`, one step after
+//! Read `run` from top to bottom: it is the study notes' `main()`, one step after
 //! another, each step named by the WinSock call it replaces. The two-phase
 //! details live in `net.rs`, the waiting in `blocking.rs`, so that this
 //! file stays the lesson.
@@ -14,7 +14,7 @@
 //! ```
 //!
 //! This is step 1 of the lesson. It serves one client at a time, exactly
-//! like the seed: a second client waits in the listen backlog until the
+//! like the study notes' server: a second client waits in the listen backlog until the
 //! first one leaves. Step 2, the default guest (`guest/`), serves them all.
 
 mod blocking;
@@ -32,14 +32,15 @@ use blocking::Recv;
 use net::Accepted;
 use wasi::sockets::instance_network::instance_network;
 
-/// The seed's `SERVERPORT`, used when the host passes no `LISTEN_ADDR`.
+/// The study notes' `SERVERPORT`, used when the host passes no `LISTEN_ADDR`.
 const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:9000";
 
-/// The seed's `BUFSIZE`: the most one `recv()` asks for.
+/// The study notes' `BUFSIZE`: the most one `recv()` asks for.
 const BUFSIZE: u64 = 512;
 
 /// WinSock's `SOMAXCONN`: "as many pending connections as the system allows".
-/// wasi:sockets takes a number; the host caps it at the kernel's limit.
+/// wasi:sockets takes a number; the kernel caps it at its own limit
+/// (`net.core.somaxconn`).
 const SOMAXCONN: u64 = 4096;
 
 struct EchoServer;
@@ -110,7 +111,7 @@ fn echo(client: &Accepted) {
     }
 }
 
-/// The seed's `err_quit`: report a fatal error, then stop the server.
+/// The study notes' `err_quit`: report a fatal error, then stop the server.
 fn quit<T>(call: &'static str) -> impl FnOnce(String) -> Result<T, ()> {
     move |e| {
         eprintln!("[TCP server] {call} failed: {e}");
@@ -118,7 +119,7 @@ fn quit<T>(call: &'static str) -> impl FnOnce(String) -> Result<T, ()> {
     }
 }
 
-/// The seed's `err_display`: report an error and carry on.
+/// The study notes' `err_display`: report an error and carry on.
 fn err_display(call: &str, e: String) {
     eprintln!("[TCP server] {call} failed: {e}");
 }

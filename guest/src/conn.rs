@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 /// The most a connection reads at once, and so the most it buffers.
 pub const MAX_BUFFERED: u64 = 64 * 1024;
 
-/// The least a read asks for: the seed's BUFSIZE. A host may set aside as
+/// The least a read asks for: the study notes' BUFSIZE. A host may set aside as
 /// much memory as a read asks for (wasmtime zeroes it), so asking for 64 KiB
 /// to get 64 bytes is wasted work: reads start small, and grow while they
 /// come back full.

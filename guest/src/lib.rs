@@ -1,6 +1,6 @@
 //! The echo server, serving many clients at once: step 2 of the lesson.
 //!
-//! Step 1 (`guest-iterative/`) is the seed's server: it blocks in accept(),
+//! Step 1 (`guest-iterative/`) is the study notes' server: it blocks in accept(),
 //! then in recv() for one client, so a second client waits in the backlog
 //! until the first leaves. The textbook's next chapter fixes that with
 //! `select()`/`WSAPoll()`: wait for *any* socket to be ready, then handle
@@ -28,11 +28,12 @@ use wasi::io::poll::{poll, Pollable};
 use wasi::sockets::instance_network::instance_network;
 use wasi::sockets::tcp::TcpSocket;
 
-/// The seed's `SERVERPORT`, used when the host passes no `LISTEN_ADDR`.
+/// The study notes' `SERVERPORT`, used when the host passes no `LISTEN_ADDR`.
 const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:9000";
 
 /// WinSock's `SOMAXCONN`: "as many pending connections as the system allows".
-/// wasi:sockets takes a number; the host caps it at the kernel's limit.
+/// wasi:sockets takes a number; the kernel caps it at its own limit
+/// (`net.core.somaxconn`).
 const SOMAXCONN: u64 = 4096;
 
 struct EchoServer;
@@ -114,7 +115,7 @@ fn accept_all(listen_sock: &TcpSocket, clients: &mut Vec<Connection>) {
     }
 }
 
-/// The seed's `err_quit`: report a fatal error, then stop the server.
+/// The study notes' `err_quit`: report a fatal error, then stop the server.
 fn quit<T>(call: &'static str) -> impl FnOnce(String) -> Result<T, ()> {
     move |e| {
         eprintln!("[TCP server] {call} failed: {e}");

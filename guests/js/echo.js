@@ -2,7 +2,7 @@
 //
 // Built into a component with componentize-js (SpiderMonkey) against the
 // same world as the Rust guest (wit/echo.wit); see build.mjs. One client at
-// a time, like the seed. A client's streams are dropped before its socket
+// a time, like the study notes' server. A client's streams are dropped before its socket
 // (Symbol.dispose): the wasmtime CLI traps on the other order ("resource
 // has children").
 

@@ -2,9 +2,10 @@
 
 Built into a component with componentize-py against the same world as the
 Rust guest (wit/echo.wit); see build.sh. One client at a time, like the
-seed. Every resource is closed with `with`, which drops it: a client's
-streams must go before its socket, or the guest traps ("resource has
-children"), so they are listed after it (`with` exits in reverse order).
+study notes' server. Every resource is closed with `with`, which drops it:
+a client's streams go before its socket (the wasmtime CLI traps on the
+other order, "resource has children"), so they are listed after it
+(`with` exits in reverse order).
 """
 
 from wit_world import exports

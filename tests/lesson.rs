@@ -328,7 +328,7 @@ fn time_wait_after_a_client_closes_and_the_server_binds_again_at_once() {
 fn the_side_by_side_code_is_the_guests_own() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap();
-    let source = read("guest-iterative/src/lib.rs");
+    let source = read("guests/lesson/step1/src/lib.rs");
     // The excerpts leave the comments out.
     let source: Vec<&str> =
         source.lines().map(str::trim).filter(|l| !l.starts_with("//")).collect();
@@ -344,7 +344,7 @@ fn the_side_by_side_code_is_the_guests_own() {
     for block in rust {
         let lines: Vec<&str> = block.lines().skip(1).map(str::trim).collect();
         let found = source.windows(lines.len()).any(|window| window == lines.as_slice());
-        assert!(found, "not in guest-iterative/src/lib.rs:\n{}", lines.join("\n"));
+        assert!(found, "not in guests/lesson/step1/src/lib.rs:\n{}", lines.join("\n"));
     }
 }
 
@@ -377,5 +377,63 @@ fn the_lessons_render_cleanly_as_commonmark() {
             assert!(!line.contains("**"), "{doc}: a bold span did not close: {line}");
             assert!(!line.starts_with("<p>|"), "{doc}: a table row outside its table: {line}");
         }
+    }
+}
+
+/// Section 6 (step 3): the echo client, run by the host like any guest.
+fn run_client(server: SocketAddr, extra: &[&str]) -> (bool, String) {
+    let client = test_guest("echo_client");
+    let server_env = format!("SERVER_ADDR={server}");
+    let mut args = vec!["--listen", "127.0.0.1:0", "--env", &server_env];
+    args.extend(extra);
+    args.push(client.to_str().unwrap());
+    args.extend(["--", "hello", "a longer message"]);
+    let (status, output) = Host::start(&args).wait();
+    (status.success(), output)
+}
+
+/// Section 6: without `--allow-connect` the client's connect() is denied.
+#[test]
+fn the_echo_client_is_refused_until_connect_is_granted() {
+    let (_server, addr) = Host::serve(None);
+    let (success, output) = run_client(addr, &[]);
+    assert!(!success, "{output}");
+    assert!(output.contains(&format!("WARN denied: TCP connect to {addr}")), "{output}");
+    assert!(
+        output.contains("[TCP client] connect() failed: access-denied (Access denied)"),
+        "{output}"
+    );
+}
+
+/// Section 6: with it, the client frames each message with its length and
+/// reads the echo back with recvn(), from the step-1 and the step-2 server.
+#[test]
+fn the_echo_client_talks_to_the_step_1_and_step_2_servers() {
+    let step1 = serve_iterative(&[]);
+    let step2 = Host::serve(None);
+    for (_server, addr) in [step1, step2] {
+        let grant = addr.to_string();
+        let (success, output) = run_client(addr, &["--allow-connect", &grant, "--trace"]);
+        assert!(success, "{output}");
+        // The host's trace (stderr) and the client's lines (stdout), each
+        // in its order.
+        assert_in_order(
+            &output,
+            &[
+                format!("trace: connect({addr})"),
+                format!("tcp-socket.start-connect({addr}) -> ok [policy: allowed]"),
+                "= tcp-socket.finish-connect -> connected: input-stream#".to_string(),
+            ],
+        );
+        assert_in_order(
+            &output,
+            &[
+                format!("[TCP client] connected to {addr}"),
+                "[TCP client] sent 5 + 4 bytes".to_string(),
+                "[TCP client] received 5 bytes: hello".to_string(),
+                "[TCP client] sent 16 + 4 bytes".to_string(),
+                "[TCP client] received 16 bytes: a longer message".to_string(),
+            ],
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! The echo server, serving many clients at once: step 2 of the lesson.
 //!
-//! Step 1 (`guest-iterative/`) is the study notes' server: it blocks in accept(),
+//! Step 1 (`guests/lesson/step1/`) is the study notes' server: it blocks in accept(),
 //! then in recv() for one client, so a second client waits in the backlog
 //! until the first leaves. The textbook's next chapter fixes that with
 //! `select()`/`WSAPoll()`: wait for *any* socket to be ready, then handle

@@ -55,7 +55,10 @@ pub fn listen(sock: &TcpSocket, backlog: u64) -> Result<(), String> {
 
 /// Calls a `finish-*` function until it stops answering `would-block`,
 /// sleeping on the socket's pollable in between.
-fn finish(sock: &TcpSocket, mut step: impl FnMut() -> Result<(), ErrorCode>) -> Result<(), String> {
+pub fn finish(
+    sock: &TcpSocket,
+    mut step: impl FnMut() -> Result<(), ErrorCode>,
+) -> Result<(), String> {
     let ready = sock.subscribe();
     loop {
         match step() {
@@ -116,7 +119,7 @@ fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().trim_end_matches('.').to_string()
 }
 
-fn to_wasi(addr: SocketAddr) -> IpSocketAddress {
+pub fn to_wasi(addr: SocketAddr) -> IpSocketAddress {
     match addr {
         SocketAddr::V4(a) => {
             let [a0, a1, a2, a3] = a.ip().octets();

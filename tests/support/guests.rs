@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 pub enum EchoGuest {
     /// The default, embedded in the host (`guest/`).
     BuiltIn,
-    /// The lesson's step 1, one client at a time (`guest-iterative/`).
+    /// The lesson's step 1, one client at a time (`guests/lesson/step1/`).
     Iterative,
 }
 
@@ -39,7 +39,8 @@ pub fn test_guest(name: &str) -> PathBuf {
     path
 }
 
-/// Builds the test guests, `guest-iterative` and `guest-rust-std` for
+/// Builds the test guests, the lesson's `guest-iterative` and `echo-client`,
+/// and `guest-rust-std` for
 /// wasm32-wasip2, into the target directory `build.rs` uses for the default
 /// guest.
 fn build_test_guests() -> PathBuf {
@@ -57,6 +58,8 @@ fn build_test_guests() -> PathBuf {
             "test-guests",
             "--package",
             "guest-iterative",
+            "--package",
+            "echo-client",
             "--package",
             "guest-rust-std",
         ])

@@ -19,11 +19,11 @@
 
 mod blocking;
 // The socket set-up is the same as in the default guest's.
-#[path = "../../guest/src/net.rs"]
+#[path = "../../../../guest/src/net.rs"]
 mod net;
 
 wit_bindgen::generate!({
-    path: "../wit",
+    path: "../../../wit",
     world: "echo-server",
     generate_all,
 });

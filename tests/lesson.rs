@@ -437,3 +437,82 @@ fn the_echo_client_talks_to_the_step_1_and_step_2_servers() {
         );
     }
 }
+
+/// Section 7, exercise 1: the step-2 guest sending to a client that does
+/// not read: check-write answers 0 once the buffers are full, and that
+/// client waits while others are served; nothing is lost once it reads.
+#[test]
+fn exercise_1_send_waits_on_a_client_that_does_not_read() {
+    let host = Host::start(&["--trace", "--listen", "127.0.0.1:0"]);
+    let addr = host.listen_addr();
+    // More than the client's receive buffer and the host's send buffer can hold.
+    let data = pattern(32 << 20, 71);
+    let mut client = connect(addr);
+    let mut writer = client.try_clone().unwrap();
+    let sent = data.clone();
+    let sender = std::thread::spawn(move || writer.write_all(&sent).unwrap());
+    host.wait_for("output-stream.check-write -> 0 (the send buffer is full");
+    drop(echo_once(addr, b"another client"));
+    let mut echoed = vec![0u8; data.len()];
+    client.read_exact(&mut echoed).unwrap();
+    sender.join().unwrap();
+    assert!(echoed == data, "the echo differs from what was sent");
+}
+
+/// Section 7, exercise 2: a server that `break`s on a failed accept(), as
+/// the study notes do, stops for good when one client resets while it
+/// waits in the backlog; the step-1 guest `continue`s and serves the next.
+#[test]
+fn exercise_2_break_on_a_failed_accept_stops_the_server() {
+    let guest = test_guest("accept-break");
+    let host = Host::start(&["--listen", "127.0.0.1:0", guest.to_str().unwrap()]);
+    let addr = host.listen_addr();
+    let first = echo_once(addr, b"first");
+    let waiting = connect(addr);
+    reset(waiting);
+    drop(first);
+    let (status, output) = host.wait();
+    assert!(status.success(), "{output}");
+    assert_in_order(&output, &["accept() failed: ", "leaving the loop", "[TCP server] stopped"]);
+
+    let (host, addr) = serve_iterative(&[]);
+    let first = echo_once(addr, b"first");
+    reset(connect(addr));
+    drop(first);
+    host.wait_for("accept() failed");
+    drop(echo_once(addr, b"still serving"));
+}
+
+/// Section 7, exercise 3: a client that half-closes (shutdown(SD_SEND))
+/// gets every byte back, then the end of the stream, from either server.
+#[test]
+fn exercise_3_a_half_closing_client_gets_every_byte_then_the_end() {
+    let client = test_guest("half-close");
+    let message = "x".repeat(100_000);
+    for (_server, addr) in [serve_iterative(&[]), Host::serve(None)] {
+        let (server_env, grant) = (format!("SERVER_ADDR={addr}"), addr.to_string());
+        let args = ["--listen", "127.0.0.1:0", "--allow-connect", &grant, "--env", &server_env];
+        let mut all = args.to_vec();
+        all.extend([client.to_str().unwrap(), "--", &message]);
+        let (status, output) = Host::start(&all).wait();
+        assert!(status.success(), "{output}");
+        let done = "[half-close] the server closed after echoing 100000 bytes; intact: true";
+        assert!(output.contains(done), "{output}");
+    }
+}
+
+/// Section 7, exercise 4: the step-1 guest on IPv6 (a socket of the IPv6
+/// family, an address of 16 bytes that the guest never has to size).
+#[test]
+fn exercise_4_the_step_1_guest_serves_ipv6() {
+    let (host, addr) = {
+        let guest = iterative();
+        let host = Host::start(&["--listen", "[::1]:0", &guest]);
+        let addr = host.listen_addr();
+        (host, addr)
+    };
+    assert!(addr.is_ipv6(), "{addr}");
+    let client = echo_once(addr, b"six");
+    let port = client.local_addr().unwrap().port();
+    host.wait_for(&format!("[TCP server] client connected: IP address=::1 port={port}"));
+}

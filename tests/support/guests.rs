@@ -61,6 +61,8 @@ fn build_test_guests() -> PathBuf {
             "--package",
             "echo-client",
             "--package",
+            "lesson-exercises",
+            "--package",
             "guest-rust-std",
         ])
         .env("CARGO_TARGET_DIR", &target_dir)

@@ -516,3 +516,30 @@ fn exercise_4_the_step_1_guest_serves_ipv6() {
     let port = client.local_addr().unwrap().port();
     host.wait_for(&format!("[TCP server] client connected: IP address=::1 port={port}"));
 }
+
+/// Section 5.8: TCP carries bytes, not messages. Two sends that are both
+/// waiting when the guest reads arrive in one recv(); one message sent in
+/// two halves, the second after the guest has read the first, takes two.
+#[test]
+fn tcp_joins_and_splits_what_was_sent() {
+    let (host, addr) = serve_iterative(&["--trace"]);
+    let first = echo_once(addr, b"busy\n");
+    let mut joined = connect(addr);
+    joined.write_all(b"one\n").unwrap();
+    joined.write_all(b"two\n").unwrap();
+    drop(first);
+    let mut back = [0u8; 8];
+    joined.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"one\ntwo\n");
+    host.wait_for("trace: recv(512) -> 8 bytes");
+    drop(joined);
+
+    let mut split = connect(addr);
+    split.write_all(b"hel").unwrap();
+    host.wait_for_nth("trace: recv(512) -> 3 bytes", 1);
+    split.write_all(b"lo\n").unwrap();
+    host.wait_for_nth("trace: recv(512) -> 3 bytes", 2);
+    let mut back = [0u8; 6];
+    split.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"hello\n");
+}

@@ -2,64 +2,17 @@
 //! port, and listening sockets handed over by a service manager (socket
 //! activation).
 
+use crate::support::clients::{echo, served_more, stream_of_clients, Tally};
 use crate::support::guests::{default_guest, test_guest};
 use crate::support::{connect, prepare, Host, HOST_BIN, PATIENCE};
-use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// What a client saw, counted across the clients of a test.
-#[derive(Default)]
-struct Tally {
-    served: AtomicUsize,
-    refused: AtomicUsize,
-    failed: AtomicUsize,
-}
-
-/// One round trip on `client`; any error or wrong byte is a failure.
-fn echo(client: &mut TcpStream, message: &[u8]) -> bool {
-    let mut back = vec![0; message.len()];
-    client.write_all(message).is_ok() && client.read_exact(&mut back).is_ok() && back == message
-}
-
-/// New clients, one after another until `stop`: connect, one echo, close.
-fn stream_of_clients(
-    addr: SocketAddr,
-    stop: &Arc<AtomicBool>,
-    tally: &Arc<Tally>,
-) -> std::thread::JoinHandle<()> {
-    let (stop, tally) = (Arc::clone(stop), Arc::clone(tally));
-    std::thread::spawn(move || {
-        for i in 0.. {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            let mut client = match TcpStream::connect(addr) {
-                Ok(client) => client,
-                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-                    tally.refused.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                Err(_) => {
-                    tally.failed.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-            };
-            client.set_read_timeout(Some(PATIENCE)).unwrap();
-            let counter = match echo(&mut client, format!("short-lived {i}\n").as_bytes()) {
-                true => &tally.served,
-                false => &tally.failed,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-    })
-}
+use std::time::Duration;
 
 /// Clients that stay connected through every swap, echoing now and then.
 fn long_lived_clients(
@@ -86,16 +39,6 @@ fn long_lived_clients(
             std::thread::sleep(Duration::from_millis(20));
         }
     })
-}
-
-/// Waits until `tally` has counted `more` served round trips beyond now.
-fn served_more(tally: &Tally, more: usize, host: &Host) {
-    let target = tally.served.load(Ordering::Relaxed) + more;
-    let deadline = Instant::now() + PATIENCE;
-    while tally.served.load(Ordering::Relaxed) < target {
-        assert!(Instant::now() < deadline, "clients stopped being served\n{}", host.report());
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 fn install(guest: &Path, at: &Path) {

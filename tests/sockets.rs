@@ -2,11 +2,12 @@
 //! guest (`tests/guests/src/bin/tcp-contract.rs`), the traps the spec
 //! names, how a stream ends, and listeners that outlive a crashed guest.
 
+use crate::support::clients::{served_more, stream_of_clients, Tally};
 use crate::support::guests::test_guest;
-use crate::support::{connect, Host, PATIENCE};
-use std::io::{ErrorKind, Read, Write};
+use crate::support::{connect, Host};
+use std::io::Write;
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 fn contract(host_args: &[&str], args: &[&str]) -> (bool, String) {
@@ -155,52 +156,24 @@ fn a_crashed_guests_listener_stays_open_and_no_client_is_refused() {
         guest.to_str().unwrap(),
     ]);
     let addr = host.listen_addr();
-    let stop = Arc::new(AtomicBool::new(false));
-    let served = Arc::new(AtomicUsize::new(0));
-    let clients: Vec<_> = (0..4)
-        .map(|worker| {
-            let (stop, served) = (Arc::clone(&stop), Arc::clone(&served));
-            std::thread::spawn(move || {
-                let mut refused = 0;
-                for i in 0.. {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let mut client = match TcpStream::connect(addr) {
-                        Ok(client) => client,
-                        Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-                            refused += 1;
-                            continue;
-                        }
-                        Err(e) => panic!("connecting: {e}"),
-                    };
-                    client.set_read_timeout(Some(PATIENCE)).unwrap();
-                    let message = format!("client {worker}.{i}\n");
-                    client.write_all(message.as_bytes()).unwrap();
-                    let mut echoed = vec![0; message.len()];
-                    client.read_exact(&mut echoed).unwrap();
-                    assert_eq!(echoed, message.as_bytes());
-                    served.fetch_add(1, Ordering::Relaxed);
-                }
-                refused
-            })
-        })
-        .collect();
-
+    let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
+    let clients: Vec<_> = (0..4).map(|_| stream_of_clients(addr, &stop, &tally)).collect();
     for crash in 1..=3 {
-        let before = served.load(Ordering::Relaxed);
         let mut bang = connect(addr);
         bang.write_all(b"!").unwrap();
         host.wait_for_nth("restarting it in", crash);
         assert_eq!(host.nth_listen_addr(crash + 1), addr, "the same listener, the same port");
         // Clients were served after the restart, not only before it.
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while served.load(Ordering::Relaxed) < before + 20 {
-            assert!(std::time::Instant::now() < deadline, "no client served\n{}", host.report());
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        served_more(&tally, 20, &host);
     }
     stop.store(true, Ordering::Relaxed);
-    let refused: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
-    assert_eq!(refused, 0, "clients refused while the guest restarted\n{}", host.report());
+    clients.into_iter().for_each(|c| c.join().unwrap());
+    let (refused, failed) =
+        (tally.refused.load(Ordering::Relaxed), tally.failed.load(Ordering::Relaxed));
+    assert_eq!(
+        (refused, failed),
+        (0, 0),
+        "refused, failed while the guest restarted\n{}",
+        host.report()
+    );
 }

@@ -1,5 +1,6 @@
 //! Running the host and talking to it.
 
+pub mod clients;
 pub mod guests;
 pub mod traffic;
 

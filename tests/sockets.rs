@@ -111,6 +111,15 @@ fn blocking_write_and_flush_of_more_than_4096_bytes_traps() {
     assert!(!output.contains("did not trap"), "{output}");
 }
 
+#[test]
+fn poll_of_an_empty_list_traps() {
+    let (success, output) = contract(&[], &["poll-empty"]);
+    assert!(!success, "{output}");
+    assert!(output.contains("error: the guest trapped"), "{output}");
+    assert!(output.contains("empty poll list"), "{output}");
+    assert!(!output.contains("did not trap"), "{output}");
+}
+
 /// Starts the contract guest's `serve-once` mode and connects to it.
 fn serve_once() -> (Host, TcpStream) {
     let guest = test_guest("tcp-contract");

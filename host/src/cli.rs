@@ -58,8 +58,8 @@ pub struct Args {
     pub allow_dns: bool,
 
     /// Keep Nagle's algorithm on the guest's connections. By default the
-    /// host sets TCP_NODELAY on the guest's listeners (and so on every
-    /// client they accept): wasi:sockets has no way for the guest to.
+    /// host sets TCP_NODELAY on every client the guest accepts:
+    /// wasi:sockets has no way for the guest to.
     #[arg(long)]
     pub nagle: bool,
 

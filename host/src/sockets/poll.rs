@@ -6,12 +6,13 @@
 //! for a server polling its listener and a hundred clients, that is most
 //! of the cost of each `poll`. The host knows what its own pollables wait
 //! for (a connection readable or writable, a socket's connect or accept),
-//! so it first asks each of those directly: no future, no allocation. If
-//! any pollable in the list is ready, that is the answer (others are asked
-//! the ordinary way, so a timer in the list is never starved). If none is,
-//! and all are the host's, it waits for them the same way, its waker left
-//! with each connection or listener; a list with others in it waits the
-//! ordinary way, in wasmtime-wasi-io.
+//! so when every pollable in the list is its own it asks each directly, in
+//! one pass that leaves the task's waker with those not ready: no future,
+//! no allocation, and the answer at once if any is ready. A list with
+//! others in it (a timer, stdin) is asked the same way for the host's and
+//! the ordinary way for the rest, so a timer is never starved, and if none
+//! is ready it waits the ordinary way, in wasmtime-wasi-io. An empty list
+//! traps, as the spec says.
 //!
 //! To know which pollables are its own, the host notes each stream it
 //! hands out and each pollable made from one, and forgets them when they
@@ -19,7 +20,6 @@
 
 use super::streams::Connection;
 use super::{HasTcp, SocketsView, TcpSocket};
-use std::collections::HashMap;
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -41,8 +41,8 @@ pub enum Watch {
 /// The host's own streams and pollables, by handle.
 #[derive(Default)]
 pub struct Watched {
-    streams: HashMap<u32, Watch>,
-    pollables: HashMap<u32, Watch>,
+    streams: ByHandle,
+    pollables: ByHandle,
 }
 
 impl Watched {
@@ -55,11 +55,39 @@ impl Watched {
     }
 }
 
+/// A map from a resource handle to what it watches. Handles are small
+/// indices into the store's resource table, reused once dropped, so a
+/// vector indexed by handle does: `poll` looks up every pollable in its
+/// list on every call, and this is one bounds check where a hash map
+/// hashed each one.
+#[derive(Default)]
+struct ByHandle(Vec<Option<Watch>>);
+
+impl ByHandle {
+    fn insert(&mut self, rep: u32, watch: Watch) {
+        let index = rep as usize;
+        if index >= self.0.len() {
+            self.0.resize(index + 1, None);
+        }
+        self.0[index] = Some(watch);
+    }
+
+    fn get(&self, rep: u32) -> Option<&Watch> {
+        self.0.get(rep as usize)?.as_ref()
+    }
+
+    fn remove(&mut self, rep: u32) {
+        if let Some(slot) = self.0.get_mut(rep as usize) {
+            *slot = None;
+        }
+    }
+}
+
 impl SocketsView<'_> {
     /// Whether the host's own `pollable` is ready, registering `cx` to be
     /// woken when it may be; None for a pollable that is not the host's.
     fn poll_own(&mut self, pollable: u32, cx: &mut Context<'_>) -> wasmtime::Result<Option<bool>> {
-        let ready = match self.ctx.watched.pollables.get(&pollable) {
+        let ready = match self.ctx.watched.pollables.get(pollable) {
             Some(Watch::Readable(conn)) => conn.poll_readable(cx),
             Some(Watch::Writable(conn)) => conn.poll_writable(cx),
             Some(Watch::Socket(socket)) => {
@@ -77,34 +105,46 @@ async fn poll(
     mut view: SocketsView<'_>,
     pollables: Vec<Resource<DynPollable>>,
 ) -> wasmtime::Result<Vec<u32>> {
-    let count = pollables.len();
+    if pollables.is_empty() {
+        // The spec: poll traps on an empty list (it could never return).
+        wasmtime::bail!("empty poll list");
+    }
+    let all_own = pollables.iter().all(|p| view.ctx.watched.pollables.get(p.rep()).is_some());
+    let ready = match all_own {
+        // Every pollable is the host's: one pass asks each, leaving the
+        // task's waker with those not ready, and answers at once if any is.
+        true => poll_fn(|cx| wait_own(&mut view, &pollables, cx)).await?,
+        false => poll_mixed(&mut view, &pollables).await?,
+    };
+    if let Some(tracer) = &view.ctx.tracer {
+        tracer.poll(pollables.len(), &ready);
+    }
+    Ok(ready)
+}
+
+/// A list with others' pollables in it (a timer, stdin): the host's are
+/// asked directly and the others the ordinary way; if none is ready, the
+/// wait is wasmtime-wasi-io's.
+async fn poll_mixed(
+    view: &mut SocketsView<'_>,
+    pollables: &[Resource<DynPollable>],
+) -> wasmtime::Result<Vec<u32>> {
     let mut ready = Vec::new();
-    let mut all_own = true;
     for (index, pollable) in pollables.iter().enumerate() {
         let own = view.poll_own(pollable.rep(), &mut Context::from_waker(Waker::noop()))?;
         let now = match own {
             Some(now) => now,
-            None => {
-                all_own = false;
-                HostPollable::ready(view.table, Resource::new_borrow(pollable.rep())).await?
-            }
+            None => HostPollable::ready(view.table, Resource::new_borrow(pollable.rep())).await?,
         };
         if now {
             ready.push(u32::try_from(index)?);
         }
     }
-    if ready.is_empty() {
-        ready = match all_own {
-            // Every pollable is the host's: wait for them directly, the
-            // task's waker registered with each connection or listener.
-            true => poll_fn(|cx| wait_own(&mut view, &pollables, cx)).await?,
-            false => PollHost::poll(view.table, pollables).await?,
-        };
+    if !ready.is_empty() {
+        return Ok(ready);
     }
-    if let Some(tracer) = &view.ctx.tracer {
-        tracer.poll(count, &ready);
-    }
-    Ok(ready)
+    let borrowed = pollables.iter().map(|p| Resource::new_borrow(p.rep())).collect();
+    PollHost::poll(view.table, borrowed).await
 }
 
 fn wait_own(
@@ -136,7 +176,7 @@ pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()> {
     )?;
     io.resource("pollable", ResourceType::host::<DynPollable>(), |mut store, rep| {
         let view = store.data_mut().tcp();
-        view.ctx.watched.pollables.remove(&rep);
+        view.ctx.watched.pollables.remove(rep);
         HostPollable::drop(view.table, Resource::new_own(rep))
     })?;
 
@@ -145,7 +185,7 @@ pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()> {
         "[method]input-stream.subscribe",
         |mut store: StoreContextMut<T>, (stream,): (Resource<DynInputStream>,)| {
             let view = store.data_mut().tcp();
-            let watch = view.ctx.watched.streams.get(&stream.rep()).cloned();
+            let watch = view.ctx.watched.streams.get(stream.rep()).cloned();
             let pollable = HostInputStream::subscribe(view.table, stream)?;
             if let Some(watch) = watch {
                 view.ctx.watched.pollables.insert(pollable.rep(), watch);
@@ -157,7 +197,7 @@ pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()> {
         "[method]output-stream.subscribe",
         |mut store: StoreContextMut<T>, (stream,): (Resource<DynOutputStream>,)| {
             let view = store.data_mut().tcp();
-            let watch = view.ctx.watched.streams.get(&stream.rep()).cloned();
+            let watch = view.ctx.watched.streams.get(stream.rep()).cloned();
             let pollable = HostOutputStream::subscribe(view.table, stream)?;
             if let Some(watch) = watch {
                 view.ctx.watched.pollables.insert(pollable.rep(), watch);
@@ -171,7 +211,7 @@ pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()> {
         |mut store, rep| {
             Box::new(async move {
                 let view = store.data_mut().tcp();
-                view.ctx.watched.streams.remove(&rep);
+                view.ctx.watched.streams.remove(rep);
                 HostInputStream::drop(view.table, Resource::new_own(rep)).await
             })
         },
@@ -182,7 +222,7 @@ pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()> {
         |mut store, rep| {
             Box::new(async move {
                 let view = store.data_mut().tcp();
-                view.ctx.watched.streams.remove(&rep);
+                view.ctx.watched.streams.remove(rep);
                 HostOutputStream::drop(view.table, Resource::new_own(rep)).await
             })
         },

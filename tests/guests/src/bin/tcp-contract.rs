@@ -31,6 +31,7 @@ fn main() {
         None => run_all(),
         Some("write-over-permit") => write_over_permit(),
         Some("blocking-write-4097") => blocking_write_4097(),
+        Some("poll-empty") => poll_empty(),
         Some("serve-once") => serve_once(),
         Some(other) => panic!("unknown mode {other}"),
     }
@@ -609,6 +610,11 @@ fn blocking_write_4097() {
     let (client, _server, _listening) = pair(&net).unwrap();
     let _ = client.output.blocking_write_and_flush(&[0; 4097]);
     println!("blocking-write-and-flush of 4097 bytes did not trap");
+}
+
+fn poll_empty() {
+    let ready = poll(&[]);
+    println!("poll of an empty list did not trap: {ready:?}");
 }
 
 fn serve_once() {

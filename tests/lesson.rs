@@ -384,7 +384,7 @@ fn the_lessons_render_cleanly_as_commonmark() {
 fn run_client(server: SocketAddr, extra: &[&str]) -> (bool, String) {
     let client = test_guest("echo_client");
     let server_env = format!("SERVER_ADDR={server}");
-    let mut args = vec!["--listen", "127.0.0.1:0", "--env", &server_env];
+    let mut args = vec!["--no-listen", "--env", &server_env];
     args.extend(extra);
     args.push(client.to_str().unwrap());
     args.extend(["--", "hello", "a longer message"]);
@@ -491,7 +491,7 @@ fn exercise_3_a_half_closing_client_gets_every_byte_then_the_end() {
     let message = "x".repeat(100_000);
     for (_server, addr) in [serve_iterative(&[]), Host::serve(None)] {
         let (server_env, grant) = (format!("SERVER_ADDR={addr}"), addr.to_string());
-        let args = ["--listen", "127.0.0.1:0", "--allow-connect", &grant, "--env", &server_env];
+        let args = ["--no-listen", "--allow-connect", &grant, "--env", &server_env];
         let mut all = args.to_vec();
         all.extend([client.to_str().unwrap(), "--", &message]);
         let (status, output) = Host::start(&all).wait();

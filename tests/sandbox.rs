@@ -161,3 +161,17 @@ fn every_listen_address_is_granted_and_served_ipv4_and_ipv6() {
     }
     assert!(host.output().contains("granted: listen on 127.0.0.1:0, [::1]:0"), "{}", host.output());
 }
+
+/// `--no-listen`, for a guest that only connects out: no address to listen
+/// on and no LISTEN_ADDR, so a server's bind (here the default guest's
+/// fallback, 0.0.0.0:9000) is refused, saying what was granted.
+#[test]
+fn no_listen_leaves_nothing_to_listen_on() {
+    let (status, output) = Host::start(&["--no-listen"]).wait();
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("granted: no listen address; everything else is denied"), "{output}");
+    assert!(output.contains("guest read its environment: it sees no variables;"), "{output}");
+    let denied = "WARN denied: TCP bind to 0.0.0.0:9000 (no listen address is granted; grant it with --listen 0.0.0.0:9000)";
+    assert!(output.contains(denied), "{output}");
+    assert!(output.contains("[TCP server] bind() failed: access-denied"), "{output}");
+}

@@ -40,6 +40,12 @@ pub struct Args {
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Vec<SocketAddr>,
 
+    /// Grant no listen address at all, for a guest that only connects out
+    /// (a client): it gets no LISTEN_ADDR, and every bind and listen is
+    /// denied.
+    #[arg(long, conflicts_with = "listen")]
+    pub no_listen: bool,
+
     /// Allow outbound TCP to HOST:PORT, IP:PORT or CIDR:PORT-PORT (repeatable).
     #[arg(long, value_name = "RULE")]
     pub allow_connect: Vec<NetRule>,
@@ -151,6 +157,7 @@ impl Args {
         };
         let flags = Choices {
             listen: self.listen,
+            no_listen: self.no_listen,
             allow_connect: self.allow_connect,
             allow_client: self.allow_client,
             allow_udp: self.allow_udp,
@@ -270,6 +277,27 @@ mod tests {
             embedded.lines().map(|l| l.trim_start().to_string() + "\n").collect();
         let file: Choices = toml::from_str(&embedded).unwrap();
         assert_eq!(file.drain_timeout, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn no_listen_grants_no_address_and_sets_no_listen_addr() {
+        for s in [settings(None, &["--no-listen"]), settings(Some("no-listen = true"), &[])] {
+            let s = s.unwrap();
+            assert!(s.grants.listen.is_empty(), "{:?}", s.grants.listen);
+            assert!(s.guest_env().iter().all(|(key, _)| key != "LISTEN_ADDR"));
+            assert!(s.grants.summary().starts_with("no listen address"), "{}", s.grants.summary());
+        }
+    }
+
+    #[test]
+    fn no_listen_with_a_listen_address_is_an_error() {
+        let e = settings(None, &["--no-listen", "--listen", "127.0.0.1:9000"]).unwrap_err();
+        assert!(format!("{e}").contains("cannot be used with"), "{e}");
+        let e = settings(Some("listen = [\"127.0.0.1:9000\"]"), &["--no-listen"]).unwrap_err();
+        assert!(format!("{e}").contains("but 127.0.0.1:9000 is given too"), "{e}");
+        let handed = Args::try_parse_from(["host", "--no-listen"]).unwrap();
+        let e = handed.into_settings(&["127.0.0.1:9000".parse().unwrap()]).unwrap_err();
+        assert!(format!("{e}").contains("handed over a socket on 127.0.0.1:9000"), "{e}");
     }
 
     #[test]

@@ -111,7 +111,10 @@ impl Grants {
 
     /// One line for the start-up log: what is granted.
     pub fn summary(&self) -> String {
-        let mut parts = vec![format!("listen on {}", join(&self.listen))];
+        let mut parts = match self.listen.is_empty() {
+            true => vec!["no listen address".to_string()],
+            false => vec![format!("listen on {}", join(&self.listen))],
+        };
         if !self.clients.is_empty() {
             parts.push(format!("clients from {}", join(&self.clients)));
         }

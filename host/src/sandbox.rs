@@ -118,9 +118,12 @@ pub fn linker(engine: &Engine, settings: &Settings) -> Result<Linker<GuestState>
 
     // The guest sees only the variables the host set for it.
     let env = settings.guest_env();
-    let shown = env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ");
+    let shown = match env.is_empty() {
+        true => "no variables".to_string(),
+        false => env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ") + " only",
+    };
     linker.instance("wasi:cli/environment@0.2.12")?.func_wrap("get-environment", move |_, ()| {
-        tracing::info!(event = "environment", "guest read its environment: it sees {shown} only; the host's variables are not shared");
+        tracing::info!(event = "environment", "guest read its environment: it sees {shown}; the host's variables are not shared");
         Ok((env.clone(),))
     })?;
 

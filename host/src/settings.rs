@@ -4,7 +4,8 @@
 //! - lists (`listen`, `allow-connect`, `allow-client`, `env`, `dir`): the
 //!   file's entries, then the command line's (an `env` key given on the
 //!   command line replaces the file's);
-//! - switches (`allow-udp`, `allow-dns`, `nagle`): on if either turns them on;
+//! - switches (`no-listen`, `allow-udp`, `allow-dns`, `nagle`): on if either
+//!   turns them on (`no-listen` with a `listen` address anywhere is an error);
 //! - single values (`max-memory`, `max-connections`, `cpu-budget`,
 //!   `drain-timeout`, `restart`): the command line over the file, the file
 //!   over the default.
@@ -44,7 +45,7 @@ pub struct Settings {
     pub trace: Option<TraceDetail>,
     /// Where compiled guests are kept; `None` with `--no-cache`.
     pub cache_dir: Option<PathBuf>,
-    /// `--nagle`: leave TCP_NODELAY off on the guest's listeners.
+    /// `--nagle`: leave TCP_NODELAY off on the guest's connections.
     pub nagle: bool,
 }
 
@@ -85,6 +86,8 @@ pub struct Choices {
     #[serde(default)]
     pub listen: Vec<SocketAddr>,
     #[serde(default)]
+    pub no_listen: bool,
+    #[serde(default)]
     pub allow_connect: Vec<NetRule>,
     #[serde(default)]
     pub allow_client: Vec<IpNet>,
@@ -123,14 +126,7 @@ impl Settings {
     /// The policy file's choices combined with the command line's (`flags`),
     /// the one way the module documentation gives.
     pub fn new(run: Run, file: Choices, flags: Choices) -> Result<Settings> {
-        let mut listen = file.listen;
-        listen.extend(flags.listen);
-        if listen.is_empty() {
-            listen = run.handed.clone();
-        }
-        if listen.is_empty() {
-            listen.push(DEFAULT_LISTEN.parse()?);
-        }
+        let listen = listen_grants(&run, file.listen, flags.listen, file.no_listen || flags.no_listen)?;
         let mut env = file.env;
         env.extend(flags.env);
         let dirs = [file.dir, flags.dir].concat();
@@ -175,12 +171,15 @@ impl Settings {
         })
     }
 
-    /// The guest's environment: LISTEN_ADDR (the granted addresses), then
+    /// The guest's environment: LISTEN_ADDR (the granted addresses, if any), then
     /// what was granted with `env`. An explicit `LISTEN_ADDR` replaces the
     /// default: it changes what the guest is told, never what it may do.
     pub fn guest_env(&self) -> Vec<(String, String)> {
         let listen: Vec<String> = self.grants.listen.iter().map(ToString::to_string).collect();
-        let mut env = vec![("LISTEN_ADDR".to_string(), listen.join(","))];
+        let mut env = Vec::new();
+        if !listen.is_empty() {
+            env.push(("LISTEN_ADDR".to_string(), listen.join(",")));
+        }
         for (key, value) in &self.env {
             match env.iter_mut().find(|(k, _)| k == key) {
                 Some(existing) => existing.1 = value.clone(),
@@ -189,6 +188,34 @@ impl Settings {
         }
         env
     }
+}
+
+/// The addresses the guest may listen on: those chosen; else those of the
+/// sockets a service manager handed over; else the default; none at all
+/// with `no-listen`.
+fn listen_grants(
+    run: &Run,
+    file: Vec<SocketAddr>,
+    flags: Vec<SocketAddr>,
+    no_listen: bool,
+) -> Result<Vec<SocketAddr>> {
+    let chosen = [file, flags].concat();
+    if no_listen {
+        if let Some(addr) = chosen.first() {
+            bail!("`no-listen` grants no listen address, but {addr} is given too: choose one");
+        }
+        if let Some(addr) = run.handed.first() {
+            bail!("`no-listen` grants no listen address, but a service manager handed over a socket on {addr}");
+        }
+        return Ok(chosen);
+    }
+    if !chosen.is_empty() {
+        return Ok(chosen);
+    }
+    if !run.handed.is_empty() {
+        return Ok(run.handed.clone());
+    }
+    Ok(vec![DEFAULT_LISTEN.parse()?])
 }
 
 /// 1024, or fewer when the process may not open that many files: the cap

@@ -120,6 +120,15 @@ fn poll_of_an_empty_list_traps() {
     assert!(!output.contains("did not trap"), "{output}");
 }
 
+/// A guest that polls a zero timeout with its stream, and so never waits,
+/// still sees data arrive: the async runtime is let look for it.
+#[test]
+fn a_guest_that_never_waits_still_sees_data_arrive() {
+    let (success, output) = contract(&[], &["busy-poll"]);
+    assert!(success, "{output}");
+    assert!(output.contains("busy poll: every round saw its data"), "{output}");
+}
+
 /// Starts the contract guest's `serve-once` mode and connects to it.
 fn serve_once() -> (Host, TcpStream) {
     let guest = test_guest("tcp-contract");

@@ -68,22 +68,23 @@ async fn run_once(
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.memory);
     store.set_epoch_deadline(1);
-    match settings.limits.cpu_budget {
-        // At every epoch tick, yield to the async runtime (where the stop
-        // signal is waiting), then carry on for one more tick.
-        None => store.epoch_deadline_async_yield_and_update(1),
-        Some(budget) => {
-            let allowed = budget.as_millis() / EPOCH_TICK.as_millis();
-            let mut used = 0;
-            store.epoch_deadline_callback(move |_| {
-                used += 1;
-                if used > allowed {
-                    return Err(wasmtime::Error::new(CpuBudgetSpent(budget)));
-                }
-                Ok(UpdateDeadline::Yield(1))
-            });
+    let budget = settings.limits.cpu_budget;
+    let allowed = budget.map(|budget| budget.as_millis() / EPOCH_TICK.as_millis());
+    let mut used = 0;
+    store.epoch_deadline_callback(move |_| {
+        used += 1;
+        if let (Some(budget), Some(allowed)) = (budget, allowed) {
+            if used > allowed {
+                return Err(wasmtime::Error::new(CpuBudgetSpent(budget)));
+            }
         }
-    }
+        // At every epoch tick, yield to the async runtime (where the stop
+        // signal is waiting), then carry on for one more tick. tokio's own
+        // yield: the runtime looks for network events and signals before
+        // it resumes the guest; after a plain wake-up it would resume it
+        // at once, and look only every 61st time.
+        Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
+    });
     let command =
         pre.instantiate_async(&mut store).await.map_err(|e| guest_failure(e, store.data()))?;
     // Unconstrained: tokio's cooperative budget (128 readiness checks per

@@ -20,7 +20,7 @@
 
 use super::streams::Connection;
 use super::{HasTcp, SocketsView, TcpSocket};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use wasmtime::component::{Linker, Resource, ResourceType};
@@ -43,7 +43,17 @@ pub enum Watch {
 pub struct Watched {
     streams: ByHandle,
     pollables: ByHandle,
+    /// Polls answered without waiting, in a row.
+    answered_at_once: u32,
 }
+
+/// A guest whose polls are always answered at once (a zero timeout in the
+/// list, or a stream that is always writable) never lets the async runtime
+/// wait, and the runtime looks for network events only when it waits, or
+/// every 61st turn: so after this many such polls in a row, the next one
+/// lets it look first (tokio's `yield_now`), and what has arrived
+/// meanwhile is seen.
+const AT_ONCE_BEFORE_A_LOOK: u32 = 32;
 
 impl Watched {
     pub fn stream(&mut self, rep: u32, watch: Watch) {
@@ -109,17 +119,43 @@ async fn poll(
         // The spec: poll traps on an empty list (it could never return).
         wasmtime::bail!("empty poll list");
     }
-    let all_own = pollables.iter().all(|p| view.ctx.watched.pollables.get(p.rep()).is_some());
-    let ready = match all_own {
-        // Every pollable is the host's: one pass asks each, leaving the
-        // task's waker with those not ready, and answers at once if any is.
-        true => poll_fn(|cx| wait_own(&mut view, &pollables, cx)).await?,
-        false => poll_mixed(&mut view, &pollables).await?,
+    if view.ctx.watched.answered_at_once >= AT_ONCE_BEFORE_A_LOOK {
+        view.ctx.watched.answered_at_once = 0;
+        tokio::task::yield_now().await;
+    }
+    let mut waited = false;
+    let ready = noting_a_wait(&mut waited, answer(&mut view, &pollables)).await?;
+    view.ctx.watched.answered_at_once = match waited {
+        true => 0,
+        false => view.ctx.watched.answered_at_once + 1,
     };
     if let Some(tracer) = &view.ctx.tracer {
         tracer.poll(pollables.len(), &ready);
     }
     Ok(ready)
+}
+
+async fn answer(
+    view: &mut SocketsView<'_>,
+    pollables: &[Resource<DynPollable>],
+) -> wasmtime::Result<Vec<u32>> {
+    match pollables.iter().all(|p| view.ctx.watched.pollables.get(p.rep()).is_some()) {
+        // Every pollable is the host's: one pass asks each, leaving the
+        // task's waker with those not ready, and answers at once if any is.
+        true => poll_fn(|cx| wait_own(view, pollables, cx)).await,
+        false => poll_mixed(view, pollables).await,
+    }
+}
+
+/// `future`, noting in `waited` whether it had to wait for anything.
+async fn noting_a_wait<F: Future>(waited: &mut bool, future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    poll_fn(|cx| {
+        let poll = future.as_mut().poll(cx);
+        *waited |= poll.is_pending();
+        poll
+    })
+    .await
 }
 
 /// A list with others' pollables in it (a timer, stdin): the host's are

@@ -122,10 +122,16 @@ pub fn linker(engine: &Engine, settings: &Settings) -> Result<Linker<GuestState>
         true => "no variables".to_string(),
         false => env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ") + " only",
     };
-    linker.instance("wasi:cli/environment@0.2.12")?.func_wrap("get-environment", move |_, ()| {
-        tracing::info!(event = "environment", "guest read its environment: it sees {shown}; the host's variables are not shared");
-        Ok((env.clone(),))
-    })?;
+    linker.instance("wasi:cli/environment@0.2.12")?.func_wrap(
+        "get-environment",
+        move |_, ()| {
+            tracing::info!(
+                event = "environment",
+                "guest read its environment: it sees {shown}; the host's variables are not shared"
+            );
+            Ok((env.clone(),))
+        },
+    )?;
 
     match grants.udp {
         true => count_udp_sockets(&mut linker)?,

@@ -126,7 +126,8 @@ impl Settings {
     /// The policy file's choices combined with the command line's (`flags`),
     /// the one way the module documentation gives.
     pub fn new(run: Run, file: Choices, flags: Choices) -> Result<Settings> {
-        let listen = listen_grants(&run, file.listen, flags.listen, file.no_listen || flags.no_listen)?;
+        let listen =
+            listen_grants(&run, file.listen, flags.listen, file.no_listen || flags.no_listen)?;
         let mut env = file.env;
         env.extend(flags.env);
         let dirs = [file.dir, flags.dir].concat();

@@ -69,14 +69,11 @@ async fn run_once(
     store.limiter(|state| &mut state.memory);
     store.set_epoch_deadline(1);
     let budget = settings.limits.cpu_budget;
-    let allowed = budget.map(|budget| budget.as_millis() / EPOCH_TICK.as_millis());
     let mut used = 0;
     store.epoch_deadline_callback(move |_| {
         used += 1;
-        if let (Some(budget), Some(allowed)) = (budget, allowed) {
-            if used > allowed {
-                return Err(wasmtime::Error::new(CpuBudgetSpent(budget)));
-            }
+        if let Some(budget) = budget.filter(|b| used > b.as_millis() / EPOCH_TICK.as_millis()) {
+            return Err(wasmtime::Error::new(CpuBudgetSpent(budget)));
         }
         // At every epoch tick, yield to the async runtime (where the stop
         // signal is waiting), then carry on for one more tick. tokio's own

@@ -129,6 +129,15 @@ fn a_guest_that_never_waits_still_sees_data_arrive() {
     assert!(output.contains("busy poll: every round saw its data"), "{output}");
 }
 
+/// The host's own `write` (for its sockets' streams) leaves every other
+/// stream's to wasmtime-wasi: a guest's `write` to stdout still arrives.
+#[test]
+fn a_write_to_stdout_reaches_stdout() {
+    let (success, output) = contract(&[], &["write-stdout"]);
+    assert!(success, "{output}");
+    assert!(output.contains("written to stdout with check-write, write and flush"), "{output}");
+}
+
 /// Starts the contract guest's `serve-once` mode and connects to it.
 fn serve_once() -> (Host, TcpStream) {
     let guest = test_guest("tcp-contract");

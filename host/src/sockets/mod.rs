@@ -22,6 +22,7 @@
 //! | `addr.rs` | which addresses a socket may use |
 //! | `cap.rs` | the socket cap (`--max-connections`) |
 //! | `poll.rs` | `poll`, answered at once for the host's own pollables |
+//! | `send.rs` | `write`, sent straight from the guest's memory |
 //! | `io_trace.rs` | with `--trace`: `block` and `blocking-flush`, named |
 
 pub mod activation;
@@ -32,6 +33,7 @@ mod io_trace;
 mod listeners;
 mod options;
 mod poll;
+mod send;
 mod streams;
 mod tcp;
 mod tenant;
@@ -134,13 +136,14 @@ impl HasData for Sockets {
 
 /// Registers `wasi:sockets/tcp` and `tcp-create-socket` over the ones
 /// `wasmtime_wasi::p2::add_to_linker_async` added, and the wasi:io calls
-/// that know the host's own pollables (`poll.rs`); with `--trace`, also
+/// that know the host's own pollables and streams (`poll.rs`, `send.rs`); with `--trace`, also
 /// those the trace names (`io_trace.rs`).
 pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>, trace: bool) -> anyhow::Result<()> {
     linker.allow_shadowing(true);
     bindings::wasi::sockets::tcp::add_to_linker::<T, Sockets>(linker, T::tcp)?;
     bindings::wasi::sockets::tcp_create_socket::add_to_linker::<T, Sockets>(linker, T::tcp)?;
     poll::add_to_linker(linker)?;
+    send::add_to_linker(linker)?;
     if trace {
         io_trace::add_to_linker(linker)?;
     }

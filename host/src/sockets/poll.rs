@@ -63,6 +63,14 @@ impl Watched {
     pub fn pollable(&mut self, rep: u32, watch: Watch) {
         self.pollables.insert(rep, watch);
     }
+
+    /// The connection behind an output stream, if the stream is the host's.
+    pub fn output(&self, rep: u32) -> Option<&Arc<Connection>> {
+        match self.streams.get(rep) {
+            Some(Watch::Writable(conn)) => Some(conn),
+            _ => None,
+        }
+    }
 }
 
 /// A map from a resource handle to what it watches. Handles are small

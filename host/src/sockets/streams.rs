@@ -2,15 +2,18 @@
 //!
 //! They are wasmtime-wasi-io's `InputStream` and `OutputStream`, so the
 //! guest's `wasi:io/streams` calls reach them through the same functions as
-//! every other stream; what is ours is what happens underneath:
+//! every other stream, except `write` (`send.rs` passes the bytes where they
+//! lie in the guest's memory to [`write`]); what is ours is what happens
+//! underneath:
 //!
 //! - a read asks the system once: into a buffer that is not zeroed first,
 //!   and a read that comes back short tells the async runtime that the
 //!   socket is drained, so the next read answers "nothing yet" without
 //!   asking the system again;
 //! - a write is sent at once; only what the system does not take at once
-//!   is left to a background task, which finishes even if the guest drops
-//!   the stream (nothing the guest wrote is lost), then sends the FIN.
+//!   is copied and left to a background task, which finishes even if the
+//!   guest drops the stream (nothing the guest wrote is lost), then sends
+//!   the FIN.
 
 use super::tenant::Client;
 use crate::trace::{StreamEnd, Tracer};
@@ -20,7 +23,7 @@ use std::future::{poll_fn, Future};
 use std::io::ErrorKind;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -43,6 +46,8 @@ pub struct Connection {
     sending: AtomicBool,
     /// Who to wake when it is done (a `poll` waiting to write).
     when_sent: Mutex<Option<Waker>>,
+    /// The output stream's state.
+    output: Mutex<WriteState>,
     /// An accepted client counts for its guest instance while it lasts.
     _client: Option<Client>,
 }
@@ -55,6 +60,7 @@ impl Connection {
             write_shut: AtomicBool::new(false),
             sending: AtomicBool::new(false),
             when_sent: Mutex::new(None),
+            output: Mutex::new(WriteState::Ready { permit: 0 }),
             _client: client,
         })
     }
@@ -221,13 +227,15 @@ impl Pollable for Reader {
     }
 }
 
-/// The output stream.
+/// The output stream: a handle on its connection's sending side. The
+/// guest's `write` reaches the sending side without it (`send.rs`), so
+/// its state lives in the connection.
 pub struct Writer {
     conn: Arc<Connection>,
-    state: WriteState,
     tracer: Option<Tracer>,
 }
 
+/// The sending side of a connection.
 enum WriteState {
     /// May write up to `permit` bytes (granted by the last check-write).
     Ready {
@@ -240,20 +248,16 @@ enum WriteState {
     Closed,
 }
 
-impl Writer {
-    pub fn new(conn: Arc<Connection>, tracer: Option<Tracer>) -> Self {
-        Writer { conn, state: WriteState::Ready { permit: 0 }, tracer }
-    }
-
+impl WriteState {
     /// Settles a finished background send; Pending while it runs.
     fn poll_sent(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if let WriteState::Sending(task) = &mut self.state {
+        if let WriteState::Sending(task) = self {
             let outcome = match std::pin::Pin::new(task).poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(outcome)) => outcome,
                 Poll::Ready(Err(join)) => Err(std::io::Error::other(join)),
             };
-            self.state = match outcome {
+            *self = match outcome {
                 Ok(()) => WriteState::Ready { permit: 0 },
                 Err(e) => WriteState::Failed(e),
             };
@@ -262,71 +266,94 @@ impl Writer {
     }
 
     /// The error to report now, if the stream can no longer be written.
-    fn check_open(&mut self) -> StreamResult<()> {
-        if self.conn.write_shut.load(SeqCst) {
-            self.state = WriteState::Closed;
+    fn check_open(&mut self, conn: &Connection) -> StreamResult<()> {
+        let _ = self.poll_sent(&mut noop_context());
+        if conn.write_shut.load(SeqCst) {
+            *self = WriteState::Closed;
         }
-        match std::mem::replace(&mut self.state, WriteState::Closed) {
+        match std::mem::replace(self, WriteState::Closed) {
             WriteState::Failed(e) => Err(failure(e)),
             WriteState::Closed => Err(StreamError::Closed),
             open => {
-                self.state = open;
+                *self = open;
                 Ok(())
             }
         }
     }
+}
 
-    fn check_write_now(&mut self) -> StreamResult<usize> {
-        let _ = self.poll_sent(&mut noop_context());
-        self.check_open()?;
-        let WriteState::Ready { permit } = &mut self.state else { return Ok(0) };
-        let writable = self.conn.stream.poll_write_ready(&mut noop_context()).is_ready();
+impl Connection {
+    fn output(&self) -> MutexGuard<'_, WriteState> {
+        self.output.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check_write_now(&self) -> StreamResult<usize> {
+        let mut state = self.output();
+        state.check_open(self)?;
+        let WriteState::Ready { permit } = &mut *state else { return Ok(0) };
+        let writable = self.stream.poll_write_ready(&mut noop_context()).is_ready();
         *permit = if writable { MAX_CHUNK } else { 0 };
         Ok(*permit)
     }
 
-    fn write_now(&mut self, mut bytes: Bytes) -> StreamResult<()> {
-        let _ = self.poll_sent(&mut noop_context());
-        self.check_open()?;
-        match &mut self.state {
+    /// send() of `bytes`, at once; what the system does not take is copied
+    /// for a background task to send.
+    fn write_now(self: &Arc<Self>, bytes: &[u8]) -> StreamResult<()> {
+        let mut state = self.output();
+        state.check_open(self)?;
+        match &mut *state {
             WriteState::Ready { permit } if bytes.len() <= *permit => *permit = 0,
             _ => return Err(StreamError::trap("write of more bytes than check-write allowed")),
         }
         if bytes.is_empty() {
             return Ok(());
         }
-        match self.conn.stream.try_write(&bytes) {
+        let rest = match self.stream.try_write(bytes) {
             Ok(n) if n == bytes.len() => return Ok(()),
-            Ok(n) => drop(bytes.split_to(n)),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Ok(n) => &bytes[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock => bytes,
             Err(e) => return Err(failure(e)),
-        }
-        self.conn.sending.store(true, SeqCst);
-        let conn = Arc::clone(&self.conn);
-        self.state = WriteState::Sending(tokio::spawn(async move {
-            let result = send_all(&conn.stream, bytes).await;
+        };
+        self.sending.store(true, SeqCst);
+        let (conn, rest) = (Arc::clone(self), Bytes::copy_from_slice(rest));
+        *state = WriteState::Sending(tokio::spawn(async move {
+            let result = send_all(&conn.stream, rest).await;
             conn.sent_all();
             result
         }));
         Ok(())
     }
+
+    /// Bytes go to the system as they are written: a flush has nothing to
+    /// hurry, only an error to report.
+    fn flush_now(&self) -> StreamResult<()> {
+        self.output().check_open(self)
+    }
+}
+
+/// The guest's `write` on one of the host's streams (`send.rs` passes the
+/// bytes where they lie in the guest's memory), traced.
+pub fn write(conn: &Arc<Connection>, tracer: Option<Tracer>, bytes: &[u8]) -> StreamResult<()> {
+    let shown = tracer.map(|t| t.bytes(bytes));
+    let result = conn.write_now(bytes);
+    if let Some(tracer) = tracer {
+        tracer.send("write", bytes.len(), shown.unwrap_or_default(), write_outcome(&result));
+    }
+    result
 }
 
 impl Writer {
-    /// Bytes go to the system as they are written: a flush has nothing to
-    /// hurry, only an error to report.
-    fn flush_now(&mut self) -> StreamResult<()> {
-        let _ = self.poll_sent(&mut noop_context());
-        self.check_open()
+    pub fn new(conn: Arc<Connection>, tracer: Option<Tracer>) -> Self {
+        Writer { conn, tracer }
     }
 
     async fn write_all_now(&mut self, mut bytes: Bytes) -> StreamResult<()> {
         while !bytes.is_empty() {
             let permit = self.write_ready().await?;
-            self.write_now(bytes.split_to(permit.min(bytes.len())))?;
+            self.conn.write_now(&bytes.split_to(permit.min(bytes.len())))?;
         }
         // A stream the peer closed meanwhile is not a failure of this call.
-        match self.flush_now() {
+        match self.conn.flush_now() {
             Ok(()) | Err(StreamError::Closed) => {}
             Err(e) => return Err(e),
         }
@@ -361,18 +388,14 @@ fn failure(e: std::io::Error) -> StreamError {
 
 #[async_trait::async_trait]
 impl OutputStream for Writer {
+    /// Reached by wasmtime-wasi-io's `splice`; the guest's own `write`
+    /// comes through `send.rs`.
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        let len = bytes.len();
-        let shown = self.tracer.as_ref().map(|t| t.bytes(&bytes));
-        let result = self.write_now(bytes);
-        if let Some(tracer) = &self.tracer {
-            tracer.send("write", len, shown.unwrap_or_default(), write_outcome(&result));
-        }
-        result
+        write(&self.conn, self.tracer, &bytes)
     }
 
     fn flush(&mut self) -> StreamResult<()> {
-        let result = self.flush_now();
+        let result = self.conn.flush_now();
         if let Some(tracer) = &self.tracer {
             tracer.flush(write_outcome(&result));
         }
@@ -380,7 +403,7 @@ impl OutputStream for Writer {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        let result = self.check_write_now();
+        let result = self.conn.check_write_now();
         if let Some(tracer) = &self.tracer {
             tracer.check_write(write_outcome(&result).map(|()| *result.as_ref().unwrap_or(&0)));
         }
@@ -392,7 +415,7 @@ impl OutputStream for Writer {
     async fn write_ready(&mut self) -> StreamResult<usize> {
         loop {
             self.ready().await;
-            match self.check_write_now()? {
+            match self.conn.check_write_now()? {
                 0 => continue,
                 n => return Ok(n),
             }
@@ -424,8 +447,9 @@ fn write_outcome<T>(result: &StreamResult<T>) -> Result<(), StreamEnd<'_>> {
 #[async_trait::async_trait]
 impl Pollable for Writer {
     async fn ready(&mut self) {
-        poll_fn(|cx| self.poll_sent(cx)).await;
-        if matches!(self.state, WriteState::Ready { .. }) && !self.conn.write_shut.load(SeqCst) {
+        poll_fn(|cx| self.conn.output().poll_sent(cx)).await;
+        let open = matches!(*self.conn.output(), WriteState::Ready { .. });
+        if open && !self.conn.write_shut.load(SeqCst) {
             let _ = self.conn.stream.writable().await;
         }
     }

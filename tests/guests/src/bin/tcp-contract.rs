@@ -6,8 +6,8 @@
 //! for 127.0.0.1:* and [::1]:*; it prints `ok NAME` or `FAIL NAME: why` per check and
 //! exits 1 if any failed. With an argument it does one thing instead:
 //! `write-over-permit` and `blocking-write-4097` break a rule the spec says
-//! traps; `serve-once` accepts one client on LISTEN_ADDR and reports how its
-//! input stream ended.
+//! traps; `write-stdout` writes to stdout with `write`; `serve-once`
+//! accepts one client on LISTEN_ADDR and reports how its input stream ended.
 
 use std::net::{IpAddr, SocketAddr};
 use wasi::clocks::monotonic_clock::subscribe_duration;
@@ -33,6 +33,7 @@ fn main() {
         Some("blocking-write-4097") => blocking_write_4097(),
         Some("poll-empty") => poll_empty(),
         Some("busy-poll") => busy_poll(),
+        Some("write-stdout") => write_stdout(),
         Some("serve-once") => serve_once(),
         Some(other) => panic!("unknown mode {other}"),
     }
@@ -611,6 +612,18 @@ fn blocking_write_4097() {
     let (client, _server, _listening) = pair(&net).unwrap();
     let _ = client.output.blocking_write_and_flush(&[0; 4097]);
     println!("blocking-write-and-flush of 4097 bytes did not trap");
+}
+
+/// `write` to a stream that is not a socket's (the host sends socket
+/// writes from the guest's memory itself, and leaves the others to
+/// wasmtime-wasi): check-write, write and flush on stdout.
+fn write_stdout() {
+    let stdout = wasi::cli::stdout::get_stdout();
+    let line = b"written to stdout with check-write, write and flush\n";
+    let permit = stdout.check_write().expect("check-write on stdout");
+    assert!(permit >= line.len() as u64, "stdout permits only {permit} bytes");
+    stdout.write(line).expect("write on stdout");
+    stdout.blocking_flush().expect("flush of stdout");
 }
 
 fn poll_empty() {

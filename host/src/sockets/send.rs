@@ -1,0 +1,43 @@
+//! send(): `wasi:io/streams.output-stream.write`, straight from the
+//! guest's memory for the host's own TCP streams.
+//!
+//! wasmtime-wasi-io's `write` copies the guest's bytes into a new vector
+//! before the stream sees them. The host's TCP streams hand bytes to the
+//! system at once, so for them that copy (and its allocation) is waste: the
+//! host's `write` sends from the guest's memory where the bytes lie, and
+//! copies only what the system does not take at once (for the background
+//! send, `streams.rs`). A write to any other stream (stdout, a file) is
+//! wasmtime-wasi-io's, as before.
+
+use super::{streams, HasTcp};
+use wasmtime::component::{Linker, Resource, WasmList};
+use wasmtime::StoreContextMut;
+use wasmtime_wasi::p2::bindings::io::streams::{Host as StreamsHost, HostOutputStream};
+use wasmtime_wasi::p2::DynOutputStream;
+
+pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()> {
+    linker.instance("wasi:io/streams@0.2.12")?.func_wrap(
+        "[method]output-stream.write",
+        |mut store: StoreContextMut<T>,
+         (stream, contents): (Resource<DynOutputStream>, WasmList<u8>)| {
+            let view = store.data_mut().tcp();
+            let result = match view.ctx.watched.output(stream.rep()).cloned() {
+                Some(conn) => {
+                    let tracer = view.ctx.tracer;
+                    streams::write(&conn, tracer, contents.as_le_slice(&store))
+                }
+                None => {
+                    let bytes = contents.as_le_slice(&store).to_vec();
+                    HostOutputStream::write(store.data_mut().tcp().table, stream, bytes)
+                }
+            };
+            let result = match result {
+                Ok(()) => Ok(()),
+                // A trap stays a trap; a failure becomes the guest's `error`.
+                Err(e) => Err(StreamsHost::convert_stream_error(store.data_mut().tcp().table, e)?),
+            };
+            Ok((result,))
+        },
+    )?;
+    Ok(())
+}

@@ -46,6 +46,9 @@ fn idle_connections_cost_no_cpu() {
             client
         })
         .collect();
+    // The log's last summary of accepted clients is written when its
+    // second is over (a timer): wait for it, then for the host to idle.
+    host.wait_for_total("guest accepted a client", "accepted clients", 100);
     host.wait_until_idle();
     let (cpu, wakeups) = (host.cpu_time(), host.wakeups());
     // Not a wait for something to happen: the window in which nothing should.

@@ -75,7 +75,7 @@ fn a_guest_creating_sockets_without_end_is_refused_at_the_cap() {
     assert!(output.contains("refused after 50 sockets: new-socket-limit"), "{output}");
     assert!(
         output.contains(
-            "refused: a new TCP socket: the guest already holds 50 sockets (--max-connections 50)"
+            "refused: a new TCP socket: the guests already hold 50 sockets (--max-connections 50)"
         ),
         "{output}"
     );
@@ -191,11 +191,12 @@ fn a_guest_that_keeps_failing_is_given_up_on() {
     );
 }
 
+/// With `--log-format json`, stderr holds nothing but JSON objects, one a
+/// line: the events of a run (the guest's own stderr among them), and the
+/// error a host exits with, a trap's backtrace as a field of it.
 #[test]
-fn with_json_logs_every_host_line_is_one_json_object() {
-    let mut cmd = host_command();
-    cmd.args(["--log-format", "json", "--listen", "127.0.0.1:0"]);
-    let host = Host::start_command(&mut cmd);
+fn with_json_logs_stderr_is_one_json_object_per_line_and_nothing_else() {
+    let host = json_host(&["--listen", "127.0.0.1:0"]);
     let addr = host.listen_addr_json();
     assert_echoes(addr, b"audit me");
     reset(connect(addr));
@@ -203,22 +204,57 @@ fn with_json_logs_every_host_line_is_one_json_object() {
     host.signal(libc::SIGTERM);
     let (status, output) = host.wait();
     assert!(status.success());
-    let mut events = Vec::new();
-    for line in output.lines().filter(|l| l.starts_with('{')) {
+    let events = parse_every_line(&output);
+    for expected in ["environment", "bind", "listen", "accept", "stop"] {
+        assert!(events.iter().any(|e| e["event"] == expected), "no {expected} event in {output}");
+    }
+
+    // A guest that traps: its panic message (its stderr) and the host's
+    // error, with the wasm backtrace as a field.
+    let (status, output) = json_host(&["--listen", "127.0.0.1:0", &guest("trap")]).wait();
+    assert!(!status.success());
+    let events = parse_every_line(&output);
+    let panicked = |e: &&serde_json::Value| {
+        e["event"] == "guest-stderr" && e["message"].as_str().unwrap().contains("panicked at")
+    };
+    assert!(events.iter().any(|e| panicked(&e)), "the guest's stderr is missing\n{output}");
+    let exit = events.last().unwrap();
+    assert_eq!(exit["event"], "exit", "{output}");
+    assert!(exit["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("wasi-tcp-host: error: the guest trapped"));
+    assert!(exit["backtrace"].as_str().unwrap().contains("fail_on_purpose"), "{output}");
+
+    // An error before any guest runs.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let (status, output) = json_host(&["--listen", &taken]).wait();
+    assert!(!status.success());
+    let events = parse_every_line(&output);
+    assert_eq!(events.len(), 1, "{output}");
+    assert!(events[0]["message"].as_str().unwrap().contains("already in use"), "{output}");
+}
+
+/// A host with JSON logs whose stdout (the guest's) goes nowhere, so that
+/// the output collected is its stderr alone.
+fn json_host(args: &[&str]) -> Host {
+    let mut cmd = host_command();
+    cmd.arg("--log-format").arg("json").args(args).stdout(std::process::Stdio::null());
+    Host::start_command(&mut cmd)
+}
+
+/// Every line parsed as a JSON object with a timestamp, a level and a
+/// message; a line that is not fails the test.
+fn parse_every_line(output: &str) -> Vec<serde_json::Value> {
+    let parse = |line: &str| {
         let value: serde_json::Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        assert!(
-            value["timestamp"].is_string()
-                && value["level"].is_string()
-                && value["message"].is_string()
-        );
-        if let Some(event) = value["event"].as_str() {
-            events.push(event.to_string());
-        }
-    }
-    for expected in ["environment", "bind", "listen", "accept"] {
-        assert!(events.iter().any(|e| e == expected), "no {expected} event in {events:?}");
-    }
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let fields = ["timestamp", "level", "message"];
+        assert!(fields.iter().all(|f| value[f].is_string()), "{line}");
+        value
+    };
+    output.lines().map(parse).collect()
 }
 
 /// The other audit events, as JSON, each with the address it was about.

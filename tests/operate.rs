@@ -104,12 +104,15 @@ fn sighup_swaps_the_guest_without_closing_the_port() {
 /// `socket` passed the way systemd passes one: as descriptor 3, with
 /// LISTEN_FDS=1 and LISTEN_PID (the shell that execs the host keeps its pid).
 fn handed(socket: &impl AsRawFd, args: &[&str]) -> Host {
+    handed_saying(socket, 1, args)
+}
+
+/// The same, with LISTEN_FDS saying `count` descriptors were passed.
+fn handed_saying(socket: &impl AsRawFd, count: usize, args: &[&str]) -> Host {
     let fd = socket.as_raw_fd();
     let mut cmd = Command::new("sh");
-    prepare(&mut cmd)
-        .env_remove("LISTEN_FDNAMES")
-        .args(["-c", "LISTEN_FDS=1 LISTEN_PID=$$ exec \"$0\" \"$@\"", HOST_BIN])
-        .args(args);
+    let script = format!("LISTEN_FDS={count} LISTEN_PID=$$ exec \"$0\" \"$@\"");
+    prepare(&mut cmd).env_remove("LISTEN_FDNAMES").args(["-c", &script, HOST_BIN]).args(args);
     // SAFETY: between fork and exec, in the child: dup2 and fcntl only.
     unsafe {
         cmd.pre_exec(move || {
@@ -166,6 +169,17 @@ fn a_handed_descriptor_that_is_not_a_listening_tcp_socket_is_a_clear_error() {
         let expected = "wasi-tcp-host: error: descriptor 3, passed by the service manager, is not a listening TCP socket";
         assert_eq!(output.trim(), expected);
     }
+}
+
+/// LISTEN_FDS counting a descriptor that is not open: an error, and the
+/// host never takes that number for its own.
+#[test]
+fn a_handed_descriptor_that_is_not_open_is_a_clear_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (status, output) = handed_saying(&listener, 2, &[]).wait();
+    assert!(!status.success(), "{output}");
+    let expected = "wasi-tcp-host: error: descriptor 4, counted in LISTEN_FDS by the service manager, is not open";
+    assert_eq!(output.trim(), expected);
 }
 
 #[test]

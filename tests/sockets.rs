@@ -158,6 +158,29 @@ fn a_reset_ends_the_input_stream_with_last_operation_failed() {
     assert!(line.contains("last-operation-failed (Connection reset by peer"), "{line}");
 }
 
+/// After a write fails, the output stream is closed: the next call says
+/// so, and grants no more room to write.
+#[test]
+fn after_a_failed_write_the_output_stream_is_closed() {
+    let guest = test_guest("tcp-contract");
+    let host = Host::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        guest.to_str().unwrap(),
+        "--",
+        "write-after-reset",
+    ]);
+    let mut client = connect(host.listen_addr());
+    client.write_all(b"x").unwrap();
+    host.wait_for("got a byte");
+    socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO)).unwrap();
+    drop(client);
+    let failure = host.wait_for("the first failure: ");
+    assert!(failure.contains("last-operation-failed (Connection reset by peer"), "{failure}");
+    let next = host.wait_for("then check-write: ");
+    assert!(next.ends_with("then check-write: Err(\"closed\")"), "{next}");
+}
+
 #[test]
 fn a_close_ends_the_input_stream_with_closed() {
     let (host, mut client) = serve_once();

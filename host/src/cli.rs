@@ -93,6 +93,19 @@ pub struct Args {
     #[arg(long, value_name = "DURATION")]
     pub cpu_budget: Option<humantime::Duration>,
 
+    /// Close a client's connection when nothing has been received from it
+    /// or sent to it for this long, e.g. 5m; the guest reads the end of the
+    /// stream (`closed`) [default: none: an idle client stays, and holds
+    /// a place under --max-connections].
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<humantime::Duration>,
+
+    /// When the guest has let go of a connection with bytes still on their
+    /// way to a client that does not read them, how long the host goes on
+    /// trying before it resets the connection, e.g. 10s [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub send_timeout: Option<humantime::Duration>,
+
     /// On SIGHUP the guest is swapped for a freshly loaded one; the old
     /// instance serves its clients until they leave, or this long, e.g. 30s
     /// [default: 30s].
@@ -168,6 +181,8 @@ impl Args {
             max_memory: self.max_memory,
             max_connections: self.max_connections,
             cpu_budget: self.cpu_budget.map(Into::into),
+            idle_timeout: self.idle_timeout.map(Into::into),
+            send_timeout: self.send_timeout.map(Into::into),
             drain_timeout: self.drain_timeout.map(Into::into),
             restart: self.restart,
         };
@@ -224,6 +239,8 @@ mod tests {
         assert!(!s.nagle, "TCP_NODELAY is on by default");
         assert_eq!(s.limits.max_memory, DEFAULT_MAX_MEMORY);
         assert_eq!(s.restart, Restart::Never);
+        assert_eq!(s.limits.idle_timeout, None, "idle clients are held by default");
+        assert_eq!(s.limits.send_timeout, Duration::from_secs(30));
         assert_eq!(s.guest_env(), vec![("LISTEN_ADDR".to_string(), DEFAULT_LISTEN.to_string())]);
     }
 
@@ -238,6 +255,8 @@ mod tests {
             max-memory = "32MiB"
             max-connections = 10
             cpu-budget = "5m"
+            idle-timeout = "2m"
+            send-timeout = "10s"
             restart = "on-failure"
         "#;
         let s = settings(
@@ -250,6 +269,8 @@ mod tests {
                 "--max-connections",
                 "20",
                 "--allow-dns",
+                "--idle-timeout",
+                "90s",
             ],
         )
         .unwrap();
@@ -261,6 +282,8 @@ mod tests {
         assert_eq!(s.limits.max_memory, Size(32 << 20));
         assert_eq!(s.limits.max_connections, 20);
         assert_eq!(s.limits.cpu_budget, Some(Duration::from_secs(300)));
+        assert_eq!(s.limits.idle_timeout, Some(Duration::from_secs(90)), "the flag over the file");
+        assert_eq!(s.limits.send_timeout, Duration::from_secs(10));
         assert_eq!(s.restart, Restart::OnFailure);
         assert_eq!(s.guest_env()[0].1, "0.0.0.0:9000,[::]:9000");
     }
@@ -277,6 +300,9 @@ mod tests {
             embedded.lines().map(|l| l.trim_start().to_string() + "\n").collect();
         let file: Choices = toml::from_str(&embedded).unwrap();
         assert_eq!(file.drain_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(file.idle_timeout, Some(Duration::from_secs(300)));
+        let shipped: Choices = toml::from_str(include_str!("../../deploy/policy.toml")).unwrap();
+        assert_eq!(shipped.idle_timeout, Some(Duration::from_secs(300)));
     }
 
     #[test]

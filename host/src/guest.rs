@@ -18,6 +18,22 @@ pub fn name(path: Option<&Path>) -> String {
     }
 }
 
+/// Loads (compiles, or takes from the cache) the guest. Compiling a large
+/// guest takes seconds: it runs off the async runtime's thread, so that
+/// the host keeps serving, and a stop request is honoured at once,
+/// meanwhile.
+pub async fn load_in_background(
+    engine: &Engine,
+    path: Option<&Path>,
+    cache: Option<&Path>,
+) -> Result<Component> {
+    let engine = engine.clone();
+    let (path, cache) = (path.map(Path::to_path_buf), cache.map(Path::to_path_buf));
+    let loading =
+        tokio::task::spawn_blocking(move || load(&engine, path.as_deref(), cache.as_deref()));
+    loading.await.context("loading the guest")?
+}
+
 /// Loads the guest to run. A file is compiled, or its compiled code is
 /// taken from `cache` (see `cache.rs`) when an earlier run left it there.
 pub fn load(engine: &Engine, path: Option<&Path>, cache: Option<&Path>) -> Result<Component> {

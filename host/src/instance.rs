@@ -3,15 +3,15 @@
 //! during a swap an old instance serves its clients beside the new one.
 
 use crate::epoch::EPOCH_TICK;
-use crate::policy::Grants;
-use crate::sandbox::GuestState;
-use crate::settings::Settings;
-use crate::sockets::{Listeners, Tenant};
+use crate::limits;
+use crate::log_limit::Kind;
+use crate::sandbox::{self, GuestState, Sandbox};
+use crate::sockets::Tenant;
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, Linker, ResourceTableError};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::I32Exit;
@@ -19,10 +19,7 @@ use wasmtime_wasi::I32Exit;
 /// What every instance of the guest is made with.
 pub struct Shared {
     pub engine: Engine,
-    pub settings: Arc<Settings>,
-    pub grants: Arc<Grants>,
-    pub listeners: Arc<Listeners>,
-    pub argv: Vec<String>,
+    pub sandbox: Sandbox,
 }
 
 /// A running guest instance: a task of its own, stopped when dropped.
@@ -63,12 +60,18 @@ async fn run_once(
     pre: CommandPre<GuestState>,
     tenant: Arc<Tenant>,
 ) -> Result<()> {
-    let Shared { engine, settings, grants, listeners, argv } = &*shared;
-    let state = GuestState::new(settings, grants, listeners, tenant, argv)?;
+    let Shared { engine, sandbox } = &*shared;
+    let limits = sandbox.settings.limits;
+    let state = GuestState::new(sandbox, tenant)?;
     let mut store = Store::new(engine, state);
-    store.limiter(|state| &mut state.memory);
+    store.limiter(|state| &mut state.limits);
+    // The guest's handles, of the host's resources and of its own
+    // (`resource.new`), and those it lends for a call: a bound above the
+    // host's resource table, so that the table's (with its clear message)
+    // is the one a guest meets first.
+    store.set_max_component_handles(2 * sandbox::table_capacity(limits.max_connections));
     store.set_epoch_deadline(1);
-    let budget = settings.limits.cpu_budget;
+    let budget = limits.cpu_budget;
     let mut used = 0;
     store.epoch_deadline_callback(move |_| {
         used += 1;
@@ -83,7 +86,7 @@ async fn run_once(
         Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
     });
     let command =
-        pre.instantiate_async(&mut store).await.map_err(|e| guest_failure(e, store.data()))?;
+        pre.instantiate_async(&mut store).await.map_err(|e| guest_failure(e, store.data_mut()))?;
     // Unconstrained: tokio's cooperative budget (128 readiness checks per
     // turn) would make one `poll` over more connections than that report
     // the rest as not ready.
@@ -93,7 +96,7 @@ async fn run_once(
         Ok(Err(())) => bail!("the guest exited with an error (its `run` returned `err`)"),
         Err(e) => match e.downcast_ref::<I32Exit>() {
             Some(I32Exit(0)) => Ok(()),
-            _ => Err(guest_failure(e, store.data())),
+            _ => Err(guest_failure(e, store.data_mut())),
         },
     }
 }
@@ -124,13 +127,27 @@ pub fn command_pre(
 }
 
 /// Why the guest stopped, in words: its exit status, the limit it hit, or
-/// its trap with the guest's (not the host's) backtrace.
-fn guest_failure(e: wasmtime::Error, state: &GuestState) -> anyhow::Error {
+/// its trap with the guest's (not the host's) backtrace, on the lines after
+/// the first.
+fn guest_failure(e: wasmtime::Error, state: &mut GuestState) -> anyhow::Error {
     if let Some(exit) = e.downcast_ref::<I32Exit>() {
         return anyhow::anyhow!("the guest exited with status {}", exit.0);
     }
     if let Some(spent) = e.downcast_ref::<CpuBudgetSpent>() {
         return anyhow::anyhow!("the guest used up its CPU budget of {:?} (--cpu-budget)", spent.0);
+    }
+    if e.chain().any(|cause| cause.downcast_ref::<ResourceTableError>().is_some()) {
+        return table_full(state);
+    }
+    // wasmtime's words when a count in `limits.rs` is passed.
+    if e.to_string().starts_with("resource limit exceeded") {
+        return anyhow::anyhow!(
+            "the guest was refused: {e} (a guest may create at most {} core instances, {} \
+             memories and {} tables)",
+            limits::MAX_INSTANCES,
+            limits::MAX_MEMORIES,
+            limits::MAX_TABLES
+        );
     }
     let trap = match e.downcast_ref::<Trap>() {
         Some(trap) => trap.to_string(),
@@ -139,10 +156,10 @@ fn guest_failure(e: wasmtime::Error, state: &GuestState) -> anyhow::Error {
         // leaves a wasm backtrace too: report it as the trap it is.
         None if e.downcast_ref::<WasmBacktrace>().is_some() => e.root_cause().to_string(),
         None => {
-            let failed = match state.memory.reached {
+            let failed = match state.limits.reached {
                 true => format!(
                     "the guest needs more memory than --max-memory {} allows",
-                    state.memory.max()
+                    state.limits.max_memory()
                 ),
                 false => "the guest failed".to_string(),
             };
@@ -162,12 +179,28 @@ fn guest_failure(e: wasmtime::Error, state: &GuestState) -> anyhow::Error {
         }
         None => (String::new(), String::new()),
     };
-    let why = if state.memory.reached {
-        format!(" after reaching its memory limit of {} (--max-memory)", state.memory.max())
+    let why = if state.limits.reached {
+        format!(" after reaching its memory limit of {} (--max-memory)", state.limits.max_memory())
     } else {
         String::new()
     };
     anyhow::anyhow!("the guest trapped{why}: {trap}{trapped_in}\n{backtrace}")
+}
+
+/// The guest filled its resource table: it is stopped (a full table is a
+/// trap wherever a handle is made), with one line that names the limit.
+fn table_full(state: &mut GuestState) -> anyhow::Error {
+    static FULL: Kind = Kind::warn("guests stopped at their handle limit");
+    let (held, max) = state.handles();
+    let (per_socket, besides) = (sandbox::HANDLES_PER_SOCKET, sandbox::HANDLES_BESIDES);
+    let why = format!(
+        "the guest holds {held} handles (sockets, streams, pollables, ...), the most it may \
+         ({max}: {per_socket} for each socket --max-connections allows, and {besides} more)"
+    );
+    if FULL.admit() {
+        tracing::warn!(event = "limit", "refused: {why}");
+    }
+    anyhow::anyhow!("the guest was stopped: {why}")
 }
 
 #[derive(Debug)]

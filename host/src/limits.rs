@@ -1,62 +1,142 @@
-//! The guest's memory limit (`--max-memory`). The socket cap is the
-//! sockets layer's (`sockets/cap.rs`); the CPU budget is `run.rs`'s.
+//! What a guest instance may allocate, as totals over everything it
+//! creates: `--max-memory` bounds the sum of all its linear memories (a
+//! component may have several, in several core instances), table entries
+//! are bounded the same way, and the number of core instances, memories
+//! and tables is small and fixed. The socket cap is the sockets layer's
+//! (`sockets/cap.rs`); the resource table's capacity is the sandbox's; the
+//! CPU budget is `instance.rs`'s.
 
+use crate::log_limit::Kind;
 use crate::settings::Size;
 use wasmtime::ResourceLimiter;
 
-/// Guards the guest's linear memory (and tables). wasmtime asks before
-/// every growth; refusing makes the guest's `memory.grow` fail, which a
-/// Rust guest turns into an allocation failure and a trap.
-pub struct MemoryLimit {
-    max: Size,
+/// Core module instances a guest may create. Measured: a Rust guest makes
+/// 3, a JavaScript one (componentize-js) 4, a Python one (componentize-py)
+/// 14; each costs the host some bookkeeping outside the guest's memory.
+pub const MAX_INSTANCES: usize = 32;
+/// Linear memories a guest may create (each of those guests has 1). Each
+/// reserves address space (not memory) for its guard regions, so the
+/// count is kept small.
+pub const MAX_MEMORIES: usize = 8;
+/// Tables a guest may create (each of those guests has 2).
+pub const MAX_TABLES: usize = 32;
+/// Table entries (function references), over all of a guest's tables: at
+/// most 16 bytes each in the host's memory, so 16 MiB in all.
+pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+static MEMORY_REFUSED: Kind = Kind::warn("refused memory growths");
+
+/// A guest's memory and tables, counted against their totals. wasmtime
+/// asks before every memory or table is created or grows; refusing makes
+/// the guest's `memory.grow` fail, which a Rust guest turns into an
+/// allocation failure and a trap.
+pub struct GuestLimits {
+    max_memory: Size,
+    /// Bytes of linear memory the guest has, over all its memories.
+    memory: u64,
+    /// Table entries, over all its tables.
+    table_elements: usize,
+    /// What the last allowed growth added, taken back if it then fails.
+    last_growth: Growth,
     /// Set once a growth was refused, so that a later trap can say why.
     pub reached: bool,
 }
 
-/// Most table entries a guest may have (function references); a generous
-/// cap that only a guest growing tables without end meets.
-const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+#[derive(Clone, Copy)]
+enum Growth {
+    None,
+    Memory(u64),
+    Table(usize),
+}
 
-impl MemoryLimit {
-    pub fn new(max: Size) -> Self {
-        MemoryLimit { max, reached: false }
+impl GuestLimits {
+    pub fn new(max_memory: Size) -> Self {
+        GuestLimits {
+            max_memory,
+            memory: 0,
+            table_elements: 0,
+            last_growth: Growth::None,
+            reached: false,
+        }
     }
 
-    pub fn max(&self) -> Size {
-        self.max
+    pub fn max_memory(&self) -> Size {
+        self.max_memory
+    }
+
+    /// The guest's linear memory, over all its memories, in bytes.
+    #[cfg(test)]
+    pub fn memory(&self) -> u64 {
+        self.memory
     }
 }
 
-impl ResourceLimiter for MemoryLimit {
+impl ResourceLimiter for GuestLimits {
     fn memory_growing(
         &mut self,
         current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired as u64 <= self.max.0 {
+        let added = desired.saturating_sub(current) as u64;
+        let total = self.memory.saturating_add(added);
+        if total <= self.max_memory.0 {
+            self.memory = total;
+            self.last_growth = Growth::Memory(added);
             return Ok(true);
         }
-        if !self.reached {
+        if !self.reached && MEMORY_REFUSED.admit() {
             tracing::warn!(
                 event = "limit",
-                "refused: the guest asked to grow its memory from {} to {} bytes; its limit is {} (--max-memory)",
-                current,
-                desired,
-                self.max
+                "refused: the guest asked to grow its memory by {added} bytes, to {total} bytes \
+                 over all its memories; its limit is {} (--max-memory)",
+                self.max_memory
             );
         }
         self.reached = true;
         Ok(false)
     }
 
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        if let Growth::Memory(added) = std::mem::replace(&mut self.last_growth, Growth::None) {
+            self.memory -= added;
+        }
+        Ok(())
+    }
+
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        let added = desired.saturating_sub(current);
+        let total = self.table_elements.saturating_add(added);
+        if total > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.table_elements = total;
+        self.last_growth = Growth::Table(added);
+        Ok(true)
+    }
+
+    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        if let Growth::Table(added) = std::mem::replace(&mut self.last_growth, Growth::None) {
+            self.table_elements -= added;
+        }
+        Ok(())
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
     }
 }
 
@@ -64,12 +144,37 @@ impl ResourceLimiter for MemoryLimit {
 mod tests {
     use super::*;
 
+    const MIB: usize = 1 << 20;
+
     #[test]
-    fn memory_growth_is_refused_past_the_limit() {
-        let mut limit = MemoryLimit::new(Size(1 << 20));
-        assert!(limit.memory_growing(0, 1 << 20, None).unwrap());
-        assert!(!limit.reached);
-        assert!(!limit.memory_growing(1 << 20, 2 << 20, None).unwrap());
-        assert!(limit.reached);
+    fn memory_is_limited_as_a_total_over_every_memory() {
+        let mut limits = GuestLimits::new(Size(4 << 20));
+        // Two memories created at 1 MiB each, then each grown by 1 MiB.
+        assert!(limits.memory_growing(0, MIB, None).unwrap());
+        assert!(limits.memory_growing(0, MIB, None).unwrap());
+        assert!(limits.memory_growing(MIB, 2 * MIB, None).unwrap());
+        assert!(limits.memory_growing(MIB, 2 * MIB, None).unwrap());
+        assert_eq!(limits.memory(), 4 << 20);
+        assert!(!limits.reached);
+        // Each memory alone is well under the limit; together they are at it.
+        assert!(!limits.memory_growing(2 * MIB, 3 * MIB, None).unwrap());
+        assert!(limits.reached);
+    }
+
+    #[test]
+    fn a_growth_that_fails_after_it_was_allowed_is_taken_back() {
+        let mut limits = GuestLimits::new(Size(4 << 20));
+        assert!(limits.memory_growing(0, 3 * MIB, None).unwrap());
+        limits.memory_grow_failed(wasmtime::Error::msg("beyond the memory's maximum")).unwrap();
+        assert_eq!(limits.memory(), 0);
+        assert!(limits.memory_growing(0, 4 * MIB, None).unwrap());
+    }
+
+    #[test]
+    fn table_entries_are_limited_as_a_total_over_every_table() {
+        let mut limits = GuestLimits::new(Size(4 << 20));
+        assert!(limits.table_growing(0, MAX_TABLE_ELEMENTS / 2, None).unwrap());
+        assert!(limits.table_growing(0, MAX_TABLE_ELEMENTS / 2, None).unwrap());
+        assert!(!limits.table_growing(0, 1, None).unwrap());
     }
 }

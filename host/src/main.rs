@@ -12,9 +12,11 @@ mod cli;
 mod engine;
 mod epoch;
 mod guest;
+mod guest_stderr;
 mod inspect;
 mod instance;
 mod limits;
+mod log_limit;
 mod policy;
 mod run;
 mod sandbox;
@@ -23,6 +25,7 @@ mod signals;
 mod sockets;
 mod swap;
 mod trace;
+mod wasi_version;
 
 use clap::Parser;
 use settings::LogFormat;
@@ -42,36 +45,35 @@ fn main() -> ExitCode {
     if let Some(cli::Command::Inspect { guest, json }) = args.command.take() {
         return match inspect::inspect(&guest, json) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(e),
+            Err(e) => fail(e, LogFormat::Text),
         };
     }
-    init_logging(args.log_format);
+    let format = args.log_format;
+    init_logging(format);
+    let result = serve(args);
+    log_limit::flush_all();
+    match result {
+        Ok(code) => code,
+        Err(e) => fail(e, format),
+    }
+}
+
+fn serve(args: cli::Args) -> anyhow::Result<ExitCode> {
     // Before any thread starts: this takes variables out of the environment.
-    let handed = match run::handed_sockets() {
-        Ok(handed) => handed,
-        Err(e) => return fail(e),
-    };
+    let handed = run::handed_sockets()?;
     let handed_addrs: Vec<_> = handed.iter().map(|h| h.addr).collect();
-    let settings = match args.into_settings(&handed_addrs) {
-        Ok(settings) => settings,
-        Err(e) => return fail(e),
-    };
+    let settings = args.into_settings(&handed_addrs)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .on_thread_park(epoch::runtime_parks)
         .on_thread_unpark(epoch::runtime_wakes)
         .build();
-    let runtime = match runtime {
-        Ok(runtime) => runtime,
-        Err(e) => return fail(anyhow::Error::new(e).context("starting the async runtime")),
-    };
+    let runtime =
+        runtime.map_err(|e| anyhow::Error::new(e).context("starting the async runtime"))?;
     let result = runtime.block_on(run::run(settings, handed));
     // Do not wait for stray blocking I/O (say, a write to a closed terminal).
     runtime.shutdown_timeout(Duration::from_millis(100));
-    match result {
-        Ok(code) => code,
-        Err(e) => fail(e),
-    }
+    result
 }
 
 /// The host's log goes to stderr: plain lines, or one JSON object per line.
@@ -100,9 +102,16 @@ fn init_logging(format: LogFormat) {
 }
 
 /// One line (plus the guest's backtrace, for a trap), never a panic or the
-/// host's own backtrace, whatever RUST_BACKTRACE says.
-fn fail(e: anyhow::Error) -> ExitCode {
-    eprintln!("wasi-tcp-host: error: {e:#}");
+/// host's own backtrace, whatever RUST_BACKTRACE says. With JSON logs, one
+/// JSON object, the backtrace a field of it.
+fn fail(e: anyhow::Error, format: LogFormat) -> ExitCode {
+    match format {
+        LogFormat::Text => eprintln!("wasi-tcp-host: error: {e:#}"),
+        LogFormat::Json => {
+            let (message, backtrace) = run::split_first_line(&e);
+            tracing::error!(event = "exit", backtrace, "wasi-tcp-host: error: {message}");
+        }
+    }
     ExitCode::FAILURE
 }
 

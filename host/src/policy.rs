@@ -4,8 +4,11 @@
 //! connect and UDP use. Anything not granted is refused with
 //! `access-denied`, and the host says so in one log line that names the
 //! option which would grant it. Allowed binds, listens, accepts and
-//! connects are logged too: together they are the audit trail.
+//! connects are logged too: together they are the audit trail. A guest or
+//! a client can cause these at will, so each kind is written at most ten
+//! times a second, and the rest counted (`log_limit.rs`).
 
+use crate::log_limit::Kind;
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -52,6 +55,9 @@ impl Grants {
 
     /// The audit line for one decision.
     pub fn log(&self, addr: SocketAddr, use_: SocketAddrUse, allowed: bool) {
+        if audit_kind(use_, allowed, addr).is_some_and(|kind| !kind.admit()) {
+            return;
+        }
         let what = describe(use_);
         match (allowed, use_) {
             (true, SocketAddrUse::TcpBind) if !is_any_port_wildcard(addr) => {
@@ -144,6 +150,35 @@ fn is_any_port_wildcard(addr: SocketAddr) -> bool {
 /// port unless the grant let the system pick one (port 0).
 fn listen_matches(granted: SocketAddr, actual: SocketAddr) -> bool {
     granted.ip() == actual.ip() && (granted.port() == 0 || granted.port() == actual.port())
+}
+
+/// The kind an audit line counts as, for the log's rate limit; None for
+/// the lines only `RUST_LOG=debug` shows (not limited: asked for).
+fn audit_kind(use_: SocketAddrUse, allowed: bool, addr: SocketAddr) -> Option<&'static Kind> {
+    static BOUND: Kind = Kind::info("binds");
+    static LISTENING: Kind = Kind::info("listens");
+    static ACCEPTED: Kind = Kind::info("accepted clients");
+    static CONNECTING: Kind = Kind::info("connects");
+    static UDP_BOUND: Kind = Kind::info("UDP binds");
+    static DENIED_BINDS: Kind = Kind::warn("denied TCP binds");
+    static DENIED_LISTENS: Kind = Kind::warn("denied TCP listens");
+    static DENIED_CLIENTS: Kind = Kind::warn("denied TCP clients");
+    static DENIED_CONNECTS: Kind = Kind::warn("denied TCP connects");
+    static DENIED_UDP: Kind = Kind::warn("denied UDP uses");
+    let kind = match (allowed, use_) {
+        (true, SocketAddrUse::TcpBind) if !is_any_port_wildcard(addr) => &BOUND,
+        (true, SocketAddrUse::TcpListen) => &LISTENING,
+        (true, SocketAddrUse::TcpAccept) => &ACCEPTED,
+        (true, SocketAddrUse::TcpConnect) => &CONNECTING,
+        (true, SocketAddrUse::UdpBind) => &UDP_BOUND,
+        (true, _) => return None,
+        (false, SocketAddrUse::TcpBind) => &DENIED_BINDS,
+        (false, SocketAddrUse::TcpListen) => &DENIED_LISTENS,
+        (false, SocketAddrUse::TcpAccept) => &DENIED_CLIENTS,
+        (false, SocketAddrUse::TcpConnect) => &DENIED_CONNECTS,
+        (false, _) => &DENIED_UDP,
+    };
+    Some(kind)
 }
 
 fn describe(use_: SocketAddrUse) -> &'static str {

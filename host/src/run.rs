@@ -1,23 +1,30 @@
 //! Supervises the guest: starts an instance; starts it again after a
 //! failure (`--restart on-failure`); on SIGHUP loads the guest file again
 //! and swaps the new instance in while the old one drains (`swap.rs`); on
-//! SIGINT or SIGTERM stops everything.
+//! SIGQUIT drains every instance and exits; on SIGINT or SIGTERM stops
+//! everything at once.
+//!
+//! If the running instance ends while a swap's new instance is starting,
+//! the swap decides: if the new instance takes over, it serves; if the
+//! swap fails, what would have happened without it happens then (a
+//! restart after the backoff, or the exit).
 
 use crate::engine;
 use crate::epoch::EpochTicker;
 use crate::guest;
 use crate::instance::{command_pre, Instance, Shared};
-use crate::sandbox::{self, GuestState};
+use crate::sandbox::{self, GuestState, Sandbox};
 use crate::settings::{Restart, Settings};
 use crate::signals::{Received, Signals};
-use crate::sockets::{activation, Listeners};
-use crate::swap::{Drained, Swap, SwapStep};
-use anyhow::{Context, Result};
+use crate::sockets::{activation, Listeners, SocketCap};
+use crate::swap::{self, Drained, Swap, SwapStep};
+use anyhow::Result;
 use std::collections::VecDeque;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 use wasmtime_wasi::p2::bindings::CommandPre;
@@ -45,178 +52,301 @@ pub async fn run(settings: Settings, handed: Vec<Handed>) -> Result<ExitCode> {
     // guest loads; kept until the host exits, across guest instances.
     let handed = handed.into_iter().map(|h| h.socket).collect();
     let listeners = Listeners::open(&settings.grants.listen, handed)?;
+    crate::settings::warn_if_the_cap_exceeds_the_descriptors(settings.limits.max_connections);
     let engine = Engine::new(&engine::config())?;
     let name = guest::name(settings.guest.as_deref());
-    let settings = Arc::new(settings);
-    let loading = load(&engine, &settings);
+    let (path, cache) = (settings.guest.as_deref(), settings.cache_dir.as_deref());
     let component = tokio::select! {
-        loaded = loading => loaded?,
+        loaded = guest::load_in_background(&engine, path, cache) => loaded?,
         signal = signals.stop() => return Ok(stopped(signal)),
     };
     let linker = sandbox::linker(&engine, &settings)?;
     let pre = command_pre(&linker, &component)?;
     let argv = std::iter::once(name.clone()).chain(settings.guest_args.iter().cloned()).collect();
     let grants = Arc::new(settings.grants.clone());
+    let cap = SocketCap::new(settings.limits.max_connections);
     let _ticker = EpochTicker::start(&engine)?;
     tracing::info!("running {name}; granted: {}; everything else is denied", grants.summary());
-    let shared = Arc::new(Shared { engine, settings, grants, listeners, argv });
-    Supervisor { shared, linker, next_id: 1 }.serve(pre, signals).await
-}
-
-/// Loads (compiles, or takes from the cache) the guest. Compiling a large
-/// guest takes seconds: it runs off this thread, so that the host keeps
-/// serving, and a stop request is honoured at once, meanwhile.
-pub async fn load(engine: &Engine, settings: &Settings) -> Result<Component> {
-    let (engine, path) = (engine.clone(), settings.guest.clone());
-    let cache = settings.cache_dir.clone();
-    let loading = tokio::task::spawn_blocking(move || {
-        guest::load(&engine, path.as_deref(), cache.as_deref())
-    });
-    loading.await.context("loading the guest")?
+    let sandbox = Sandbox { settings: Arc::new(settings), grants, listeners, cap, argv };
+    let shared = Arc::new(Shared { engine, sandbox });
+    Supervisor::new(shared, linker, pre).serve(signals).await
 }
 
 fn stopped(signal: &str) -> ExitCode {
     // Returning drops every instance (cancelling it wherever it is) and its
     // store, which closes its sockets.
-    tracing::info!("{signal} received: stopping the guest");
+    tracing::info!(event = "stop", "{signal} received: stopping the guest");
     ExitCode::SUCCESS
 }
 
 struct Supervisor {
     shared: Arc<Shared>,
     linker: Linker<GuestState>,
+    /// The guest the current instance (and the next restart) runs.
+    pre: CommandPre<GuestState>,
     /// The id the next instance gets: newer instances have larger ids.
     next_id: u64,
+    current: Current,
+    swap: Option<Swap>,
+    /// Old instances serving the clients they have.
+    draining: JoinSet<Drained>,
+    failures: Failures,
+}
+
+/// The instance offered new clients, or why there is none.
+enum Current {
+    Running(Instance),
+    /// It failed; it starts again then.
+    Restarting(Instant),
+    /// It ended while a swap's new instance was starting: if the swap
+    /// fails, this is what happens.
+    AfterSwap(Decision),
+}
+
+/// What to do when the current instance has ended.
+enum Decision {
+    Exit(Result<ExitCode>),
+    Restart { delay: Duration, failure: anyhow::Error },
+}
+
+/// What woke the supervisor.
+enum Event {
+    Signal(Received),
+    Ended(Result<()>),
+    RestartDue,
+    Swap(SwapStep),
+    Drained(Drained),
+}
+
+impl Current {
+    /// The running instance's end, or the time to restart it (if it may).
+    async fn next(&mut self, may_restart: bool) -> Event {
+        match self {
+            Current::Running(instance) => Event::Ended(instance.ended().await),
+            Current::Restarting(at) if may_restart => {
+                tokio::time::sleep_until(*at).await;
+                Event::RestartDue
+            }
+            _ => std::future::pending().await,
+        }
+    }
 }
 
 impl Supervisor {
+    fn new(shared: Arc<Shared>, linker: Linker<GuestState>, pre: CommandPre<GuestState>) -> Self {
+        Supervisor {
+            current: Current::Restarting(Instant::now()),
+            shared,
+            linker,
+            pre,
+            next_id: 1,
+            swap: None,
+            draining: JoinSet::new(),
+            failures: Failures::default(),
+        }
+    }
+
     fn start(&mut self, pre: &CommandPre<GuestState>) -> Instance {
         self.next_id += 1;
         Instance::start(&self.shared, pre, self.next_id - 1)
     }
 
-    async fn serve(
-        mut self,
-        mut pre: CommandPre<GuestState>,
-        mut signals: Signals,
-    ) -> Result<ExitCode> {
-        let mut current = self.start(&pre);
-        let mut failures = Failures::default();
-        let mut swap: Option<Swap> = None;
-        let mut draining: JoinSet<Drained> = JoinSet::new();
+    async fn serve(mut self, mut signals: Signals) -> Result<ExitCode> {
+        self.current = Current::Running(self.start(&self.pre.clone()));
         loop {
-            tokio::select! {
+            // No restart while a swap's new instance starts: the restarted
+            // one would be newer, and take the listeners from it. The swap
+            // decides.
+            let may_restart = !self.swap_starting();
+            let event = tokio::select! {
                 biased;
-                received = signals.next() => match received {
-                    Received::Stop(signal) => return Ok(stopped(signal)),
-                    Received::Hangup if swap.is_some() => tracing::warn!(
-                        event = "swap",
-                        "SIGHUP received while a swap is under way; ignored"
-                    ),
-                    Received::Hangup => swap = Some(Swap::load(&self.shared)),
-                    Received::Quit => return self.stop_gracefully(current, &mut signals).await,
-                },
-                outcome = current.ended() => {
-                    let failure = match outcome {
-                        Ok(()) => {
-                            tracing::info!("the guest finished");
-                            return Ok(ExitCode::SUCCESS);
-                        }
-                        Err(failure) => failure,
-                    };
-                    let delay = self.restart_delay(failure, &mut failures)?;
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        signal = signals.stop() => return Ok(stopped(signal)),
-                    }
-                    current = self.start(&pre);
-                }
-                step = crate::swap::step(&mut swap) => match step {
-                    SwapStep::Loaded(component) => {
-                        swap = self.start_swap(component, &current);
-                    }
-                    SwapStep::TookOver(new, new_pre) => {
-                        let old = std::mem::replace(&mut current, new);
-                        pre = new_pre;
-                        draining.spawn(crate::swap::drain(old, self.shared.settings.drain_timeout, "swap"));
-                        swap = None;
-                    }
-                    SwapStep::Failed => swap = None,
-                },
-                Some(drained) = draining.join_next() => {
-                    if let Ok(drained) = drained {
-                        drained.log();
-                    }
-                }
+                received = signals.next() => Event::Signal(received),
+                event = self.current.next(may_restart) => event,
+                step = swap::step(&mut self.swap) => Event::Swap(step),
+                Some(Ok(drained)) = self.draining.join_next() => Event::Drained(drained),
+            };
+            if let Some(exit) = self.handle(event, &mut signals).await {
+                return exit;
             }
         }
     }
 
-    /// SIGQUIT: no new clients for anyone; the current instance serves the
-    /// ones it has until they leave or --drain-timeout passes (a stop
-    /// signal meanwhile stops it at once); then the host exits.
-    async fn stop_gracefully(&self, current: Instance, signals: &mut Signals) -> Result<ExitCode> {
-        tracing::info!(event = "stop", "SIGQUIT received: taking no new clients");
-        self.shared.listeners.stop_offering();
-        let draining = crate::swap::drain(current, self.shared.settings.drain_timeout, "stop");
-        tokio::select! {
-            drained = draining => drained.log(),
-            received = signals.next() => {
-                if let Received::Stop(signal) = received {
-                    return Ok(stopped(signal));
-                }
+    /// One event; `Some` with the host's exit when it is time to stop.
+    async fn handle(&mut self, event: Event, signals: &mut Signals) -> Option<Result<ExitCode>> {
+        match event {
+            Event::Signal(Received::Stop(signal)) => return Some(Ok(stopped(signal))),
+            Event::Signal(Received::Quit) => return Some(self.stop_gracefully(signals).await),
+            Event::Signal(Received::Hangup) if self.swap.is_some() => {
+                tracing::warn!(event = "swap", "SIGHUP received while a swap is under way; ignored")
             }
+            Event::Signal(Received::Hangup) => self.swap = Some(Swap::load(&self.shared)),
+            Event::Ended(outcome) => return self.ended(outcome),
+            Event::RestartDue => self.current = Current::Running(self.start(&self.pre.clone())),
+            Event::Swap(SwapStep::Loaded(component)) => self.start_swap(component),
+            Event::Swap(SwapStep::TookOver(new, pre)) => self.took_over(new, pre),
+            Event::Swap(SwapStep::Failed) => return self.swap_failed(),
+            Event::Drained(drained) => drained.log(),
         }
-        Ok(ExitCode::SUCCESS)
+        None
     }
 
-    /// After the current instance failed: the delay before starting it
-    /// again, or the error to stop the host with.
-    fn restart_delay(&self, failure: anyhow::Error, failures: &mut Failures) -> Result<Duration> {
-        if self.shared.settings.restart != Restart::OnFailure {
-            return Err(failure);
+    fn swap_starting(&self) -> bool {
+        matches!(self.swap, Some(Swap::Starting { .. }))
+    }
+
+    /// The current instance ended: decide now, or after the swap under way.
+    fn ended(&mut self, outcome: Result<()>) -> Option<Result<ExitCode>> {
+        let decision = self.decide(outcome);
+        if !self.swap_starting() {
+            return self.carry_out(decision);
         }
-        let Some(delay) = failures.record() else {
-            return Err(failure.context(format!(
+        let why = match &decision {
+            Decision::Exit(Ok(_)) => "finished".to_string(),
+            Decision::Exit(Err(e)) | Decision::Restart { failure: e, .. } => split_first_line(e).0,
+        };
+        tracing::warn!(
+            event = "swap",
+            "the running guest ended ({why}) while a new one is starting: the new one \
+             serves if it takes over; if it does not, --restart decides"
+        );
+        self.current = Current::AfterSwap(decision);
+        None
+    }
+
+    /// What the end of the current instance calls for: exit, or a
+    /// restart after the backoff (`--restart on-failure`).
+    fn decide(&mut self, outcome: Result<()>) -> Decision {
+        let failure = match outcome {
+            Ok(()) => {
+                tracing::info!("the guest finished");
+                return Decision::Exit(Ok(ExitCode::SUCCESS));
+            }
+            Err(failure) => failure,
+        };
+        if self.shared.sandbox.settings.restart != Restart::OnFailure {
+            return Decision::Exit(Err(failure));
+        }
+        match self.failures.record() {
+            Some(delay) => Decision::Restart { delay, failure },
+            None => Decision::Exit(Err(failure.context(format!(
                 "the guest failed {MAX_FAILURES} times within {}s; not restarting it again",
                 FAILURE_WINDOW.as_secs()
-            )));
-        };
-        let reason = format!("{failure:#}");
-        let summary = reason.lines().next().unwrap_or_default();
-        tracing::warn!(
-            event = "restart",
-            "the guest failed: {summary}; restarting it in {delay:?}"
-        );
-        tracing::debug!("{reason}");
-        Ok(delay)
+            )))),
+        }
+    }
+
+    fn carry_out(&mut self, decision: Decision) -> Option<Result<ExitCode>> {
+        match decision {
+            Decision::Exit(exit) => Some(exit),
+            Decision::Restart { delay, failure } => {
+                let (summary, backtrace) = split_first_line(&failure);
+                tracing::warn!(
+                    event = "restart",
+                    backtrace,
+                    "the guest failed: {summary}; restarting it in {delay:?}"
+                );
+                self.current = Current::Restarting(Instant::now() + delay);
+                None
+            }
+        }
     }
 
     /// The new guest loaded: link it and start an instance of it beside
-    /// the current one, which keeps serving meanwhile.
-    fn start_swap(&mut self, component: Component, current: &Instance) -> Option<Swap> {
+    /// the current one, which keeps serving meanwhile. (A restart that is
+    /// due waits for the swap's outcome.)
+    fn start_swap(&mut self, component: Component) {
+        self.swap = None;
         let pre = match command_pre(&self.linker, &component) {
             Ok(pre) => pre,
-            Err(e) => {
-                crate::swap::failed(&format!("{e:#}"));
-                return None;
-            }
+            Err(e) => return swap::failed(&format!("{e:#}")),
         };
-        let required = self.shared.listeners.held_by(current.tenant.id);
+        let listeners = Arc::clone(&self.shared.sandbox.listeners);
+        let required = match &self.current {
+            Current::Running(current) => listeners.held_by(current.tenant.id),
+            _ => listeners.kept(),
+        };
         let instance = self.start(&pre);
-        Some(Swap::starting(instance, pre, required, &self.shared.listeners))
+        self.swap = Some(Swap::starting(instance, pre, required, &listeners));
+    }
+
+    /// The new instance listens everywhere: it is the current one; the
+    /// old one (if any) serves only the clients it has.
+    fn took_over(&mut self, new: Instance, pre: CommandPre<GuestState>) {
+        self.shared.sandbox.listeners.retire_through(new.tenant.id - 1);
+        let old = std::mem::replace(&mut self.current, Current::Running(new));
+        if let Current::Running(old) = old {
+            let timeout = self.shared.sandbox.settings.drain_timeout;
+            self.draining.spawn(swap::drain(old, timeout, "swap"));
+        }
+        (self.pre, self.swap) = (pre, None);
+    }
+
+    fn swap_failed(&mut self) -> Option<Result<ExitCode>> {
+        self.swap = None;
+        let Current::AfterSwap(_) = &self.current else { return None };
+        let Current::AfterSwap(decision) =
+            std::mem::replace(&mut self.current, Current::Restarting(Instant::now()))
+        else {
+            unreachable!("matched above")
+        };
+        self.carry_out(decision)
+    }
+
+    /// SIGQUIT: no new clients for anyone; every instance (the current one,
+    /// and those still draining after a swap) serves the clients it has
+    /// until they leave or --drain-timeout passes; then the host exits.
+    /// SIGINT or SIGTERM meanwhile stop it at once; SIGHUP and another
+    /// SIGQUIT change nothing.
+    async fn stop_gracefully(&mut self, signals: &mut Signals) -> Result<ExitCode> {
+        tracing::info!(event = "stop", "SIGQUIT received: taking no new clients");
+        self.shared.sandbox.listeners.stop_offering();
+        self.swap = None;
+        let now = Current::Restarting(Instant::now());
+        if let Current::Running(current) = std::mem::replace(&mut self.current, now) {
+            let timeout = self.shared.sandbox.settings.drain_timeout;
+            self.draining.spawn(swap::drain(current, timeout, "stop"));
+        }
+        loop {
+            tokio::select! {
+                drained = self.draining.join_next() => match drained {
+                    None => return Ok(ExitCode::SUCCESS),
+                    Some(Ok(drained)) => drained.log(),
+                    Some(Err(_)) => {}
+                },
+                received = signals.next() => match received {
+                    Received::Stop(signal) => return Ok(stopped(signal)),
+                    Received::Hangup => tracing::warn!(
+                        event = "stop",
+                        "SIGHUP received while stopping gracefully; ignored"
+                    ),
+                    Received::Quit => tracing::info!(
+                        event = "stop",
+                        "SIGQUIT received again; already stopping gracefully"
+                    ),
+                },
+            }
+        }
+    }
+}
+
+/// An error's first line, and the rest (a trap's wasm backtrace).
+pub fn split_first_line(e: &anyhow::Error) -> (String, String) {
+    let text = format!("{e:#}");
+    match text.split_once('\n') {
+        Some((first, rest)) => (first.to_string(), rest.to_string()),
+        None => (text, String::new()),
     }
 }
 
 /// Recent failures, for the restart backoff and the give-up rule.
 #[derive(Default)]
-struct Failures(VecDeque<Instant>);
+struct Failures(VecDeque<std::time::Instant>);
 
 impl Failures {
     /// Records a failure; returns how long to wait before restarting, or
     /// None when the guest has failed too often lately.
     fn record(&mut self) -> Option<Duration> {
-        let now = Instant::now();
+        let now = std::time::Instant::now();
         self.0.retain(|t| now.duration_since(*t) < FAILURE_WINDOW);
         self.0.push_back(now);
         let recent = self.0.len();

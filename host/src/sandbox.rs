@@ -1,7 +1,7 @@
 //! The sandbox a guest runs in: its WASI context, its limits, its imports.
 //!
-//! By default the guest gets stdout and stderr (they show up in the host's
-//! output), an empty stdin, the arguments after `--`, one environment
+//! By default the guest gets stdout (the host's) and stderr (each line a
+//! line of the host's log, `guest_stderr.rs`), an empty stdin, the arguments after `--`, one environment
 //! variable (`LISTEN_ADDR`), clocks and randomness, and the listen
 //! addresses. Everything else is a grant (see `policy.rs`, `settings.rs`).
 //!
@@ -9,13 +9,24 @@
 //! are replaced so that the host can say what the guest tried: refused
 //! name lookups and directory look-ups are logged, and UDP sockets count
 //! against `--max-connections` like TCP ones.
+//!
+//! Everything a guest holds in the host's memory is bounded: its linear
+//! memories and tables (`limits.rs`), its sockets (the socket cap), and
+//! its handles (sockets, streams, pollables, ...) by the resource table's
+//! capacity, [`table_capacity`].
 
-use crate::limits::MemoryLimit;
+use crate::guest_stderr::GuestStderr;
+use crate::limits::GuestLimits;
+use crate::log_limit::Kind;
 use crate::policy::Grants;
 use crate::settings::{Settings, TraceDetail};
-use crate::sockets::{self, HasTcp, Listeners, SocketCap, SocketsCtx, SocketsView, Tenant};
+use crate::sockets::{
+    self, Asker, HasTcp, Listeners, Place, SocketCap, SocketsCtx, SocketsView, Tenant,
+};
 use crate::trace::Tracer;
+use crate::wasi_version::versioned;
 use anyhow::{Context, Result};
+use std::collections::HashMap;
 use std::sync::Arc;
 use wasmtime::component::{Linker, Resource, ResourceTable, ResourceType};
 use wasmtime::{Engine, StoreContextMut};
@@ -27,13 +38,39 @@ use wasmtime_wasi::p2::UdpSocket;
 use wasmtime_wasi::sockets::WasiSocketsView;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
+/// Handles a guest may hold for each socket the cap allows (a socket, its
+/// two streams, their pollables, and room to spare)...
+pub const HANDLES_PER_SOCKET: usize = 8;
+/// ...and besides them (stdout, stderr, clocks, timers, files).
+pub const HANDLES_BESIDES: usize = 1024;
+
+/// The resource table's capacity for one guest instance: the handles it
+/// may hold at once, scaled to the socket cap. At about 100 bytes each, a
+/// full table of the default cap (1024 sockets) is under 1 MiB.
+pub fn table_capacity(max_connections: usize) -> usize {
+    max_connections.saturating_mul(HANDLES_PER_SOCKET).saturating_add(HANDLES_BESIDES)
+}
+
+/// What every guest instance's sandbox is made from.
+pub struct Sandbox {
+    pub settings: Arc<Settings>,
+    pub grants: Arc<Grants>,
+    /// The listeners the host keeps, lent to each instance in turn.
+    pub listeners: Arc<Listeners>,
+    /// One socket cap for every instance.
+    pub cap: Arc<SocketCap>,
+    pub argv: Vec<String>,
+}
+
 /// Everything the host keeps per guest instance.
 pub struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub memory: MemoryLimit,
+    pub limits: GuestLimits,
     sockets: SocketsCtx,
     cap: Arc<SocketCap>,
+    /// Each UDP socket's place under the cap, by handle.
+    udp_places: HashMap<u32, Place>,
 }
 
 impl WasiView for GuestState {
@@ -52,15 +89,11 @@ impl GuestState {
     /// A fresh instance's view of the world: `argv`, its environment, its
     /// directories, the network its grants allow, and the listeners the
     /// host keeps for it.
-    pub fn new(
-        settings: &Settings,
-        grants: &Arc<Grants>,
-        listeners: &Arc<Listeners>,
-        tenant: Arc<Tenant>,
-        argv: &[String],
-    ) -> Result<Self> {
+    pub fn new(sandbox: &Sandbox, tenant: Arc<Tenant>) -> Result<Self> {
+        let Sandbox { settings, grants, listeners, cap, argv } = sandbox;
         let mut wasi = WasiCtx::builder();
-        wasi.inherit_stdout().inherit_stderr().args(argv).envs(&settings.guest_env());
+        wasi.inherit_stdout().stderr(GuestStderr { instance: tenant.id });
+        wasi.args(argv).envs(&settings.guest_env());
         for dir in &settings.dirs {
             let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
             wasi.preopened_dir(&dir.host, &dir.guest, perms)
@@ -77,23 +110,36 @@ impl GuestState {
             udp_grants.log(addr, use_, allowed);
             Box::pin(async move { allowed })
         });
-        let cap = SocketCap::new(settings.limits.max_connections);
-        let tracer = settings.trace.map(|detail| Tracer::new(detail == TraceDetail::Data));
+        let options = sockets::Options {
+            nodelay: !settings.nagle,
+            tracer: settings.trace.map(|detail| Tracer::new(detail == TraceDetail::Data)),
+            timeouts: sockets::Timeouts {
+                send: settings.limits.send_timeout,
+                idle: settings.limits.idle_timeout,
+            },
+        };
         let sockets = SocketsCtx::new(
             Arc::clone(grants),
             Arc::clone(listeners),
             tenant,
-            Arc::clone(&cap),
-            !settings.nagle,
-            tracer,
+            Arc::clone(cap),
+            options,
         );
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(table_capacity(settings.limits.max_connections));
         Ok(GuestState {
             wasi: wasi.build(),
-            table: ResourceTable::new(),
-            memory: MemoryLimit::new(settings.limits.max_memory),
+            table,
+            limits: GuestLimits::new(settings.limits.max_memory),
             sockets,
-            cap,
+            cap: Arc::clone(cap),
+            udp_places: HashMap::new(),
         })
+    }
+
+    /// How many handles the guest holds, and the most it may.
+    pub fn handles(&mut self) -> (usize, usize) {
+        (self.table.iter_mut().count(), self.table.max_capacity())
     }
 }
 
@@ -110,10 +156,7 @@ pub fn linker(engine: &Engine, settings: &Settings) -> Result<Linker<GuestState>
         deny_name_lookups(&mut linker)?;
     }
     if settings.dirs.is_empty() {
-        linker.instance("wasi:filesystem/preopens@0.2.12")?.func_wrap("get-directories", |_, ()| {
-            tracing::warn!(event = "denied", "denied: the guest looked for directories; none are granted (grant one with --dir)");
-            Ok((Vec::<(Resource<Descriptor>, String)>::new(),))
-        })?;
+        deny_directories(&mut linker)?;
     }
 
     // The guest sees only the variables the host set for it.
@@ -122,13 +165,16 @@ pub fn linker(engine: &Engine, settings: &Settings) -> Result<Linker<GuestState>
         true => "no variables".to_string(),
         false => env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ") + " only",
     };
-    linker.instance("wasi:cli/environment@0.2.12")?.func_wrap(
+    linker.instance(&versioned("wasi:cli/environment"))?.func_wrap(
         "get-environment",
         move |_, ()| {
-            tracing::info!(
-                event = "environment",
-                "guest read its environment: it sees {shown}; the host's variables are not shared"
-            );
+            static READ: Kind = Kind::info("reads of the environment");
+            if READ.admit() {
+                tracing::info!(
+                    event = "environment",
+                    "guest read its environment: it sees {shown}; the host's variables are not shared"
+                );
+            }
             Ok((env.clone(),))
         },
     )?;
@@ -144,28 +190,51 @@ pub fn linker(engine: &Engine, settings: &Settings) -> Result<Linker<GuestState>
 /// `permanent-resolver-failure`, what guests written against it expect.
 /// The log line says it was the policy.
 fn deny_name_lookups(linker: &mut Linker<GuestState>) -> Result<()> {
-    linker.instance("wasi:sockets/ip-name-lookup@0.2.12")?.func_wrap(
+    linker.instance(&versioned("wasi:sockets/ip-name-lookup"))?.func_wrap(
         "resolve-addresses",
         |_, (_network, name): (Resource<Network>, String)| {
-            tracing::warn!(
-                event = "denied",
-                name,
-                "denied: name lookup of {name:?} (grant it with --allow-dns)"
-            );
+            static DENIED: Kind = Kind::warn("denied name lookups");
+            if DENIED.admit() {
+                tracing::warn!(
+                    event = "denied",
+                    name,
+                    "denied: name lookup of {name:?} (grant it with --allow-dns)"
+                );
+            }
             Ok((Err::<Resource<ResolveAddressStream>, _>(ErrorCode::PermanentResolverFailure),))
         },
     )?;
     Ok(())
 }
 
+fn deny_directories(linker: &mut Linker<GuestState>) -> Result<()> {
+    linker.instance(&versioned("wasi:filesystem/preopens"))?.func_wrap(
+        "get-directories",
+        |_, ()| {
+            static DENIED: Kind = Kind::warn("denied looks for directories");
+            if DENIED.admit() {
+                tracing::warn!(
+                    event = "denied",
+                    "denied: the guest looked for directories; none are granted (grant one with --dir)"
+                );
+            }
+            Ok((Vec::<(Resource<Descriptor>, String)>::new(),))
+        },
+    )?;
+    Ok(())
+}
+
 fn deny_udp(linker: &mut Linker<GuestState>) -> Result<()> {
-    linker.instance("wasi:sockets/udp-create-socket@0.2.12")?.func_wrap(
+    linker.instance(&versioned("wasi:sockets/udp-create-socket"))?.func_wrap(
         "create-udp-socket",
         |_, (_family,): (IpAddressFamily,)| {
-            tracing::warn!(
-                event = "denied",
-                "denied: a UDP socket (UDP is not granted; grant it with --allow-udp)"
-            );
+            static DENIED: Kind = Kind::warn("denied UDP sockets");
+            if DENIED.admit() {
+                tracing::warn!(
+                    event = "denied",
+                    "denied: a UDP socket (UDP is not granted; grant it with --allow-udp)"
+                );
+            }
             Ok((Err::<Resource<UdpSocket>, _>(ErrorCode::AccessDenied),))
         },
     )?;
@@ -173,35 +242,35 @@ fn deny_udp(linker: &mut Linker<GuestState>) -> Result<()> {
 }
 
 /// UDP sockets (wasmtime-wasi's) take a place under `--max-connections`
-/// when created and give it back when dropped.
+/// when created, and give it back when dropped (or with the store).
 fn count_udp_sockets(linker: &mut Linker<GuestState>) -> Result<()> {
-    linker.instance("wasi:sockets/udp-create-socket@0.2.12")?.func_wrap_async(
+    linker.instance(&versioned("wasi:sockets/udp-create-socket"))?.func_wrap_async(
         "create-udp-socket",
         |mut store: StoreContextMut<GuestState>, (family,): (IpAddressFamily,)| {
             Box::new(async move {
                 let state = store.data_mut();
-                if !state.cap.try_open(&"a new UDP socket") {
+                let Some(place) = state.cap.take(Asker::UdpSocket) else {
                     return Ok((Err(ErrorCode::NewSocketLimit),));
-                }
+                };
                 let created =
                     udp_create_socket::Host::create_udp_socket(&mut state.sockets(), family).await;
                 match created {
-                    Ok(socket) => Ok((Ok(socket),)),
-                    Err(e) => {
-                        state.cap.close();
-                        Ok((Err(e.downcast()?),))
+                    Ok(socket) => {
+                        state.udp_places.insert(socket.rep(), place);
+                        Ok((Ok(socket),))
                     }
+                    Err(e) => Ok((Err(e.downcast()?),)),
                 }
             })
         },
     )?;
-    linker.instance("wasi:sockets/udp@0.2.12")?.resource(
+    linker.instance(&versioned("wasi:sockets/udp"))?.resource(
         "udp-socket",
         ResourceType::host::<UdpSocket>(),
         |mut store, rep| {
             let state = store.data_mut();
             state.table.delete(Resource::<UdpSocket>::new_own(rep))?;
-            state.cap.close();
+            state.udp_places.remove(&rep);
             Ok(())
         },
     )?;

@@ -7,8 +7,8 @@
 //! - switches (`no-listen`, `allow-udp`, `allow-dns`, `nagle`): on if either
 //!   turns them on (`no-listen` with a `listen` address anywhere is an error);
 //! - single values (`max-memory`, `max-connections`, `cpu-budget`,
-//!   `drain-timeout`, `restart`): the command line over the file, the file
-//!   over the default.
+//!   `idle-timeout`, `send-timeout`, `drain-timeout`, `restart`): the
+//!   command line over the file, the file over the default.
 //!
 //! An unknown key in the file is an error, never ignored.
 
@@ -26,6 +26,7 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:9000";
 pub const DEFAULT_MAX_MEMORY: Size = Size(128 << 20);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Descriptors the host keeps for itself under the process's open-file limit.
 const HOST_DESCRIPTORS: usize = 64;
 
@@ -60,6 +61,10 @@ pub struct Limits {
     pub max_memory: Size,
     pub max_connections: usize,
     pub cpu_budget: Option<Duration>,
+    /// Close a client connection with nothing received or sent for this long.
+    pub idle_timeout: Option<Duration>,
+    /// How long the host finishes a send on its own once the guest let go.
+    pub send_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -105,6 +110,10 @@ pub struct Choices {
     pub max_connections: Option<usize>,
     #[serde(default, with = "duration_text")]
     pub cpu_budget: Option<Duration>,
+    #[serde(default, with = "duration_text")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(default, with = "duration_text")]
+    pub send_timeout: Option<Duration>,
     #[serde(default, with = "duration_text")]
     pub drain_timeout: Option<Duration>,
     pub restart: Option<Restart>,
@@ -153,6 +162,8 @@ impl Settings {
                 .or(file.max_connections)
                 .unwrap_or_else(default_max_connections),
             cpu_budget: flags.cpu_budget.or(file.cpu_budget),
+            idle_timeout: flags.idle_timeout.or(file.idle_timeout),
+            send_timeout: flags.send_timeout.or(file.send_timeout).unwrap_or(DEFAULT_SEND_TIMEOUT),
         };
         Ok(Settings {
             guest: run.guest,
@@ -223,14 +234,39 @@ fn listen_grants(
 /// must bite before the process runs out of descriptors. (The host never
 /// raises its own limit; an operator who wants more raises it with ulimit.)
 pub fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS.min(default_max_connections_for(open_file_limit()))
+}
+
+/// The descriptors the guests may have under an open-file limit.
+fn default_max_connections_for(limit: Option<usize>) -> usize {
+    limit.map_or(usize::MAX, |limit| limit.saturating_sub(HOST_DESCRIPTORS).max(1))
+}
+
+/// The process's open-file limit (its soft limit), if it has one.
+fn open_file_limit() -> Option<usize> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit only writes `limit`.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return DEFAULT_MAX_CONNECTIONS;
+        return None;
     }
-    let available =
-        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX).saturating_sub(HOST_DESCRIPTORS);
-    DEFAULT_MAX_CONNECTIONS.min(available.max(1))
+    usize::try_from(limit.rlim_cur).ok()
+}
+
+/// One line at start-up when `--max-connections` allows more sockets than
+/// the process may open descriptors (less the host's own): the cap would
+/// not bite first. Clients beyond the descriptors are turned away all the
+/// same (`sockets/spare.rs`), but the operator should know.
+pub fn warn_if_the_cap_exceeds_the_descriptors(max_connections: usize) {
+    let available = default_max_connections_for(open_file_limit());
+    if max_connections > available {
+        tracing::warn!(
+            event = "limit",
+            "--max-connections {max_connections} is more than the {available} descriptors this \
+             process may open for its guests (its open-file limit less {HOST_DESCRIPTORS} for the \
+             host); clients beyond them will be turned away. Raise the limit (ulimit -n, \
+             LimitNOFILE=) or lower --max-connections"
+        );
+    }
 }
 
 /// Reads a policy file; an unknown key is an error with its line.

@@ -12,7 +12,10 @@
 //!
 //! If the new guest fails to load, to start, or to listen where the old one
 //! did (within `LISTEN_WITHIN`), it is stopped, its listeners go back to the
-//! old instance, and one line says why. Each step is an audit event (`swap`).
+//! old instance, and one line says why. Until the new one listens, the old
+//! one is offered every client (`Listeners`' turns), so a client that
+//! arrives during a swap that then fails is served all the same. Each step
+//! is an audit event (`swap`).
 
 use crate::instance::Instance;
 use crate::instance::Shared;
@@ -49,10 +52,14 @@ pub enum SwapStep {
 
 impl Swap {
     pub fn load(shared: &Arc<Shared>) -> Swap {
-        let name = crate::guest::name(shared.settings.guest.as_deref());
+        let settings = &shared.sandbox.settings;
+        let name = crate::guest::name(settings.guest.as_deref());
         tracing::info!(event = "swap", "SIGHUP received: loading {name} again, to swap it in");
-        let (engine, settings) = (shared.engine.clone(), Arc::clone(&shared.settings));
-        Swap::Loading(tokio::spawn(async move { crate::run::load(&engine, &settings).await }))
+        let engine = shared.engine.clone();
+        let (path, cache) = (settings.guest.clone(), settings.cache_dir.clone());
+        Swap::Loading(tokio::spawn(async move {
+            crate::guest::load_in_background(&engine, path.as_deref(), cache.as_deref()).await
+        }))
     }
 
     pub fn starting(
@@ -72,8 +79,8 @@ pub async fn step(swap: &mut Option<Swap>) -> SwapStep {
         None => std::future::pending().await,
         Some(Swap::Loading(task)) => match task.await {
             Ok(Ok(component)) => SwapStep::Loaded(component),
-            Ok(Err(e)) => failed(&format!("{e:#}")),
-            Err(e) => failed(&format!("loading the guest: {e}")),
+            Ok(Err(e)) => fail(&format!("{e:#}")),
+            Err(e) => fail(&format!("loading the guest: {e}")),
         },
         Some(Swap::Starting { instance, required, listeners, deadline, .. }) => {
             let where_ =
@@ -91,10 +98,10 @@ pub async fn step(swap: &mut Option<Swap>) -> SwapStep {
                             Ok(()) => "finished".to_string(),
                             Err(e) => format!("{e:#}").lines().next().unwrap_or_default().to_string(),
                         };
-                        return failed(&format!("the new guest ended before listening on {where_} ({why})"));
+                        return fail(&format!("the new guest ended before listening on {where_} ({why})"));
                     }
                     () = tokio::time::sleep_until(*deadline) => {
-                        return failed(&format!(
+                        return fail(&format!(
                             "the new guest did not listen on {where_} within {LISTEN_WITHIN:?}"
                         ));
                     }
@@ -114,8 +121,12 @@ pub async fn step(swap: &mut Option<Swap>) -> SwapStep {
 }
 
 /// One line for a swap that did not happen; the running guest keeps going.
-pub fn failed(why: &str) -> SwapStep {
+pub fn failed(why: &str) {
     tracing::warn!(event = "swap", "swap failed: {why}; the running guest keeps serving");
+}
+
+fn fail(why: &str) -> SwapStep {
+    failed(why);
     SwapStep::Failed
 }
 

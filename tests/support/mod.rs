@@ -54,6 +54,8 @@ pub struct Host {
     child: Child,
     output: Arc<Output>,
     command: String,
+    /// Pipes collected (stdout, stderr, or just one).
+    pipes: usize,
 }
 
 #[derive(Default)]
@@ -72,9 +74,16 @@ impl Host {
         let command = format!("{cmd:?}");
         let mut child = cmd.spawn().expect("the host binary starts");
         let output = Arc::new(Output::default());
-        collect(child.stdout.take().unwrap(), &output);
-        collect(child.stderr.take().unwrap(), &output);
-        Host { child, output, command }
+        let mut pipes = 0;
+        if let Some(stdout) = child.stdout.take() {
+            collect(stdout, &output);
+            pipes += 1;
+        }
+        if let Some(stderr) = child.stderr.take() {
+            collect(stderr, &output);
+            pipes += 1;
+        }
+        Host { child, output, command, pipes }
     }
 
     /// Starts a guest (None: the built-in one) on a system-picked loopback
@@ -167,6 +176,79 @@ impl Host {
         }
     }
 
+    /// Waits until the log accounts for `total` events of one kind: the
+    /// lines containing `line`, plus the counts of the summaries the log's
+    /// rate limit writes for the rest ("... and N more KIND in the last
+    /// second"). Returns how many lines were written (not summarised).
+    pub fn wait_for_total(&self, line: &str, kind: &str, total: usize) -> usize {
+        let deadline = Instant::now() + PATIENCE;
+        let summary = format!(" more {kind} in the last second");
+        loop {
+            let (written, summarised) = self.log_total(line, &summary);
+            if written + summarised == total {
+                return written;
+            }
+            assert!(
+                written + summarised < total && Instant::now() < deadline,
+                "the log accounts for {written} + {summarised} of {total} {kind}\n{}",
+                self.report()
+            );
+            let lines = self.output.lines.lock().unwrap();
+            drop(self.output.changed.wait_timeout(lines, Duration::from_millis(100)).unwrap());
+        }
+    }
+
+    /// Lines containing `line`, and the sum of the counts in lines that
+    /// end with `summary`.
+    fn log_total(&self, line: &str, summary: &str) -> (usize, usize) {
+        let lines = self.output.lines.lock().unwrap();
+        let written = lines.iter().filter(|l| l.contains(line)).count();
+        let summarised = lines
+            .iter()
+            .filter_map(|l| l.strip_suffix(summary)?.rsplit(' ').next()?.parse::<usize>().ok())
+            .sum();
+        (written, summarised)
+    }
+
+    #[cfg(target_os = "linux")]
+    /// How many sockets the host process has open now (from /proc).
+    pub fn open_sockets(&self) -> usize {
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid())).unwrap();
+        fds.flatten()
+            .filter(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+            })
+            .count()
+    }
+
+    #[cfg(target_os = "linux")]
+    /// Waits until the host has `n` sockets open.
+    pub fn wait_for_open_sockets(&self, n: usize) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.open_sockets() != n {
+            assert!(
+                Instant::now() < deadline,
+                "the host has {} sockets open, not {n}\n{}",
+                self.open_sockets(),
+                self.report()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    /// A figure from /proc/PID/status, in bytes (`VmRSS`, `VmHWM`, ...).
+    pub fn memory(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kib * 1024
+    }
+
     /// Waits until a line containing `needle` has been printed; returns it.
     pub fn wait_for(&self, needle: &str) -> String {
         self.wait_for_nth(needle, 1)
@@ -220,9 +302,9 @@ impl Host {
         }
     }
 
-    /// Both output pipes closed (the collectors push a marker at EOF).
+    /// Every output pipe closed (the collectors push a marker at EOF).
     fn wait_for_eof(&self) {
-        self.wait_for_nth(EOF_MARK, 2);
+        self.wait_for_nth(EOF_MARK, self.pipes);
         self.output.lines.lock().unwrap().retain(|l| l != EOF_MARK);
     }
 }

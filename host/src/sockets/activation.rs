@@ -46,9 +46,15 @@ fn take_one(fd: RawFd, name: Option<&str>) -> Result<Handed> {
         Some(name) if !name.is_empty() => format!("descriptor {fd} (\"{name}\")"),
         _ => format!("descriptor {fd}"),
     };
-    // SAFETY: the service manager passed this descriptor to this process
-    // for it to own (LISTEN_FDS counts it), and nothing else in the host
-    // uses it. If it is not open, every call below fails with EBADF.
+    // Owning a descriptor that is not open would close whatever takes its
+    // number later: look first.
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        bail!("{what}, counted in LISTEN_FDS by the service manager, is not open");
+    }
+    // SAFETY: the service manager passed this open descriptor to this
+    // process for it to own (LISTEN_FDS counts it), and nothing else in
+    // the host uses it.
     let socket = unsafe { Socket::from_raw_fd(fd) };
     let tcp = socket.r#type().is_ok_and(|t| t == Type::STREAM)
         && socket.domain().is_ok_and(|d| d == Domain::IPV4 || d == Domain::IPV6)

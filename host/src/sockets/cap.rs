@@ -1,10 +1,18 @@
-//! The socket cap (`--max-connections`): how many sockets the guest holds
-//! at once, listeners, clients and UDP sockets alike.
+//! The socket cap (`--max-connections`): how many sockets the host's
+//! guests hold at once, listeners, connections and UDP sockets alike. One
+//! cap for the whole process, shared by every guest instance (running,
+//! draining after a swap, restarting), so that together they never hold
+//! more descriptors than it allows.
 //!
-//! A TCP socket holds a [`Place`] for as long as it lives, so giving the
-//! place back cannot be forgotten. UDP sockets are wasmtime-wasi's; the
-//! sandbox counts those with [`SocketCap::try_open`] and [`SocketCap::close`].
+//! Each socket holds a [`Place`] for as long as its descriptor is open,
+//! whoever holds it: a connection's place lives in the connection, which
+//! its socket, its two streams and a send still under way all share, so
+//! dropping the socket handle while keeping the streams frees nothing.
+//! A place is given back when it is dropped, so it cannot be given back
+//! twice or forgotten.
 
+use crate::log_limit::Kind;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -13,41 +21,54 @@ pub struct SocketCap {
     max: usize,
 }
 
+/// Who asks for a place: the refusal's log line names it.
+#[derive(Clone, Copy)]
+pub enum Asker {
+    TcpSocket,
+    UdpSocket,
+    Client(SocketAddr),
+}
+
+static REFUSED_SOCKETS: Kind = Kind::warn("refused new sockets");
+static REFUSED_CLIENTS: Kind = Kind::warn("clients turned away at the cap");
+
 impl SocketCap {
     pub fn new(max: usize) -> Arc<Self> {
         Arc::new(SocketCap { open: AtomicUsize::new(0), max })
     }
 
-    /// Takes one place, or logs why there is none. `what` completes
-    /// "refused: ..." (a new UDP socket, a client from 1.2.3.4:5).
-    pub fn try_open(&self, what: &dyn std::fmt::Display) -> bool {
+    /// A place, given back when dropped; None (and a log line) at the cap.
+    pub fn take(self: &Arc<Self>, asker: Asker) -> Option<Place> {
         let taken = self.open.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
             (n < self.max).then_some(n + 1)
         });
-        if taken.is_err() {
+        match taken {
+            Ok(_) => Some(Place(Arc::clone(self))),
+            Err(_) => {
+                self.refused(asker);
+                None
+            }
+        }
+    }
+
+    fn refused(&self, asker: Asker) {
+        let max = self.max;
+        let (kind, what) = match asker {
+            Asker::TcpSocket => (&REFUSED_SOCKETS, "a new TCP socket".to_string()),
+            Asker::UdpSocket => (&REFUSED_SOCKETS, "a new UDP socket".to_string()),
+            Asker::Client(peer) => (&REFUSED_CLIENTS, format!("a client from {peer}, turned away")),
+        };
+        if kind.admit() {
             tracing::warn!(
                 event = "limit",
-                "refused: {what}: the guest already holds {} sockets (--max-connections {})",
-                self.max,
-                self.max
+                "refused: {what}: the guests already hold {max} sockets (--max-connections {max})"
             );
         }
-        taken.is_ok()
     }
 
-    /// Gives one place back.
-    pub fn close(&self) {
-        // Saturating: a socket created before counting began is never counted.
-        let _ = self.open.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-    }
-
-    /// A place that is given back when dropped.
-    pub fn take(self: &Arc<Self>, what: &dyn std::fmt::Display) -> Option<Place> {
-        self.try_open(what).then(|| Place(Arc::clone(self)))
-    }
-
+    /// The places taken now.
     #[cfg(test)]
-    fn open(&self) -> usize {
+    pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
 }
@@ -57,7 +78,7 @@ pub struct Place(Arc<SocketCap>);
 
 impl Drop for Place {
     fn drop(&mut self) {
-        self.0.close();
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -66,18 +87,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sockets_are_refused_at_the_cap_and_counted_back_on_close() {
+    fn sockets_are_refused_at_the_cap_and_counted_back_when_dropped() {
         let cap = SocketCap::new(2);
-        assert!(cap.try_open(&"a"));
-        let place = cap.take(&"b").unwrap();
-        assert!(!cap.try_open(&"c"));
-        assert!(cap.take(&"d").is_none());
-        drop(place);
-        assert!(cap.try_open(&"e"));
+        let first = cap.take(Asker::TcpSocket).unwrap();
+        let second = cap.take(Asker::UdpSocket).unwrap();
+        assert!(cap.take(Asker::TcpSocket).is_none());
+        assert!(cap.take(Asker::Client("127.0.0.1:1".parse().unwrap())).is_none());
         assert_eq!(cap.open(), 2);
-        cap.close();
-        cap.close();
-        cap.close();
-        assert_eq!(cap.open(), 0, "never below zero");
+        drop(first);
+        assert_eq!(cap.open(), 1);
+        let third = cap.take(Asker::TcpSocket).unwrap();
+        drop((second, third));
+        assert_eq!(cap.open(), 0);
     }
 }

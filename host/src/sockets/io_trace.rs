@@ -6,6 +6,7 @@
 
 use super::HasTcp;
 use crate::trace::calling_as;
+use crate::wasi_version::versioned;
 use std::future::{poll_fn, Future};
 use wasmtime::component::{Linker, Resource};
 use wasmtime::StoreContextMut;
@@ -14,7 +15,7 @@ use wasmtime_wasi::p2::bindings::io::streams::HostOutputStream;
 use wasmtime_wasi::p2::{DynOutputStream, DynPollable};
 
 pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()> {
-    linker.instance("wasi:io/poll@0.2.12")?.func_wrap_async(
+    linker.instance(&versioned("wasi:io/poll"))?.func_wrap_async(
         "[method]pollable.block",
         |mut store: StoreContextMut<T>, (this,): (Resource<DynPollable>,)| {
             Box::new(async move {
@@ -26,7 +27,7 @@ pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()> {
             })
         },
     )?;
-    linker.instance("wasi:io/streams@0.2.12")?.func_wrap_async(
+    linker.instance(&versioned("wasi:io/streams"))?.func_wrap_async(
         "[method]output-stream.blocking-flush",
         |mut store: StoreContextMut<T>, (this,): (Resource<DynOutputStream>,)| {
             Box::new(async move {

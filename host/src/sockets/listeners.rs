@@ -13,14 +13,14 @@
 //! on that IP; later binds of port 0 on that IP get it back while it is
 //! free, and a port of their own while it is lent.
 
-use super::ErrorCode;
+use super::{spare, ErrorCode};
 use anyhow::{bail, Context};
 use socket2::{Domain, SockAddr, Socket, Type};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::{ready, Context as TaskContext, Poll};
+use std::task::{ready, Context as TaskContext, Poll, Waker};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -113,17 +113,67 @@ impl Listener {
 /// The host's listeners, one place per `--listen` grant.
 pub struct Listeners {
     places: Vec<Mutex<Place>>,
+    /// Instances with ids up to this one are offered no client again: they
+    /// drain (after a swap), or the host stops gracefully.
+    retired: AtomicU64,
 }
 
 struct Place {
     grant: SocketAddr,
     kept: Option<Arc<Listener>>,
-    /// The guest instances holding a lease on it, oldest first. Only the
-    /// newest is offered clients: while a new instance takes over (SIGHUP),
-    /// the old one keeps its lease, and its clients, but accepts no more.
-    holders: Vec<u64>,
-    /// The newest holder (0: none), read without the lock on every accept.
-    current: Arc<AtomicU64>,
+    /// The guest instances holding a lease on it, oldest first.
+    holders: Vec<Holder>,
+    turn: Arc<Turn>,
+}
+
+struct Holder {
+    id: u64,
+    /// It listens (and is not just bound).
+    listening: bool,
+}
+
+/// Which instance a kept listener's clients are offered to: the newest
+/// holder that listens and is not retired. So during a swap the old
+/// instance serves until the new one listens, and gets the listener back
+/// at once if the new one fails first. The others wait for their turn.
+struct Turn {
+    /// The instance offered clients now (0: none).
+    current: AtomicU64,
+    /// Instances waiting for their turn, woken whenever `current` changes.
+    waiting: Mutex<Vec<Waker>>,
+}
+
+impl Turn {
+    fn poll(&self, holder: u64, cx: &mut TaskContext<'_>) -> Poll<()> {
+        if self.current.load(Ordering::SeqCst) == holder {
+            return Poll::Ready(());
+        }
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+            waiting.push(cx.waker().clone());
+        }
+        // Looked at again under the lock: a change meanwhile wakes no one twice.
+        match self.current.load(Ordering::SeqCst) == holder {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
+    }
+
+    fn set(&self, current: u64) {
+        if self.current.swap(current, Ordering::SeqCst) != current {
+            let waiting =
+                std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+            waiting.into_iter().for_each(Waker::wake);
+        }
+    }
+}
+
+impl Place {
+    /// Gives the turn to the newest holder that listens and is not retired.
+    fn pass_turn(&self, retired: u64) {
+        let newest = self.holders.iter().rev().find(|h| h.listening && h.id > retired);
+        self.turn.set(newest.map_or(0, |h| h.id));
+    }
 }
 
 impl Listeners {
@@ -144,12 +194,8 @@ impl Listeners {
                 (None, _) => Some(bind_reserved(grant)?),
             };
             let kept = socket.map(Listener::new).transpose().context("registering a listener")?;
-            places.push(Mutex::new(Place {
-                grant,
-                kept,
-                holders: Vec::new(),
-                current: Arc::new(AtomicU64::new(0)),
-            }));
+            let turn = Arc::new(Turn { current: AtomicU64::new(0), waiting: Mutex::default() });
+            places.push(Mutex::new(Place { grant, kept, holders: Vec::new(), turn }));
         }
         if let Some((addr, _)) = activated.first() {
             bail!(
@@ -157,13 +203,14 @@ impl Listeners {
                 addr.map_or("an unknown address".to_string(), |a| a.to_string())
             );
         }
-        Ok(Arc::new(Listeners { places }))
+        spare::reserve();
+        Ok(Arc::new(Listeners { places, retired: AtomicU64::new(0) }))
     }
 
     /// At bind(addr) by guest instance `holder`: a kept listener for this
-    /// address, lent to it (taken over from an older instance if one holds
-    /// it); `address-in-use` if this instance (or a newer one) already
-    /// does; `None` when the host keeps nothing for `addr` and the guest
+    /// address, lent to it (it is offered clients once it listens);
+    /// `address-in-use` if this instance (or a newer one) already holds
+    /// it; `None` when the host keeps nothing for `addr` and the guest
     /// binds a socket of its own.
     pub fn lend(
         self: &Arc<Self>,
@@ -171,12 +218,11 @@ impl Listeners {
         holder: u64,
     ) -> Option<Result<Lease, ErrorCode>> {
         let (index, mut place) = self.place_covering(addr)?;
-        let taken = place.holders.last().is_some_and(|newest| *newest >= holder);
+        let taken = place.holders.last().is_some_and(|newest| newest.id >= holder);
         match (&place.kept, taken) {
             (Some(listener), false) => {
                 let listener = Arc::clone(listener);
-                place.holders.push(holder);
-                place.current.store(holder, Ordering::SeqCst);
+                place.holders.push(Holder { id: holder, listening: false });
                 Some(Ok(self.lease(index, &place, listener, holder)))
             }
             // Port 0 asks for any free port: one of its own will do.
@@ -204,8 +250,8 @@ impl Listeners {
             let mut place = lock(place);
             if place.grant.port() == 0 && place.grant.ip() == local.ip() && place.kept.is_none() {
                 place.kept = Some(Arc::clone(&listener));
-                place.holders.push(holder);
-                place.current.store(holder, Ordering::SeqCst);
+                place.holders.push(Holder { id: holder, listening: true });
+                place.pass_turn(self.retired.load(Ordering::SeqCst));
                 return self.lease(index, &place, listener, holder);
             }
         }
@@ -219,31 +265,44 @@ impl Listeners {
         listener: Arc<Listener>,
         holder: u64,
     ) -> Lease {
-        let kept = Kept {
-            listeners: Arc::clone(self),
-            index,
-            current: Arc::clone(&place.current),
-            holder,
-        };
+        let kept =
+            Kept { listeners: Arc::clone(self), index, turn: Arc::clone(&place.turn), holder };
         Lease { listener, place: Some(kept) }
+    }
+
+    /// Changes one place's holders, then passes its turn on.
+    fn update(&self, index: usize, change: impl FnOnce(&mut Vec<Holder>)) {
+        let mut place = lock(&self.places[index]);
+        change(&mut place.holders);
+        place.pass_turn(self.retired.load(Ordering::SeqCst));
     }
 
     /// The places guest instance `holder` holds a lease on.
     pub fn held_by(&self, holder: u64) -> Vec<usize> {
         let holds = |(index, place): (usize, &Mutex<Place>)| {
-            lock(place).holders.contains(&holder).then_some(index)
+            lock(place).holders.iter().any(|h| h.id == holder).then_some(index)
         };
         self.places.iter().enumerate().filter_map(holds).collect()
     }
 
-    /// Offers no client to any guest instance from now on (a graceful stop):
-    /// as if an instance newer than all took every listener over.
-    pub fn stop_offering(&self) {
-        for place in &self.places {
-            let mut place = lock(place);
-            place.holders.push(u64::MAX);
-            place.current.store(u64::MAX, Ordering::SeqCst);
+    /// The places with a listener the host keeps.
+    pub fn kept(&self) -> Vec<usize> {
+        let kept =
+            |(index, place): (usize, &Mutex<Place>)| lock(place).kept.is_some().then_some(index);
+        self.places.iter().enumerate().filter_map(kept).collect()
+    }
+
+    /// Offers no client to instance `id` or any older one from now on.
+    pub fn retire_through(&self, id: u64) {
+        self.retired.fetch_max(id, Ordering::SeqCst);
+        for index in 0..self.places.len() {
+            self.update(index, |_| {});
         }
+    }
+
+    /// Offers no client to any guest instance from now on (a graceful stop).
+    pub fn stop_offering(&self) {
+        self.retire_through(u64::MAX);
     }
 
     /// The granted address of a place, for log lines.
@@ -262,7 +321,7 @@ pub struct Lease {
 struct Kept {
     listeners: Arc<Listeners>,
     index: usize,
-    current: Arc<AtomicU64>,
+    turn: Arc<Turn>,
     holder: u64,
 }
 
@@ -272,20 +331,40 @@ impl Lease {
         self.place.as_ref().map(|kept| kept.index)
     }
 
-    /// Whether this lease is offered clients: a guest's own listener
-    /// always is; a kept one while no newer instance has taken it over.
+    /// Whether this lease is offered clients now: a guest's own listener
+    /// always is; a kept one on its holder's turn.
     pub fn is_current(&self) -> bool {
-        self.place.as_ref().is_none_or(|kept| kept.current.load(Ordering::SeqCst) == kept.holder)
+        self.place
+            .as_ref()
+            .is_none_or(|kept| kept.turn.current.load(Ordering::SeqCst) == kept.holder)
+    }
+
+    /// Ready on this lease's turn; until then the task is woken when the
+    /// turn changes (never by the listener, whose readiness is the turn's
+    /// holder's to wait on).
+    pub fn poll_turn(&self, cx: &mut TaskContext<'_>) -> Poll<()> {
+        match &self.place {
+            None => Poll::Ready(()),
+            Some(kept) => kept.turn.poll(kept.holder, cx),
+        }
+    }
+
+    /// Its holder listens now: it may get the turn.
+    pub fn listening(&self) {
+        if let Some(kept) = &self.place {
+            let holder = kept.holder;
+            kept.listeners.update(kept.index, |holders| {
+                holders.iter_mut().filter(|h| h.id == holder).for_each(|h| h.listening = true)
+            });
+        }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(kept) = &self.place {
-            let mut place = lock(&kept.listeners.places[kept.index]);
-            place.holders.retain(|h| *h != kept.holder);
-            let newest = place.holders.last().copied().unwrap_or(0);
-            place.current.store(newest, Ordering::SeqCst);
+            let holder = kept.holder;
+            kept.listeners.update(kept.index, |holders| holders.retain(|h| h.id != holder));
         }
     }
 }

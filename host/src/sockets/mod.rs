@@ -1,4 +1,4 @@
-//! The host's own `wasi:sockets/tcp` and `tcp-create-socket` (WASI 0.2.12):
+//! The host's own `wasi:sockets/tcp` and `tcp-create-socket` (WASI 0.2):
 //! the guest's TCP sockets, their streams and pollables, and the listeners
 //! the host keeps across guest instances.
 //!
@@ -17,10 +17,12 @@
 //! | `tcp.rs` | a socket and its states (unbound, bound, listening, ...) |
 //! | `listeners.rs` | listeners the host keeps, so they outlive a guest |
 //! | `tenant.rs` | one guest instance: where it listens, how many clients it has |
+//! | `connection.rs` | a connection: what it owns, sends in the background, idle clients |
 //! | `streams.rs` | a connection's input and output streams |
 //! | `options.rs` | socket options and their ranges |
 //! | `addr.rs` | which addresses a socket may use |
 //! | `cap.rs` | the socket cap (`--max-connections`) |
+//! | `spare.rs` | a descriptor in reserve, to turn clients away when there are none left |
 //! | `poll.rs` | `poll`, answered at once for the host's own pollables |
 //! | `send.rs` | `write`, sent straight from the guest's memory |
 //! | `io_trace.rs` | with `--trace`: `block` and `blocking-flush`, named |
@@ -28,17 +30,20 @@
 pub mod activation;
 mod addr;
 mod cap;
+mod connection;
 mod host;
 mod io_trace;
 mod listeners;
 mod options;
 mod poll;
 mod send;
+mod spare;
 mod streams;
 mod tcp;
 mod tenant;
 
-pub use cap::SocketCap;
+pub use cap::{Asker, Place, SocketCap};
+pub use connection::Timeouts;
 pub use listeners::Listeners;
 pub use tcp::TcpSocket;
 pub use tenant::Tenant;
@@ -47,11 +52,14 @@ use crate::policy::Grants;
 use crate::trace::Tracer;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::sync::watch;
 use wasmtime::component::{HasData, Linker, ResourceTable};
 use wasmtime_wasi::p2::bindings::sockets::network::ErrorCode;
 use wasmtime_wasi::sockets::SocketAddrUse;
 
 mod bindings {
+    // The version here must be `crate::wasi_version::WASI_VERSION` (a test
+    // below checks): a macro takes no constant.
     wasmtime::component::bindgen!({
         path: "../wit",
         inline: "
@@ -85,6 +93,18 @@ pub struct SocketsCtx {
     watched: poll::Watched,
     /// This guest instance, as the listeners and the supervisor see it.
     tenant: Arc<Tenant>,
+    timeouts: Timeouts,
+    /// Dropped with the instance's store: what the host still does for
+    /// its connections on its own (`connection.rs`) stops then.
+    instance: watch::Sender<()>,
+}
+
+/// How the sockets layer treats one guest instance's sockets.
+pub struct Options {
+    /// `--nagle` not given: TCP_NODELAY on every accepted client.
+    pub nodelay: bool,
+    pub tracer: Option<Tracer>,
+    pub timeouts: Timeouts,
 }
 
 impl SocketsCtx {
@@ -93,11 +113,21 @@ impl SocketsCtx {
         listeners: Arc<Listeners>,
         tenant: Arc<Tenant>,
         cap: Arc<SocketCap>,
-        nodelay: bool,
-        tracer: Option<Tracer>,
+        options: Options,
     ) -> Self {
-        let watched = Default::default();
-        SocketsCtx { grants, listeners, tenant, cap, nodelay, tracer, watched }
+        let Options { nodelay, tracer, timeouts } = options;
+        let (watched, instance) = (Default::default(), watch::Sender::new(()));
+        SocketsCtx { grants, listeners, tenant, cap, nodelay, tracer, watched, timeouts, instance }
+    }
+
+    /// What a new connection belongs to.
+    fn owner(&self, place: Place, client: Option<tenant::Client>) -> connection::Owner {
+        connection::Owner {
+            place,
+            client,
+            instance: self.instance.subscribe(),
+            timeouts: self.timeouts,
+        }
     }
 
     /// The grants' decision on one use of an address; a refusal is logged
@@ -148,4 +178,31 @@ pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>, trace: bool) -> anyhow::
         io_trace::add_to_linker(linker)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wasi_version::{versioned, WASI_VERSION};
+
+    struct Nothing;
+
+    impl HasTcp for Nothing {
+        fn tcp(&mut self) -> SocketsView<'_> {
+            unreachable!("never called: the linker is only built")
+        }
+    }
+
+    /// The `bindgen!` above registers the host's TCP under WASI_VERSION.
+    #[test]
+    fn the_hosts_tcp_is_registered_under_the_wasi_version() {
+        let engine = wasmtime::Engine::default();
+        let mut linker = Linker::<Nothing>::new(&engine);
+        add_to_linker(&mut linker, false).unwrap();
+        linker.allow_shadowing(false);
+        let mut tcp = linker.instance(&versioned("wasi:sockets/tcp")).unwrap();
+        let again = tcp.func_wrap("[method]tcp-socket.start-bind", |_, (): ()| Ok(()));
+        let error = again.expect_err(&format!("no tcp@{WASI_VERSION} from bindgen!"));
+        assert!(format!("{error:#}").contains("defined twice"), "{error:#}");
+    }
 }

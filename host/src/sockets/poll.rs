@@ -18,8 +18,9 @@
 //! hands out and each pollable made from one, and forgets them when they
 //! are dropped: those are the `subscribe` and drop functions replaced here.
 
-use super::streams::Connection;
+use super::connection::Connection;
 use super::{HasTcp, SocketsView, TcpSocket};
+use crate::wasi_version::versioned;
 use std::future::{poll_fn, Future};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -211,7 +212,7 @@ fn wait_own(
 }
 
 pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()> {
-    let mut io = linker.instance("wasi:io/poll@0.2.12")?;
+    let mut io = linker.instance(&versioned("wasi:io/poll"))?;
     io.func_wrap_async(
         "poll",
         |mut store: StoreContextMut<T>, (pollables,): (Vec<Resource<DynPollable>>,)| {
@@ -223,8 +224,12 @@ pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()> {
         view.ctx.watched.pollables.remove(rep);
         HostPollable::drop(view.table, Resource::new_own(rep))
     })?;
+    add_streams_to_linker(linker)
+}
 
-    let mut streams = linker.instance("wasi:io/streams@0.2.12")?;
+/// The streams' `subscribe` and drop: the host notes its own.
+fn add_streams_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()> {
+    let mut streams = linker.instance(&versioned("wasi:io/streams"))?;
     streams.func_wrap(
         "[method]input-stream.subscribe",
         |mut store: StoreContextMut<T>, (stream,): (Resource<DynInputStream>,)| {

@@ -10,13 +10,14 @@
 //! wasmtime-wasi-io's, as before.
 
 use super::{streams, HasTcp};
+use crate::wasi_version::versioned;
 use wasmtime::component::{Linker, Resource, WasmList};
 use wasmtime::StoreContextMut;
 use wasmtime_wasi::p2::bindings::io::streams::{Host as StreamsHost, HostOutputStream};
 use wasmtime_wasi::p2::DynOutputStream;
 
 pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()> {
-    linker.instance("wasi:io/streams@0.2.12")?.func_wrap(
+    linker.instance(&versioned("wasi:io/streams"))?.func_wrap(
         "[method]output-stream.write",
         |mut store: StoreContextMut<T>,
          (stream, contents): (Resource<DynOutputStream>, WasmList<u8>)| {

@@ -11,20 +11,19 @@
 //!   socket is drained, so the next read answers "nothing yet" without
 //!   asking the system again;
 //! - a write is sent at once; only what the system does not take at once
-//!   is copied and left to a background task, which finishes even if the
-//!   guest drops the stream (nothing the guest wrote is lost), then sends
-//!   the FIN.
+//!   is copied and left to a background send (`connection.rs`), which
+//!   finishes even if the guest drops the stream (nothing the guest wrote
+//!   is lost), then sends the FIN.
 
-use super::tenant::Client;
+use super::connection::{Connection, Held};
 use crate::trace::{StreamEnd, Tracer};
 use bytes::{Bytes, BytesMut};
 use socket2::SockRef;
 use std::future::{poll_fn, Future};
 use std::io::ErrorKind;
-use std::net::Shutdown;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::{Arc, MutexGuard};
+use std::task::{Context, Poll};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -33,51 +32,7 @@ use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, Stream
 /// The most one read returns and one check-write grants.
 pub const MAX_CHUNK: usize = 64 * 1024;
 
-/// One connection, shared by its socket and its two streams; closed when
-/// the last of the three is dropped.
-pub struct Connection {
-    pub stream: TcpStream,
-    /// shutdown(receive): the input stream reports `closed`.
-    read_shut: AtomicBool,
-    /// shutdown(send), or the output stream dropped: send the FIN once
-    /// everything written has gone out.
-    write_shut: AtomicBool,
-    /// A background task is still sending.
-    sending: AtomicBool,
-    /// Who to wake when it is done (a `poll` waiting to write).
-    when_sent: Mutex<Option<Waker>>,
-    /// The output stream's state.
-    output: Mutex<WriteState>,
-    /// An accepted client counts for its guest instance while it lasts.
-    _client: Option<Client>,
-}
-
 impl Connection {
-    pub fn new(stream: TcpStream, client: Option<Client>) -> Arc<Connection> {
-        Arc::new(Connection {
-            stream,
-            read_shut: AtomicBool::new(false),
-            write_shut: AtomicBool::new(false),
-            sending: AtomicBool::new(false),
-            when_sent: Mutex::new(None),
-            output: Mutex::new(WriteState::Ready { permit: 0 }),
-            _client: client,
-        })
-    }
-
-    pub fn shut_read(&self) {
-        self.read_shut.store(true, SeqCst);
-        let _ = SockRef::from(&self.stream).shutdown(Shutdown::Read);
-    }
-
-    /// The FIN goes out now, or after the background task's last byte.
-    pub fn shut_write(&self) {
-        self.write_shut.store(true, SeqCst);
-        if !self.sending.load(SeqCst) {
-            let _ = SockRef::from(&self.stream).shutdown(Shutdown::Write);
-        }
-    }
-
     /// Readable, or at its end: a read would not answer "nothing yet".
     pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.read_shut.load(SeqCst) {
@@ -99,21 +54,11 @@ impl Connection {
         }
         self.stream.poll_write_ready(cx).map(|_| ())
     }
-
-    fn sent_all(&self) {
-        self.sending.store(false, SeqCst);
-        if let Some(waker) = self.when_sent.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            waker.wake();
-        }
-        if self.write_shut.load(SeqCst) {
-            let _ = SockRef::from(&self.stream).shutdown(Shutdown::Write);
-        }
-    }
 }
 
 /// The input stream.
 pub struct Reader {
-    conn: Arc<Connection>,
+    conn: Held,
     state: ReadState,
     tracer: Option<Tracer>,
 }
@@ -125,8 +70,8 @@ enum ReadState {
 }
 
 impl Reader {
-    pub fn new(conn: Arc<Connection>, tracer: Option<Tracer>) -> Self {
-        Reader { conn, state: ReadState::Open, tracer }
+    pub fn new(conn: &Arc<Connection>, tracer: Option<Tracer>) -> Self {
+        Reader { conn: Held::new(conn), state: ReadState::Open, tracer }
     }
 
     pub fn connection(&self) -> &Arc<Connection> {
@@ -149,6 +94,7 @@ impl Reader {
             Ok(n) => {
                 // SAFETY: `recv` initialised the first `n` bytes of the spare capacity.
                 unsafe { buf.set_len(n) };
+                self.conn.touch();
                 Ok(buf.freeze())
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(Bytes::new()),
@@ -231,12 +177,12 @@ impl Pollable for Reader {
 /// guest's `write` reaches the sending side without it (`send.rs`), so
 /// its state lives in the connection.
 pub struct Writer {
-    conn: Arc<Connection>,
+    conn: Held,
     tracer: Option<Tracer>,
 }
 
 /// The sending side of a connection.
-enum WriteState {
+pub(super) enum WriteState {
     /// May write up to `permit` bytes (granted by the last check-write).
     Ready {
         permit: usize,
@@ -309,18 +255,22 @@ impl Connection {
             return Ok(());
         }
         let rest = match self.stream.try_write(bytes) {
-            Ok(n) if n == bytes.len() => return Ok(()),
-            Ok(n) => &bytes[n..],
+            Ok(n) if n == bytes.len() => {
+                self.touch();
+                return Ok(());
+            }
+            Ok(n) => {
+                self.touch();
+                &bytes[n..]
+            }
             Err(e) if e.kind() == ErrorKind::WouldBlock => bytes,
-            Err(e) => return Err(failure(e)),
+            Err(e) => {
+                // The spec: after a failure the stream is closed.
+                *state = WriteState::Closed;
+                return Err(failure(e));
+            }
         };
-        self.sending.store(true, SeqCst);
-        let (conn, rest) = (Arc::clone(self), Bytes::copy_from_slice(rest));
-        *state = WriteState::Sending(tokio::spawn(async move {
-            let result = send_all(&conn.stream, rest).await;
-            conn.sent_all();
-            result
-        }));
+        *state = WriteState::Sending(self.send_in_background(Bytes::copy_from_slice(rest)));
         Ok(())
     }
 
@@ -343,8 +293,8 @@ pub fn write(conn: &Arc<Connection>, tracer: Option<Tracer>, bytes: &[u8]) -> St
 }
 
 impl Writer {
-    pub fn new(conn: Arc<Connection>, tracer: Option<Tracer>) -> Self {
-        Writer { conn, tracer }
+    pub fn new(conn: &Arc<Connection>, tracer: Option<Tracer>) -> Self {
+        Writer { conn: Held::new(conn), tracer }
     }
 
     async fn write_all_now(&mut self, mut bytes: Bytes) -> StreamResult<()> {
@@ -362,18 +312,6 @@ impl Writer {
             Err(e) => Err(e),
         }
     }
-}
-
-async fn send_all(stream: &TcpStream, mut bytes: Bytes) -> std::io::Result<()> {
-    while !bytes.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(&bytes) {
-            Ok(n) => drop(bytes.split_to(n)),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// A broken pipe means the peer is gone: the stream is simply closed. Any

@@ -10,21 +10,26 @@
 //! its finish says `would-block` until the connection is made).
 
 use super::addr::{check_local, check_remote, unspecified};
-use super::cap::Place;
+use super::cap::{Asker, Place};
+use super::connection::{Connection, Held};
 use super::listeners::{new_socket, Lease, Listener};
 use super::options::{self, Chosen, Opt};
-use super::streams::{Connection, Reader, Writer};
-use super::{ErrorCode, SocketsCtx};
+use super::streams::{Reader, Writer};
+use super::{spare, ErrorCode, SocketsCtx};
 use socket2::{SockAddr, SockRef, Socket};
 use std::net::{Shutdown, SocketAddr};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use wasmtime_wasi::p2::bindings::sockets::network::IpAddressFamily;
 use wasmtime_wasi::p2::Pollable;
 use wasmtime_wasi::sockets::SocketAddrUse;
 
 /// std's listen backlog, which wasmtime uses too.
 const DEFAULT_BACKLOG: u32 = 128;
+
+/// Clients one `accept` call turns away (not granted, over the cap, no
+/// descriptor left) before it answers `would-block`: under a flood, the
+/// guest gets its turn back, and the poll that follows finds the rest.
+const TURNED_AWAY_PER_ACCEPT: usize = 16;
 
 pub struct TcpSocket {
     family: IpAddressFamily,
@@ -35,8 +40,9 @@ pub struct TcpSocket {
     /// Options set while the socket had no kept listener, so that they can
     /// follow it onto one.
     chosen: Chosen,
-    /// Its place under the socket cap.
-    _place: Place,
+    /// Its place under the socket cap, while it has a descriptor of its
+    /// own; a connection's is the connection's (`connection.rs`).
+    place: Option<Place>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -61,8 +67,8 @@ enum State {
     Listening(Lease),
     /// Connecting, or connected: `pending == Some(Connect)` until
     /// finish-connect has seen the connection made.
-    Connecting(Arc<Connection>),
-    Connected(Arc<Connection>),
+    Connecting(Held),
+    Connected(Held),
     /// After a failed connect or listen: only dropping it is left.
     Closed,
 }
@@ -74,17 +80,17 @@ impl TcpSocket {
     /// socket(): a fresh socket of this family, holding `place`.
     pub fn new(family: IpAddressFamily, place: Place) -> Result<TcpSocket, ErrorCode> {
         let any = unspecified(family);
-        Ok(TcpSocket::with_state(family, State::Unbound(new_socket(any)?), place))
+        Ok(TcpSocket::with_state(family, State::Unbound(new_socket(any)?), Some(place)))
     }
 
-    fn with_state(family: IpAddressFamily, state: State, place: Place) -> TcpSocket {
+    fn with_state(family: IpAddressFamily, state: State, place: Option<Place>) -> TcpSocket {
         TcpSocket {
             family,
             state,
             pending: None,
             backlog: DEFAULT_BACKLOG,
             chosen: Chosen::default(),
-            _place: place,
+            place,
         }
     }
 
@@ -160,6 +166,7 @@ impl TcpSocket {
             _ => unreachable!("checked above"),
         };
         let lease = result?;
+        lease.listening();
         if let Some(place) = lease.kept_place() {
             ctx.tenant.listened(place);
         }
@@ -188,9 +195,13 @@ impl TcpSocket {
         }
         let socket = match state {
             State::Unbound(own) | State::Bound(own) => own,
-            // Connecting from the address of a kept listener: give the
-            // listener back and bind a socket of its own there.
-            State::BoundKept { own, asked, .. } => {
+            // Connecting from the address of a kept listener: the lease
+            // goes back, and the connection needs that address for a
+            // socket of its own, which the system refuses while the host's
+            // listener holds it (address-in-use), as it would a second
+            // socket bound where a listener is.
+            State::BoundKept { lease, own, asked } => {
+                drop(lease);
                 own.bind(&SockAddr::from(asked))?;
                 own
             }
@@ -203,7 +214,9 @@ impl TcpSocket {
         }
         let stream = tokio::net::TcpStream::from_std(socket.into())?;
         ctx.done(addr, SocketAddrUse::TcpConnect);
-        self.state = State::Connecting(Connection::new(stream, None));
+        let place = self.place.take().ok_or(ErrorCode::InvalidState)?;
+        let conn = Connection::new(stream, None, ctx.owner(place, None));
+        self.state = State::Connecting(Held::new(&conn));
         self.pending = Some(Op::Connect);
         Ok(())
     }
@@ -224,55 +237,64 @@ impl TcpSocket {
             Ok(None) => conn.stream.peer_addr().err(),
             Ok(Some(e)) | Err(e) => Some(e),
         };
+        let State::Connecting(conn) = std::mem::replace(&mut self.state, State::Closed) else {
+            unreachable!("matched above")
+        };
         if let Some(e) = failed {
-            self.state = State::Closed;
             return Err(e.into());
         }
-        let conn = Arc::clone(conn);
-        self.state = State::Connected(Arc::clone(&conn));
-        Ok((Reader::new(Arc::clone(&conn), ctx.tracer), Writer::new(conn, ctx.tracer)))
+        let streams = (Reader::new(&conn, ctx.tracer), Writer::new(&conn, ctx.tracer));
+        self.state = State::Connected(conn);
+        Ok(streams)
     }
 
     /// accept(): the next client the grants let in, with a place under the
-    /// socket cap; others are reset before the guest sees them.
+    /// socket cap; others are reset before the guest sees them, at most
+    /// [`TURNED_AWAY_PER_ACCEPT`] in one call.
     pub fn accept(&mut self, ctx: &SocketsCtx) -> Result<Accepted, ErrorCode> {
         let State::Listening(lease) = &self.state else { return Err(ErrorCode::InvalidState) };
         if self.pending == Some(Op::Listen) {
             return Err(ErrorCode::InvalidState);
         }
-        // A newer instance has taken this listener over: its clients are
-        // the newer one's now.
+        // Not this instance's turn: a newer one has taken the listener
+        // over, or the host offers no more clients. They are not its own.
         if !lease.is_current() {
             return Err(ErrorCode::WouldBlock);
         }
-        let mut noop = Context::from_waker(std::task::Waker::noop());
-        loop {
-            let (client, peer) = match lease.listener.poll_accept(&mut noop) {
-                Poll::Pending => return Err(ErrorCode::WouldBlock),
-                Poll::Ready(accepted) => accepted.map_err(accept_error)?,
-            };
+        for _ in 0..TURNED_AWAY_PER_ACCEPT {
+            let Some((client, peer)) = next_client(&lease.listener)? else { continue };
             let place = match ctx.grants.check(peer, SocketAddrUse::TcpAccept) {
-                true => ctx.cap.take(&format_args!("a client from {peer}, turned away")),
+                true => ctx.cap.take(Asker::Client(peer)),
                 false => {
                     ctx.grants.log(peer, SocketAddrUse::TcpAccept, false);
                     None
                 }
             };
-            let Some(place) = place else {
-                reset(client);
-                continue;
-            };
-            ctx.done(peer, SocketAddrUse::TcpAccept);
-            if ctx.nodelay {
-                client.set_tcp_nodelay(true)?;
+            match place {
+                Some(place) => return self.accepted(ctx, client, peer, place),
+                None => reset(client),
             }
-            let stream = tokio::net::TcpStream::from_std(client.into())?;
-            let conn = Connection::new(stream, Some(ctx.tenant.client()));
-            let reader = Reader::new(Arc::clone(&conn), ctx.tracer);
-            let writer = Writer::new(Arc::clone(&conn), ctx.tracer);
-            let socket = TcpSocket::with_state(self.family, State::Connected(conn), place);
-            return Ok((socket, reader, writer));
         }
+        Err(ErrorCode::WouldBlock)
+    }
+
+    /// The guest's side of a client let in: a socket and its two streams.
+    fn accepted(
+        &self,
+        ctx: &SocketsCtx,
+        client: Socket,
+        peer: SocketAddr,
+        place: Place,
+    ) -> Result<Accepted, ErrorCode> {
+        ctx.done(peer, SocketAddrUse::TcpAccept);
+        if ctx.nodelay {
+            client.set_tcp_nodelay(true)?;
+        }
+        let stream = tokio::net::TcpStream::from_std(client.into())?;
+        let conn = Connection::new(stream, Some(peer), ctx.owner(place, Some(ctx.tenant.client())));
+        let (reader, writer) = (Reader::new(&conn, ctx.tracer), Writer::new(&conn, ctx.tracer));
+        let socket = TcpSocket::with_state(self.family, State::Connected(Held::new(&conn)), None);
+        Ok((socket, reader, writer))
     }
 
     /// getsockname(): only once bound (bind-in-progress is not yet).
@@ -358,13 +380,14 @@ impl TcpSocket {
         Ok(())
     }
 
-    /// closesocket() on a listener the host keeps: as closing a listener
-    /// does, the clients waiting in its backlog are reset (a guest that
-    /// crashes instead leaves them for the next instance). Returns the
-    /// address and how many were reset.
+    /// closesocket() on a listener the host keeps, on its turn: as closing
+    /// a listener does, the clients waiting in its backlog are reset (a
+    /// guest that crashes instead leaves them for the next instance).
+    /// Clients waiting while it is not its turn are another instance's,
+    /// and left alone. Returns the address and how many were reset.
     pub fn close_kept_listener(&self) -> Option<(SocketAddr, usize)> {
         match &self.state {
-            State::Listening(lease) if lease.kept_place().is_some() => {
+            State::Listening(lease) if lease.kept_place().is_some() && lease.is_current() => {
                 Some((lease.listener.local_addr(), lease.listener.reset_waiting()))
             }
             _ => None,
@@ -376,9 +399,13 @@ impl TcpSocket {
             (State::Connecting(conn), Some(Op::Connect)) => {
                 conn.stream.poll_write_ready(cx).map(|_| ())
             }
-            (State::Listening(lease), None) if lease.is_current() => lease.listener.poll_ready(cx),
-            // Taken over by a newer instance: never ready again.
-            (State::Listening(_), None) => Poll::Pending,
+            // A client waiting, on this instance's turn; until its turn
+            // comes (the newer instance it lent the listener to failed,
+            // say), woken by the turn, never by the listener itself.
+            (State::Listening(lease), None) => {
+                ready!(lease.poll_turn(cx));
+                lease.listener.poll_ready(cx)
+            }
             _ => Poll::Ready(()),
         }
     }
@@ -398,11 +425,27 @@ impl Pollable for TcpSocket {
     }
 }
 
+/// The next client waiting, if any (`would-block` if none); None for one
+/// turned away because the process has no descriptor left for it.
+fn next_client(listener: &Listener) -> Result<Option<(Socket, SocketAddr)>, ErrorCode> {
+    let mut noop = Context::from_waker(std::task::Waker::noop());
+    match listener.poll_accept(&mut noop) {
+        Poll::Pending => Err(ErrorCode::WouldBlock),
+        Poll::Ready(Ok(accepted)) => Ok(Some(accepted)),
+        Poll::Ready(Err(e)) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+            match spare::turn_away_one(listener.socket()) {
+                true => Ok(None),
+                false => Err(ErrorCode::NewSocketLimit),
+            }
+        }
+        Poll::Ready(Err(e)) => Err(accept_error(e)),
+    }
+}
+
 /// Linux reports a client that failed before it was accepted with that
 /// client's own error; wasi:sockets calls all of those `connection-aborted`.
 fn accept_error(e: std::io::Error) -> ErrorCode {
     match e.raw_os_error() {
-        Some(libc::EMFILE | libc::ENFILE) => ErrorCode::NewSocketLimit,
         Some(
             libc::ECONNRESET
             | libc::ENETRESET

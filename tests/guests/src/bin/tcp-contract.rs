@@ -7,7 +7,9 @@
 //! exits 1 if any failed. With an argument it does one thing instead:
 //! `write-over-permit` and `blocking-write-4097` break a rule the spec says
 //! traps; `write-stdout` writes to stdout with `write`; `serve-once`
-//! accepts one client on LISTEN_ADDR and reports how its input stream ended.
+//! accepts one client on LISTEN_ADDR and reports how its input stream ended;
+//! `write-after-reset` accepts one, reads a byte, then writes until the
+//! output stream fails, and reports that and what the stream says next.
 
 use std::net::{IpAddr, SocketAddr};
 use wasi::clocks::monotonic_clock::subscribe_duration;
@@ -35,6 +37,7 @@ fn main() {
         Some("busy-poll") => busy_poll(),
         Some("write-stdout") => write_stdout(),
         Some("serve-once") => serve_once(),
+        Some("write-after-reset") => write_after_reset(),
         Some(other) => panic!("unknown mode {other}"),
     }
 }
@@ -672,6 +675,37 @@ fn serve_once() {
                     e.to_debug_string()
                 )
             }
+        }
+    }
+}
+
+fn write_after_reset() {
+    let net = instance_network();
+    let listening = listener(&net, &std::env::var("LISTEN_ADDR").unwrap(), V4).unwrap();
+    let conn = accept(&listening).unwrap();
+    conn.input.blocking_read(1).unwrap();
+    println!("got a byte; writing until the stream fails");
+    let pause = || subscribe_duration(10_000_000).block();
+    let failure = loop {
+        match conn.output.check_write() {
+            Ok(0) => pause(),
+            Ok(_) => match conn.output.write(b"y") {
+                Ok(()) => pause(),
+                Err(e) => break e,
+            },
+            Err(e) => break e,
+        }
+    };
+    println!("the first failure: {}", stream_error(&failure));
+    let next = conn.output.check_write().map_err(|e| stream_error(&e));
+    println!("then check-write: {next:?}");
+}
+
+fn stream_error(e: &StreamError) -> String {
+    match e {
+        StreamError::Closed => "closed".to_string(),
+        StreamError::LastOperationFailed(e) => {
+            format!("last-operation-failed ({})", e.to_debug_string())
         }
     }
 }

@@ -1,0 +1,270 @@
+//! One TCP connection, shared by the guest's socket and its two streams,
+//! and what the host does for it on its own: finish a send the system did
+//! not take at once, and close it when it sits idle.
+//!
+//! The connection owns what it costs: its place under the socket cap and
+//! its count as a client of its guest instance go when the connection does,
+//! whoever held it last (the socket, a stream, or a send still under way).
+//! What the host does for it on its own belongs to its guest instance too:
+//! when the instance ends, a send under way stops at once, and once the
+//! guest has let go of every handle, it has `--send-timeout` to finish
+//! before the connection is reset.
+
+use super::cap::Place;
+use super::tenant::Client;
+use crate::log_limit::Kind;
+use bytes::Bytes;
+use socket2::SockRef;
+use std::io::ErrorKind;
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+
+/// What ends with a guest instance: the host's tasks for its connections.
+/// The sending half lives in the instance's store; when the store goes,
+/// every receiver sees it.
+pub type InstanceEnds = watch::Receiver<()>;
+
+/// How long the host keeps going on its own for a connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// A send still under way after the guest let go of the connection.
+    pub send: Duration,
+    /// `--idle-timeout`: a client with nothing received or sent for this long.
+    pub idle: Option<Duration>,
+}
+
+/// What a connection belongs to.
+pub struct Owner {
+    pub place: Place,
+    pub client: Option<Client>,
+    pub instance: InstanceEnds,
+    pub timeouts: Timeouts,
+}
+
+pub struct Connection {
+    pub stream: TcpStream,
+    /// The client's address (accepted connections), for log lines.
+    pub peer: Option<SocketAddr>,
+    /// shutdown(receive), or closed for idleness: reads report `closed`.
+    pub(super) read_shut: AtomicBool,
+    /// shutdown(send), or the output stream dropped: send the FIN once
+    /// everything written has gone out.
+    pub(super) write_shut: AtomicBool,
+    /// A background send is under way.
+    pub(super) sending: AtomicBool,
+    /// Who to wake when it is done (a `poll` waiting to write).
+    pub(super) when_sent: Mutex<Option<Waker>>,
+    /// The output stream's state (`streams.rs`).
+    pub(super) output: Mutex<super::streams::WriteState>,
+    /// The guest's handles on it (socket, input, output) still open.
+    held: AtomicUsize,
+    let_go: Notify,
+    /// With `--idle-timeout`: when a byte last moved, in ms since [`epoch`].
+    last_active: Option<AtomicU64>,
+    instance: InstanceEnds,
+    send_timeout: Duration,
+    _client: Option<Client>,
+    _place: Place,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream, peer: Option<SocketAddr>, owner: Owner) -> Arc<Connection> {
+        let idle = owner.timeouts.idle.filter(|_| owner.client.is_some());
+        let conn = Arc::new(Connection {
+            stream,
+            peer,
+            read_shut: AtomicBool::new(false),
+            write_shut: AtomicBool::new(false),
+            sending: AtomicBool::new(false),
+            when_sent: Mutex::new(None),
+            output: Mutex::new(super::streams::WriteState::Ready { permit: 0 }),
+            held: AtomicUsize::new(0),
+            let_go: Notify::new(),
+            last_active: idle.map(|_| AtomicU64::new(since_epoch())),
+            instance: owner.instance,
+            send_timeout: owner.timeouts.send,
+            _client: owner.client,
+            _place: owner.place,
+        });
+        if let Some(timeout) = idle {
+            let instance = conn.instance.clone();
+            tokio::spawn(close_when_idle(Arc::downgrade(&conn), timeout, instance));
+        }
+        conn
+    }
+
+    pub fn shut_read(&self) {
+        self.read_shut.store(true, SeqCst);
+        let _ = SockRef::from(&self.stream).shutdown(Shutdown::Read);
+    }
+
+    /// The FIN goes out now, or after the background send's last byte.
+    pub fn shut_write(&self) {
+        self.write_shut.store(true, SeqCst);
+        if !self.sending.load(SeqCst) {
+            let _ = SockRef::from(&self.stream).shutdown(Shutdown::Write);
+        }
+    }
+
+    /// A byte moved (with `--idle-timeout`; nothing to do otherwise).
+    pub fn touch(&self) {
+        if let Some(last) = &self.last_active {
+            last.store(since_epoch(), SeqCst);
+        }
+    }
+
+    /// Sends `rest` in the background (the guest's write returned): the
+    /// task stops when the instance ends, or `send_timeout` after the guest
+    /// let go of the connection if the peer has not taken it all by then.
+    pub fn send_in_background(
+        self: &Arc<Self>,
+        rest: Bytes,
+    ) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        self.sending.store(true, SeqCst);
+        let conn = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut instance = conn.instance.clone();
+            let result = tokio::select! {
+                sent = send_all(&conn, rest) => sent,
+                _ = instance.changed() => Err(ErrorKind::ConnectionAborted.into()),
+                () = conn.abandoned() => Err(conn.give_up()),
+            };
+            conn.sent_all();
+            result
+        })
+    }
+
+    fn sent_all(&self) {
+        self.sending.store(false, SeqCst);
+        if let Some(waker) = self.when_sent.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            waker.wake();
+        }
+        if self.write_shut.load(SeqCst) {
+            let _ = SockRef::from(&self.stream).shutdown(Shutdown::Write);
+        }
+    }
+
+    /// Returns `send_timeout` after the guest has let go of every handle.
+    async fn abandoned(&self) {
+        loop {
+            let let_go = self.let_go.notified();
+            tokio::pin!(let_go);
+            let_go.as_mut().enable();
+            if self.held.load(SeqCst) == 0 {
+                break;
+            }
+            let_go.await;
+        }
+        tokio::time::sleep(self.send_timeout).await;
+    }
+
+    /// The peer did not take what was left in time: reset the connection
+    /// (it closes with the task's hold on it, the last one).
+    fn give_up(&self) -> std::io::Error {
+        static GAVE_UP: Kind = Kind::warn("sends given up");
+        let _ = SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+        if GAVE_UP.admit() {
+            let peer = self.peer.map_or_else(|| "a peer".to_string(), |p| p.to_string());
+            tracing::warn!(
+                event = "limit",
+                "gave up sending to {peer}: it took nothing more for {:?} after the guest let go \
+                 of the connection (--send-timeout); reset it",
+                self.send_timeout
+            );
+        }
+        ErrorKind::TimedOut.into()
+    }
+
+    /// Closed for idleness: the guest's reads and writes report `closed`,
+    /// the client gets a FIN.
+    fn close_idle(&self, timeout: Duration) {
+        static CLOSED_IDLE: Kind = Kind::info("idle clients closed");
+        self.read_shut.store(true, SeqCst);
+        self.write_shut.store(true, SeqCst);
+        let _ = SockRef::from(&self.stream).shutdown(Shutdown::Both);
+        if CLOSED_IDLE.admit() {
+            let peer = self.peer.map_or_else(|| "a client".to_string(), |p| p.to_string());
+            tracing::info!(
+                event = "idle",
+                "closed the connection of {peer}: nothing received or sent for {timeout:?} \
+                 (--idle-timeout)"
+            );
+        }
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = self.last_active.as_ref().map_or(0, |last| last.load(SeqCst));
+        Duration::from_millis(since_epoch().saturating_sub(last))
+    }
+}
+
+/// The guest's hold on a connection: its socket's, or one stream's.
+/// When the last one goes, a send still under way gets its deadline.
+pub struct Held(Arc<Connection>);
+
+impl Held {
+    pub fn new(conn: &Arc<Connection>) -> Held {
+        conn.held.fetch_add(1, SeqCst);
+        Held(Arc::clone(conn))
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = Arc<Connection>;
+    fn deref(&self) -> &Arc<Connection> {
+        &self.0
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.0.held.fetch_sub(1, SeqCst) == 1 {
+            self.0.let_go.notify_waiters();
+        }
+    }
+}
+
+async fn send_all(conn: &Connection, mut bytes: Bytes) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        conn.stream.writable().await?;
+        match conn.stream.try_write(&bytes) {
+            Ok(n) => {
+                drop(bytes.split_to(n));
+                conn.touch();
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `--idle-timeout`: wakes when the connection would have been idle for
+/// `timeout`, and closes it if nothing moved meanwhile. Holds the
+/// connection only while it looks, so a connection the guest closed goes
+/// at once (and this task at its next wake-up, or with the instance).
+async fn close_when_idle(conn: Weak<Connection>, timeout: Duration, mut instance: InstanceEnds) {
+    loop {
+        let Some(live) = conn.upgrade() else { return };
+        let idle = live.idle_for();
+        if idle >= timeout {
+            return live.close_idle(timeout);
+        }
+        drop(live);
+        tokio::select! {
+            () = tokio::time::sleep(timeout - idle) => {}
+            _ = instance.changed() => return,
+        }
+    }
+}
+
+/// Milliseconds since the first call: a clock an atomic can hold.
+fn since_epoch() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}

@@ -1,0 +1,58 @@
+//! A descriptor kept in reserve, so that a client can still be turned away
+//! when the process has run out of descriptors (its open-file limit is
+//! below `--max-connections`, say). Without it, `accept` fails with EMFILE
+//! and the client waits in the backlog for ever, its listener always
+//! "ready", the guest spinning on it. With it, the host closes the spare,
+//! accepts the client into the freed descriptor, resets it, and takes the
+//! spare again: the libev/nginx way.
+
+use crate::log_limit::Kind;
+use socket2::{Domain, Socket, Type};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// A UDP socket: it needs no file system (the container image has none).
+static SPARE: Mutex<Option<Socket>> = Mutex::new(None);
+static TURNED_AWAY: Kind = Kind::warn("clients turned away for want of descriptors");
+
+/// Takes the spare descriptor (again).
+pub fn reserve() {
+    let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
+    if spare.is_none() {
+        *spare = Socket::new(Domain::IPV4, Type::DGRAM, None).ok();
+    }
+}
+
+/// The process is out of descriptors: turns away the next client waiting
+/// on `listener` with a reset. Returns whether there was one.
+pub fn turn_away_one(listener: &Socket) -> bool {
+    drop(SPARE.lock().unwrap_or_else(|e| e.into_inner()).take());
+    let accepted = listener.accept();
+    let turned_away = match accepted {
+        Ok((client, peer)) => {
+            let _ = client.set_linger(Some(Duration::ZERO));
+            log(peer.as_socket());
+            true
+        }
+        Err(_) => false,
+    };
+    reserve();
+    turned_away
+}
+
+fn log(peer: Option<SocketAddr>) {
+    if !TURNED_AWAY.admit() {
+        return;
+    }
+    let peer = peer.map_or_else(|| "somewhere".to_string(), |p| p.to_string());
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes `limit`.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    tracing::warn!(
+        event = "limit",
+        "refused: a client from {peer}, turned away: the process has no descriptor left \
+         (its open-file limit is {}); raise that limit or lower --max-connections",
+        limit.rlim_cur
+    );
+}

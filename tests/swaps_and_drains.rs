@@ -1,0 +1,230 @@
+//! The failure paths of swaps and drains: a swap that fails while a client
+//! waits, a draining instance that closes its listener, the running guest
+//! failing during a swap, signals during a graceful stop. Each keeps
+//! serving, and says so.
+
+use crate::support::clients::echo;
+use crate::support::guests::{default_guest, test_guest};
+use crate::support::{connect, Host};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+/// A new file renamed into place, as a deployment does.
+fn install(guest: &Path, at: &Path) {
+    let next = at.with_extension("next");
+    std::fs::copy(guest, &next).unwrap();
+    std::fs::rename(&next, at).unwrap();
+}
+
+/// The test's end of a guest's control connection (`swap-window`).
+struct Control {
+    listener: TcpListener,
+}
+
+impl Control {
+    fn new() -> Control {
+        Control { listener: TcpListener::bind("127.0.0.1:0").unwrap() }
+    }
+
+    fn addr(&self) -> String {
+        self.listener.local_addr().unwrap().to_string()
+    }
+
+    /// Waits for the guest to connect: it holds the address now.
+    fn accept(&self) -> TcpStream {
+        self.listener.accept().unwrap().0
+    }
+}
+
+/// A client that writes `message` now and checks its echo later.
+fn waiting_client(addr: SocketAddr, message: &[u8]) -> TcpStream {
+    let mut client = connect(addr);
+    client.write_all(message).unwrap();
+    client
+}
+
+fn assert_echo_of(client: &mut TcpStream, message: &[u8], host: &Host) {
+    let mut back = vec![0u8; message.len()];
+    client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    client.read_exact(&mut back).unwrap_or_else(|e| panic!("no echo: {e}\n{}", host.report()));
+    assert_eq!(back, message);
+}
+
+/// A swap whose new guest takes the granted address (binding it, or
+/// listening on one of the two) and fails before it serves: a client that
+/// arrived meanwhile is served by the old instance, and so is every later
+/// one, on both addresses.
+#[test]
+fn a_failed_swap_serves_the_client_that_arrived_during_it_and_every_later_one() {
+    for mode in ["bind", "listen"] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("guest.wasm");
+        install(&default_guest(), &file);
+        let control = Control::new();
+        let host = Host::start(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.2:0",
+            "--allow-connect",
+            &control.addr(),
+            file.to_str().unwrap(),
+            "--",
+            &control.addr(),
+            mode,
+        ]);
+        let (first, second) = (host.nth_listen_addr(1), host.nth_listen_addr(2));
+        install(&test_guest("swap-window"), &file);
+        host.signal(libc::SIGHUP);
+        let held = control.accept();
+        let mut during = waiting_client(first, b"arrived during the swap");
+        drop(held);
+        let failed = host.wait_for("swap failed:");
+        assert!(failed.contains("the new guest ended before listening"), "{failed}");
+        assert_echo_of(&mut during, b"arrived during the swap", &host);
+        for addr in [first, second] {
+            let mut later = connect(addr);
+            assert!(
+                echo(&mut later, b"after the failed swap"),
+                "{mode}: {addr}\n{}",
+                host.report()
+            );
+        }
+    }
+}
+
+/// An old instance, draining after a swap, closes its listener: the
+/// clients waiting for the new (one at a time) instance are not reset; they
+/// are served in turn.
+#[test]
+fn a_draining_instance_closing_its_listener_resets_no_client_of_the_new_one() {
+    let (host, file, mut old_client) = draining_closer();
+    install(&test_guest("guest_iterative"), &file);
+    host.signal(libc::SIGHUP);
+    host.wait_for("swap: the new guest instance #2 listens on 127.0.0.1:");
+    let addr = host.listen_addr();
+    let mut busy = connect(addr);
+    assert!(echo(&mut busy, b"keeps #2 busy"), "{}", host.report());
+    let mut waiting = waiting_client(addr, b"waits in the backlog");
+    close_the_old_listener(&mut old_client, &host);
+    drop(busy);
+    assert_echo_of(&mut waiting, b"waits in the backlog", &host);
+}
+
+/// The same, while the new instance waits in `poll` on the listener: it
+/// is still woken for the next client.
+#[test]
+fn a_draining_instance_closing_its_listener_leaves_the_new_one_awake() {
+    let (host, file, mut old_client) = draining_closer();
+    install(&default_guest(), &file);
+    host.signal(libc::SIGHUP);
+    host.wait_for("swap: the new guest instance #2 listens on 127.0.0.1:");
+    let addr = host.listen_addr();
+    let mut before = connect(addr);
+    assert!(echo(&mut before, b"served by #2"), "{}", host.report());
+    close_the_old_listener(&mut old_client, &host);
+    let mut next = waiting_client(addr, b"the next client");
+    assert_echo_of(&mut next, b"the next client", &host);
+}
+
+/// A host running `listener-closer` with one client connected to it.
+fn draining_closer() -> (Host, std::path::PathBuf, TcpStream) {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let file = dir.join("guest.wasm");
+    install(&test_guest("listener-closer"), &file);
+    let host =
+        Host::start(&["--listen", "127.0.0.1:0", "--drain-timeout", "5m", file.to_str().unwrap()]);
+    let mut client = connect(host.listen_addr());
+    assert!(echo(&mut client, b"old\n"), "{}", host.report());
+    (host, file, client)
+}
+
+fn close_the_old_listener(client: &mut TcpStream, host: &Host) {
+    client.write_all(b"close-listener\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(client.try_clone().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line, "closed\n", "{}", host.report());
+    assert!(echo(client, b"still served\n"), "{}", host.report());
+}
+
+/// The running guest fails while a new one is being swapped in: it is not
+/// restarted (the restart would take the listener from the new one); the
+/// new one takes over and serves, and says so.
+#[test]
+fn the_running_guest_failing_during_a_swap_leaves_the_new_one_to_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("guest.wasm");
+    install(&test_guest("crash-on-bang"), &file);
+    let control = Control::new();
+    let host = Host::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--restart",
+        "on-failure",
+        "--allow-connect",
+        &control.addr(),
+        file.to_str().unwrap(),
+        "--",
+        &control.addr(),
+        "serve",
+    ]);
+    let addr = host.listen_addr();
+    install(&test_guest("swap-window"), &file);
+    host.signal(libc::SIGHUP);
+    let held = control.accept();
+    let mut bang = connect(addr);
+    bang.write_all(b"!").unwrap();
+    let ended = host.wait_for("the running guest ended (");
+    assert!(ended.contains("while a new one is starting"), "{ended}");
+    drop(held);
+    host.wait_for("swap: the new guest instance #2 listens on 127.0.0.1:");
+    let mut client = connect(addr);
+    assert!(echo(&mut client, b"served by the new guest"), "{}", host.report());
+    host.wait_for("[swap-window] client connected");
+    assert!(!host.output().contains("restarting it in"), "{}", host.report());
+}
+
+/// SIGHUP and a second SIGQUIT during a graceful stop change nothing: the
+/// connected client is served until it leaves, then the host exits.
+#[test]
+fn sighup_and_sigquit_during_a_graceful_stop_change_nothing() {
+    let host = Host::start(&["--listen", "127.0.0.1:0", "--drain-timeout", "5m"]);
+    let mut client = connect(host.listen_addr());
+    assert!(echo(&mut client, b"before"));
+    host.signal(libc::SIGQUIT);
+    host.wait_for("stop: guest instance #1 takes no new clients");
+    host.signal(libc::SIGHUP);
+    host.wait_for("SIGHUP received while stopping gracefully; ignored");
+    assert!(echo(&mut client, b"after SIGHUP"), "{}", host.report());
+    host.signal(libc::SIGQUIT);
+    host.wait_for("SIGQUIT received again; already stopping gracefully");
+    assert!(echo(&mut client, b"after SIGQUIT"), "{}", host.report());
+    drop(client);
+    let (status, output) = host.wait();
+    assert!(status.success(), "{output}");
+    assert!(output.contains("stop: guest instance #1 has no clients left; stopped it"), "{output}");
+}
+
+/// SIGQUIT drains every instance: one still draining from a swap too.
+#[test]
+fn sigquit_drains_the_instances_still_draining_from_a_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("guest.wasm");
+    install(&default_guest(), &file);
+    let host =
+        Host::start(&["--listen", "127.0.0.1:0", "--drain-timeout", "5m", file.to_str().unwrap()]);
+    let addr = host.listen_addr();
+    let mut old = connect(addr);
+    assert!(echo(&mut old, b"served by #1"));
+    host.signal(libc::SIGHUP);
+    host.wait_for("swap: guest instance #1 takes no new clients");
+    host.signal(libc::SIGQUIT);
+    host.wait_for("stop: guest instance #2 takes no new clients");
+    assert!(echo(&mut old, b"still served by #1"), "{}", host.report());
+    drop(old);
+    let (status, output) = host.wait();
+    assert!(status.success(), "{output}");
+    assert!(output.contains("swap: guest instance #1 has no clients left; stopped it"), "{output}");
+}

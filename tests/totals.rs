@@ -1,0 +1,276 @@
+//! Every limit is a total over everything a guest can hold, tried with
+//! guests written to get around it: sockets dropped with their streams
+//! kept, several memories, pollables without end, sends left behind.
+
+use crate::support::guests::test_guest;
+use crate::support::{connect, Host};
+use std::io::{ErrorKind, Read};
+use std::net::TcpStream;
+use std::time::Duration;
+
+fn guest(name: &str) -> String {
+    test_guest(name).display().to_string()
+}
+
+/// A guest that drops each accepted socket and keeps its streams holds
+/// the connection all the same: it counts under --max-connections.
+#[test]
+fn a_guest_keeping_streams_without_their_sockets_is_held_to_the_cap() {
+    // One place for the listener, three for connections.
+    let host = Host::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--max-connections",
+        "4",
+        &guest("stream-hoarder"),
+    ]);
+    let addr = host.listen_addr();
+    let held: Vec<TcpStream> = (1..=3)
+        .map(|n| {
+            let client = connect(addr);
+            host.wait_for(&format!("holding {n} connections through their streams alone"));
+            client
+        })
+        .collect();
+    for _ in 0..5 {
+        let mut client = connect(addr);
+        let peer = client.local_addr().unwrap();
+        host.wait_for(&format!("refused: a client from {peer}, turned away"));
+        assert_reset(&mut client);
+    }
+    assert!(!host.output().contains("holding 4 connections"), "{}", host.report());
+    drop(held);
+}
+
+/// A component with four memories, each well under --max-memory, that
+/// together would pass it: the total is what counts. (Built here from
+/// WAT: four instances of one module, each growing its memory by 6 MiB;
+/// any refused growth traps.)
+#[test]
+fn memory_is_limited_as_a_total_over_all_of_a_guests_memories() {
+    let instances = 4;
+    let file = component_from_wat(&several_memories(instances, 96));
+    let (status, output) = Host::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--max-memory",
+        "16MiB",
+        file.path().to_str().unwrap(),
+    ])
+    .wait();
+    assert!(!status.success(), "four memories of 6 MiB each fit in 16 MiB?\n{output}");
+    assert!(
+        output.contains("over all its memories; its limit is 16MiB (--max-memory)"),
+        "{output}"
+    );
+    assert!(
+        output.contains("error: the guest trapped after reaching its memory limit of 16MiB"),
+        "{output}"
+    );
+    // Under a limit that holds all four, the same component runs to its end.
+    let file = component_from_wat(&several_memories(instances, 96));
+    let (status, output) = Host::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--max-memory",
+        "32MiB",
+        file.path().to_str().unwrap(),
+    ])
+    .wait();
+    assert!(status.success(), "{output}");
+}
+
+/// The number of core instances and of memories a guest may create is
+/// small and stated; a component past either is refused at start.
+#[test]
+fn a_guest_with_too_many_instances_or_memories_is_refused_naming_the_limit() {
+    for (wat, what) in [(several_memories(32, 0), "instance"), (memories_in_one_module(9), "memor")]
+    {
+        let file = component_from_wat(&wat);
+        let (status, output) =
+            Host::start(&["--listen", "127.0.0.1:0", file.path().to_str().unwrap()]).wait();
+        assert!(!status.success(), "{output}");
+        let error = output.lines().find(|l| l.contains("error:")).unwrap_or_default();
+        assert!(error.contains("resource limit exceeded") && error.contains(what), "{output}");
+    }
+}
+
+/// A guest that makes pollables without end, from a timer (wasmtime-wasi's)
+/// or from a TCP socket (the host's): stopped when its handles reach the
+/// stated capacity, which follows --max-connections, with a line naming
+/// it; the host's memory stays small.
+#[cfg(target_os = "linux")] // reads /proc
+#[test]
+fn a_guest_making_pollables_without_end_is_stopped_at_its_handle_limit() {
+    for kind in ["timer", "tcp"] {
+        let host = Host::start(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--max-connections",
+            "100",
+            "--restart",
+            "on-failure",
+            &guest("pollable-hoarder"),
+            "--",
+            kind,
+        ]);
+        // 100 sockets x 8 handles + 1024.
+        let line = host.wait_for("refused: the guest holds 1824 handles");
+        assert!(
+            line.contains(
+                "the most it may (1824: 8 for each socket --max-connections allows, and 1024 more)"
+            ),
+            "{line}"
+        );
+        let restart = host.wait_for("restarting it in");
+        assert!(
+            restart.contains("the guest was stopped: the guest holds 1824 handles"),
+            "{restart}"
+        );
+        // wasmtime's own limit (a million) would have let the host grow by
+        // hundreds of MiB; peak resident memory of a debug build, all told:
+        let peak = host.memory("VmHWM");
+        assert!(peak < 96 << 20, "the host's peak RSS was {} MiB\n{}", peak >> 20, host.report());
+    }
+}
+
+/// Writes that the client never reads, left to the host when the guest
+/// lets go of the connections: the host gives up after --send-timeout,
+/// and resets them, freeing their descriptors.
+#[cfg(target_os = "linux")] // reads /proc
+#[test]
+fn sends_left_behind_end_after_the_send_timeout() {
+    let host = Host::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--send-timeout",
+        "1s",
+        &guest("send-and-let-go"),
+        "--",
+        "3",
+    ]);
+    let addr = host.listen_addr();
+    let idle = host.open_sockets();
+    let clients: Vec<TcpStream> = (0..3).map(|_| connect(addr)).collect();
+    assert_sends_left_behind(&host, 3);
+    // Until the timeout, the host still sends for them.
+    host.wait_for_nth("gave up sending to 127.0.0.1:", 3);
+    host.wait_for_open_sockets(idle);
+    for mut client in clients {
+        assert_reset_after_data(&mut client);
+    }
+}
+
+/// The same, but the guest instance ends (it traps; it is restarted): the
+/// sends it left behind end with it, at once, long before their timeout.
+#[cfg(target_os = "linux")] // reads /proc
+#[test]
+fn sends_left_behind_end_when_their_guest_instance_ends() {
+    let host = Host::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--send-timeout",
+        "1h",
+        "--restart",
+        "on-failure",
+        &guest("send-and-let-go"),
+        "--",
+        "3",
+        "then-trap",
+    ]);
+    let addr = host.listen_addr();
+    let idle = host.open_sockets();
+    let clients: Vec<TcpStream> = (0..3).map(|_| connect(addr)).collect();
+    assert_sends_left_behind(&host, 3);
+    host.wait_for("restarting it in");
+    host.nth_listen_addr(2);
+    host.wait_for_open_sockets(idle);
+    assert!(!host.output().contains("gave up sending"), "{}", host.report());
+    drop(clients);
+}
+
+/// The guest let go of `n` clients, each after writing (so with a send
+/// still under way: the clients read nothing).
+fn assert_sends_left_behind(host: &Host, n: usize) {
+    for i in 1..=n {
+        let line = host.wait_for(&format!("let go of client {i} after writing "));
+        let written: usize = line.split(' ').nth(7).unwrap().parse().unwrap();
+        assert!(written > 0, "{line}");
+    }
+}
+
+/// A component whose `run` grows each of `instances` memories (one per
+/// instance of one module) by `pages` 64 KiB pages, trapping if refused.
+fn several_memories(instances: usize, pages: u32) -> String {
+    let mut wat = String::from(
+        r#"(component
+  (core module $m
+    (memory 1)
+    (func (export "grow") (param i32) (result i32) local.get 0 memory.grow))
+"#,
+    );
+    let mut main = String::from("  (core module $main\n");
+    let mut with = String::new();
+    let mut body = String::new();
+    for i in 0..instances {
+        wat += &format!("  (core instance $i{i} (instantiate $m))\n");
+        main += &format!("    (import \"i{i}\" \"grow\" (func $g{i} (param i32) (result i32)))\n");
+        with += &format!(" (with \"i{i}\" (instance $i{i}))");
+        body += &format!(
+            "      (if (i32.eq (call $g{i} (i32.const {pages})) (i32.const -1)) (then unreachable))\n"
+        );
+    }
+    main += &format!("    (func (export \"run\") (result i32)\n{body}      i32.const 0))\n");
+    wat + &main + &run_export(&format!("(core instance $run (instantiate $main{with}))"))
+}
+
+/// A component with one module of `memories` memories.
+fn memories_in_one_module(memories: usize) -> String {
+    let declared = "(memory 1) ".repeat(memories);
+    let main = format!(
+        "  (core module $main {declared}(func (export \"run\") (result i32) i32.const 0))\n"
+    );
+    format!("(component\n{main}{}", run_export("(core instance $run (instantiate $main))"))
+}
+
+/// Exports `wasi:cli/run` from core instance `$run`'s `run` (instantiated by `instance`).
+fn run_export(instance: &str) -> String {
+    format!(
+        r#"  {instance}
+  (func $run (result (result)) (canon lift (core func $run "run")))
+  (instance $exports (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.12" (instance $exports))
+)
+"#
+    )
+}
+
+fn component_from_wat(wat: &str) -> tempfile::NamedTempFile {
+    let bytes = wat::parse_str(wat).unwrap_or_else(|e| panic!("{e}\n{wat}"));
+    let file = tempfile::Builder::new().suffix(".wasm").tempfile().unwrap();
+    std::fs::write(file.path(), bytes).unwrap();
+    file
+}
+
+/// The host turned `client` away with a reset before the guest saw it.
+fn assert_reset(client: &mut TcpStream) {
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    match client.read(&mut [0u8; 1]) {
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("expected a reset, got {other:?}"),
+    }
+}
+
+/// Reads what was sent, until the reset that ends it.
+fn assert_reset_after_data(client: &mut TcpStream) {
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match client.read(&mut buf) {
+            Ok(0) => panic!("the connection ended with a FIN, not a reset"),
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("expected a reset, got {e}"),
+        }
+    }
+}

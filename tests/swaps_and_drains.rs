@@ -207,6 +207,42 @@ fn sighup_and_sigquit_during_a_graceful_stop_change_nothing() {
     assert!(output.contains("stop: guest instance #1 has no clients left; stopped it"), "{output}");
 }
 
+/// SIGQUIT while a swap's new instance starts and already serves a client
+/// (on one of two addresses): that instance is drained too, its client
+/// served until it leaves.
+#[test]
+fn sigquit_during_a_swap_drains_the_new_instance_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("guest.wasm");
+    install(&default_guest(), &file);
+    let host = Host::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.2:0",
+        "--drain-timeout",
+        "5m",
+        file.to_str().unwrap(),
+        "--",
+        "unused",
+        "serve-now",
+    ]);
+    let first = host.nth_listen_addr(1);
+    host.nth_listen_addr(2);
+    install(&test_guest("swap-window"), &file);
+    host.signal(libc::SIGHUP);
+    host.wait_for("[swap-window] listening");
+    let mut client = connect(first);
+    assert!(echo(&mut client, b"served by the new instance"), "{}", host.report());
+    host.wait_for("[swap-window] client connected");
+    host.signal(libc::SIGQUIT);
+    host.wait_for("stop: guest instance #2 takes no new clients; it serves its 1");
+    assert!(echo(&mut client, b"still served"), "{}", host.report());
+    drop(client);
+    let (status, output) = host.wait();
+    assert!(status.success(), "{output}");
+}
+
 /// SIGQUIT drains every instance: one still draining from a swap too.
 #[test]
 fn sigquit_drains_the_instances_still_draining_from_a_swap() {

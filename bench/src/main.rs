@@ -34,6 +34,11 @@ struct Args {
     /// and skip the start-up, memory and held-connections measures.
     #[arg(long, value_name = "TEXT")]
     only: Option<String>,
+    /// Another build of the host (an earlier commit's, say), run as
+    /// "host (baseline)" in the same interleaved rounds: paired runs of two
+    /// builds, compared in a "host / baseline" column.
+    #[arg(long, value_name = "PATH")]
+    baseline_host: Option<std::path::PathBuf>,
 }
 
 const SCENARIOS: [Scenario; 4] = [
@@ -68,6 +73,9 @@ fn main() -> Result<()> {
 
     let mut servers =
         vec![Server::native(&bin_dir), Server::native_nagle(&bin_dir), Server::host(&bin_dir)];
+    if let Some(baseline) = &args.baseline_host {
+        servers.push(Server::host_at(baseline, servers::BASELINE));
+    }
     match Server::wasmtime_cli(&guest) {
         Some(cli) if !args.no_cli => servers.push(cli),
         Some(_) => {}
@@ -200,11 +208,15 @@ fn main() -> Result<()> {
 fn print_table(results: &Results, servers: &[Server]) {
     let names: Vec<&'static str> = servers.iter().map(|s| s.name).collect();
     let has_cli = names.contains(&"wasmtime CLI");
+    let has_baseline = names.contains(&servers::BASELINE);
     let mut header = vec!["measure".to_string()];
     header.extend(names.iter().map(|n| n.to_string()));
     header.extend(names.iter().skip(1).map(|n| format!("{n} / native")));
     if has_cli {
         header.push("host / CLI".to_string());
+    }
+    if has_baseline {
+        header.push("host / baseline".to_string());
     }
     println!("\n| {} |", header.join(" | "));
     println!("|{}", " --- |".repeat(header.len()));
@@ -216,9 +228,12 @@ fn print_table(results: &Results, servers: &[Server]) {
         row.extend(values.iter().map(|v| v.map_or("-".into(), format_value)));
         let native = values[0];
         row.extend(values.iter().skip(1).map(|v| ratio(*v, native)));
+        let value_of = |name| names.iter().position(|n| *n == name).and_then(|i| values[i]);
         if has_cli {
-            let value_of = |name| names.iter().position(|n| *n == name).and_then(|i| values[i]);
             row.push(ratio(value_of("host"), value_of("wasmtime CLI")));
+        }
+        if has_baseline {
+            row.push(ratio(value_of("host"), value_of(servers::BASELINE)));
         }
         println!("| {} |", row.join(" | "));
     }

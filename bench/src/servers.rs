@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 /// The native baseline with Nagle on: measured under load only.
 pub const NATIVE_NAGLE: &str = "native, Nagle on";
+/// Another build of the host, for paired runs (`--baseline-host`).
+pub const BASELINE: &str = "host (baseline)";
 
 /// One kind of echo server.
 #[derive(Clone, Debug)]
@@ -41,9 +43,14 @@ impl Server {
 
     /// This project's host with its embedded, precompiled default guest.
     pub fn host(bin_dir: &Path) -> Server {
+        Server::host_at(&bin_dir.join("wasi-tcp-host"), "host")
+    }
+
+    /// A host executable at `program`, shown as `name`.
+    pub fn host_at(program: &Path, name: &'static str) -> Server {
         Server {
-            name: "host",
-            program: bin_dir.join("wasi-tcp-host"),
+            name,
+            program: program.to_path_buf(),
             // Room for the many-connections test: the defaults (1024
             // sockets, 128 MiB) suit a small server, not 10 000 clients.
             args: ["--max-connections", "20000", "--max-memory", "1GiB", "--listen", "{addr}"]

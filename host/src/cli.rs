@@ -327,6 +327,14 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_of_zero_are_refused() {
+        let e = settings(None, &["--idle-timeout", "0s"]).unwrap_err();
+        assert_eq!(format!("{e}"), "`idle-timeout` must be longer than 0");
+        let e = settings(Some("send-timeout = \"0s\""), &[]).unwrap_err();
+        assert_eq!(format!("{e}"), "`send-timeout` must be longer than 0");
+    }
+
+    #[test]
     fn an_unknown_key_is_an_error_with_its_line() {
         let e = settings(Some("listen = []\nallow-everything = true\n"), &[]).unwrap_err();
         let text = format!("{e:#}");

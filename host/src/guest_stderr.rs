@@ -4,24 +4,30 @@
 //! under the same rate limit as every line a guest can write at will. (Its
 //! stdout stays its own, passed through as it is written.)
 //!
-//! A line longer than [`MAX_LINE`] is cut there: a guest that never writes
-//! a newline cannot make the host buffer without end.
+//! What a guest can make the host hold here is small and bounded: every
+//! stderr stream it opens shares its instance's one line buffer, a line
+//! longer than [`MAX_LINE`] is cut there, and control characters are
+//! escaped, so that no line can pass for another or rewrite the terminal.
 
 use crate::log_limit::Kind;
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use tokio::io::AsyncWrite;
+use bytes::Bytes;
+use std::sync::{Arc, Mutex};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 /// The longest line kept whole.
 const MAX_LINE: usize = 4096;
 
 static LINES: Kind = Kind::info("lines of the guests' stderr");
 
-/// Instance `instance`'s stderr.
-pub struct GuestStderr {
-    pub instance: u64,
+/// One instance's stderr: every stream the guest opens on it writes to
+/// the same line buffer.
+pub struct GuestStderr(Arc<Mutex<Lines>>);
+
+impl GuestStderr {
+    pub fn new(instance: u64) -> GuestStderr {
+        GuestStderr(Arc::new(Mutex::new(Lines { instance, partial: Vec::new() })))
+    }
 }
 
 impl IsTerminal for GuestStderr {
@@ -31,9 +37,39 @@ impl IsTerminal for GuestStderr {
 }
 
 impl StdoutStream for GuestStderr {
-    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
-        Box::new(Lines { instance: self.instance, partial: Vec::new() })
+    /// The WASI 0.2 stream: takes every write at once, no task, no buffer
+    /// of its own.
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(Stream(Arc::clone(&self.0)))
     }
+
+    /// For WASI 0.3, which the host does not offer.
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(tokio::io::sink())
+    }
+}
+
+struct Stream(Arc<Mutex<Lines>>);
+
+#[async_trait::async_trait]
+impl OutputStream for Stream {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(MAX_LINE)
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for Stream {
+    async fn ready(&mut self) {}
 }
 
 /// Collects bytes until a newline, then logs the line.
@@ -64,40 +100,31 @@ impl Lines {
     fn emit(&mut self) {
         let line = std::mem::take(&mut self.partial);
         if !line.is_empty() && LINES.admit() {
-            let instance = self.instance;
-            let line = String::from_utf8_lossy(&line);
+            let (instance, line) = (self.instance, shown(&line));
             tracing::info!(event = "guest-stderr", instance, "{line}");
         }
     }
 }
 
-impl AsyncWrite for Lines {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        bytes: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.take(bytes);
-        Poll::Ready(Ok(bytes.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.partial.is_empty() {
-            self.emit();
-        }
-        Poll::Ready(Ok(()))
+impl Drop for Lines {
+    fn drop(&mut self) {
+        self.emit();
     }
 }
 
-impl Drop for Lines {
-    fn drop(&mut self) {
-        if !self.partial.is_empty() {
-            self.emit();
-        }
+/// A line as the log shows it: UTF-8 (invalid bytes replaced), control
+/// characters but tab escaped (`\r`, `\u{1b}`).
+fn shown(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line);
+    match text.chars().any(|c| c.is_control() && c != '\t') {
+        false => text.into_owned(),
+        true => text
+            .chars()
+            .map(|c| match c.is_control() && c != '\t' {
+                true => c.escape_debug().to_string(),
+                false => c.to_string(),
+            })
+            .collect(),
     }
 }
 
@@ -114,5 +141,11 @@ mod tests {
         assert!(lines.partial.is_empty());
         lines.take(&vec![b'x'; MAX_LINE * 2 + 5]);
         assert_eq!(lines.partial.len(), 5);
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(shown(b"plain\ttext"), "plain\ttext");
+        assert_eq!(shown(b"fake\rWARN \x1b[2Kline"), "fake\\rWARN \\u{1b}[2Kline");
     }
 }

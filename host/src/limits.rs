@@ -30,34 +30,23 @@ static MEMORY_REFUSED: Kind = Kind::warn("refused memory growths");
 /// asks before every memory or table is created or grows; refusing makes
 /// the guest's `memory.grow` fail, which a Rust guest turns into an
 /// allocation failure and a trap.
+///
+/// A growth is counted once allowed, and never taken back: one that then
+/// fails (the system had no memory for it) stays counted. That errs on the
+/// safe side; wasmtime does not always say which growth failed.
 pub struct GuestLimits {
     max_memory: Size,
     /// Bytes of linear memory the guest has, over all its memories.
     memory: u64,
     /// Table entries, over all its tables.
     table_elements: usize,
-    /// What the last allowed growth added, taken back if it then fails.
-    last_growth: Growth,
     /// Set once a growth was refused, so that a later trap can say why.
     pub reached: bool,
 }
 
-#[derive(Clone, Copy)]
-enum Growth {
-    None,
-    Memory(u64),
-    Table(usize),
-}
-
 impl GuestLimits {
     pub fn new(max_memory: Size) -> Self {
-        GuestLimits {
-            max_memory,
-            memory: 0,
-            table_elements: 0,
-            last_growth: Growth::None,
-            reached: false,
-        }
+        GuestLimits { max_memory, memory: 0, table_elements: 0, reached: false }
     }
 
     pub fn max_memory(&self) -> Size {
@@ -76,13 +65,16 @@ impl ResourceLimiter for GuestLimits {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        // Past the memory's own maximum it fails anyway: nothing to count.
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            return Ok(false);
+        }
         let added = desired.saturating_sub(current) as u64;
         let total = self.memory.saturating_add(added);
         if total <= self.max_memory.0 {
             self.memory = total;
-            self.last_growth = Growth::Memory(added);
             return Ok(true);
         }
         if !self.reached && MEMORY_REFUSED.admit() {
@@ -97,34 +89,21 @@ impl ResourceLimiter for GuestLimits {
         Ok(false)
     }
 
-    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
-        if let Growth::Memory(added) = std::mem::replace(&mut self.last_growth, Growth::None) {
-            self.memory -= added;
-        }
-        Ok(())
-    }
-
     fn table_growing(
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let added = desired.saturating_sub(current);
-        let total = self.table_elements.saturating_add(added);
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            return Ok(false);
+        }
+        let total = self.table_elements.saturating_add(desired.saturating_sub(current));
         if total > MAX_TABLE_ELEMENTS {
             return Ok(false);
         }
         self.table_elements = total;
-        self.last_growth = Growth::Table(added);
         Ok(true)
-    }
-
-    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
-        if let Growth::Table(added) = std::mem::replace(&mut self.last_growth, Growth::None) {
-            self.table_elements -= added;
-        }
-        Ok(())
     }
 
     fn instances(&self) -> usize {
@@ -162,11 +141,11 @@ mod tests {
     }
 
     #[test]
-    fn a_growth_that_fails_after_it_was_allowed_is_taken_back() {
+    fn a_growth_past_a_memorys_own_maximum_is_not_counted() {
         let mut limits = GuestLimits::new(Size(4 << 20));
-        assert!(limits.memory_growing(0, 3 * MIB, None).unwrap());
-        limits.memory_grow_failed(wasmtime::Error::msg("beyond the memory's maximum")).unwrap();
+        assert!(!limits.memory_growing(0, 3 * MIB, Some(2 * MIB)).unwrap());
         assert_eq!(limits.memory(), 0);
+        assert!(!limits.reached, "not the guest's limit that refused it");
         assert!(limits.memory_growing(0, 4 * MIB, None).unwrap());
     }
 

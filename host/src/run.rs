@@ -106,7 +106,8 @@ enum Current {
 /// What to do when the current instance has ended.
 enum Decision {
     Exit(Result<ExitCode>),
-    Restart { delay: Duration, failure: anyhow::Error },
+    /// Start it again, after the backoff (if it has not failed too often).
+    Restart(anyhow::Error),
 }
 
 /// What woke the supervisor.
@@ -202,7 +203,7 @@ impl Supervisor {
         }
         let why = match &decision {
             Decision::Exit(Ok(_)) => "finished".to_string(),
-            Decision::Exit(Err(e)) | Decision::Restart { failure: e, .. } => split_first_line(e).0,
+            Decision::Exit(Err(e)) | Decision::Restart(e) => split_first_line(e).0,
         };
         tracing::warn!(
             event = "swap",
@@ -214,37 +215,41 @@ impl Supervisor {
     }
 
     /// What the end of the current instance calls for: exit, or a
-    /// restart after the backoff (`--restart on-failure`).
+    /// restart (`--restart on-failure`).
     fn decide(&mut self, outcome: Result<()>) -> Decision {
-        let failure = match outcome {
+        match outcome {
             Ok(()) => {
                 tracing::info!("the guest finished");
-                return Decision::Exit(Ok(ExitCode::SUCCESS));
+                Decision::Exit(Ok(ExitCode::SUCCESS))
             }
-            Err(failure) => failure,
-        };
-        if self.shared.sandbox.settings.restart != Restart::OnFailure {
-            return Decision::Exit(Err(failure));
-        }
-        match self.failures.record() {
-            Some(delay) => Decision::Restart { delay, failure },
-            None => Decision::Exit(Err(failure.context(format!(
-                "the guest failed {MAX_FAILURES} times within {}s; not restarting it again",
-                FAILURE_WINDOW.as_secs()
-            )))),
+            Err(failure) if self.shared.sandbox.settings.restart == Restart::OnFailure => {
+                Decision::Restart(failure)
+            }
+            Err(failure) => Decision::Exit(Err(failure)),
         }
     }
 
+    /// Exits, or restarts after the backoff: a failure counts (towards
+    /// giving up) when it restarts the guest, not when a swap made that
+    /// unneeded.
     fn carry_out(&mut self, decision: Decision) -> Option<Result<ExitCode>> {
         match decision {
             Decision::Exit(exit) => Some(exit),
-            Decision::Restart { delay, failure } => {
+            Decision::Restart(failure) => {
+                let Some(delay) = self.failures.record() else {
+                    return Some(Err(failure.context(format!(
+                        "the guest failed {MAX_FAILURES} times within {}s; not restarting it again",
+                        FAILURE_WINDOW.as_secs()
+                    ))));
+                };
                 let (summary, backtrace) = split_first_line(&failure);
                 tracing::warn!(
                     event = "restart",
                     backtrace,
                     "the guest failed: {summary}; restarting it in {delay:?}"
                 );
+                // The text log shows no fields: the whole of it, on asking.
+                tracing::debug!("{failure:#}");
                 self.current = Current::Restarting(Instant::now() + delay);
                 None
             }
@@ -260,11 +265,16 @@ impl Supervisor {
             Ok(pre) => pre,
             Err(e) => return swap::failed(&format!("{e:#}")),
         };
+        // Where the new instance must listen to take over: where the current
+        // one holds a listener; if it holds none (yet), every listener the
+        // host keeps. Never nowhere: that would retire the current one for
+        // an instance that serves no one.
         let listeners = Arc::clone(&self.shared.sandbox.listeners);
-        let required = match &self.current {
+        let held = match &self.current {
             Current::Running(current) => listeners.held_by(current.tenant.id),
-            _ => listeners.kept(),
+            _ => Vec::new(),
         };
+        let required = if held.is_empty() { listeners.kept() } else { held };
         let instance = self.start(&pre);
         self.swap = Some(Swap::starting(instance, pre, required, &listeners));
     }
@@ -293,23 +303,30 @@ impl Supervisor {
     }
 
     /// SIGQUIT: no new clients for anyone; every instance (the current one,
-    /// and those still draining after a swap) serves the clients it has
-    /// until they leave or --drain-timeout passes; then the host exits.
-    /// SIGINT or SIGTERM meanwhile stop it at once; SIGHUP and another
-    /// SIGQUIT change nothing.
+    /// one a swap was starting, and those still draining after a swap)
+    /// serves the clients it has until they leave or --drain-timeout
+    /// passes; then the host exits (with the error it was going to exit
+    /// with after a swap, if any). SIGINT or SIGTERM meanwhile stop it at
+    /// once; SIGHUP and another SIGQUIT change nothing.
     async fn stop_gracefully(&mut self, signals: &mut Signals) -> Result<ExitCode> {
         tracing::info!(event = "stop", "SIGQUIT received: taking no new clients");
         self.shared.sandbox.listeners.stop_offering();
-        self.swap = None;
-        let now = Current::Restarting(Instant::now());
-        if let Current::Running(current) = std::mem::replace(&mut self.current, now) {
-            let timeout = self.shared.sandbox.settings.drain_timeout;
-            self.draining.spawn(swap::drain(current, timeout, "stop"));
+        let timeout = self.shared.sandbox.settings.drain_timeout;
+        if let Some(Swap::Starting { instance, .. }) = self.swap.take() {
+            self.draining.spawn(swap::drain(instance, timeout, "stop"));
+        }
+        let mut exit = Ok(ExitCode::SUCCESS);
+        match std::mem::replace(&mut self.current, Current::Restarting(Instant::now())) {
+            Current::Running(current) => {
+                self.draining.spawn(swap::drain(current, timeout, "stop"));
+            }
+            Current::AfterSwap(Decision::Exit(after_swap)) => exit = after_swap,
+            _ => {}
         }
         loop {
             tokio::select! {
                 drained = self.draining.join_next() => match drained {
-                    None => return Ok(ExitCode::SUCCESS),
+                    None => return exit,
                     Some(Ok(drained)) => drained.log(),
                     Some(Err(_)) => {}
                 },

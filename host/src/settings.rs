@@ -165,6 +165,13 @@ impl Settings {
             idle_timeout: flags.idle_timeout.or(file.idle_timeout),
             send_timeout: flags.send_timeout.or(file.send_timeout).unwrap_or(DEFAULT_SEND_TIMEOUT),
         };
+        // Zero would close every client at once, or reset every connection
+        // a guest closes with bytes still on their way.
+        for (name, value) in [("idle", limits.idle_timeout), ("send", Some(limits.send_timeout))] {
+            if value == Some(Duration::ZERO) {
+                bail!("`{name}-timeout` must be longer than 0");
+            }
+        }
         Ok(Settings {
             guest: run.guest,
             guest_args: run.guest_args,

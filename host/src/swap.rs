@@ -13,9 +13,10 @@
 //! If the new guest fails to load, to start, or to listen where the old one
 //! did (within `LISTEN_WITHIN`), it is stopped, its listeners go back to the
 //! old instance, and one line says why. Until the new one listens, the old
-//! one is offered every client (`Listeners`' turns), so a client that
-//! arrives during a swap that then fails is served all the same. Each step
-//! is an audit event (`swap`).
+//! one is offered every client (`Listeners`' turns), and it is offered them
+//! again if the new one fails: a client still waiting to be accepted when a
+//! swap fails is served all the same (one the new instance had accepted
+//! goes with it). Each step is an audit event (`swap`).
 
 use crate::instance::Instance;
 use crate::instance::Shared;
@@ -88,7 +89,8 @@ pub async fn step(swap: &mut Option<Swap>) -> SwapStep {
             let where_ = where_.join(", ");
             let tenant = Arc::clone(&instance.tenant);
             loop {
-                if required.iter().all(|place| tenant.listening().contains(place)) {
+                let listening = listeners.listened_on_by(tenant.id);
+                if required.iter().all(|place| listening.contains(place)) {
                     break;
                 }
                 tokio::select! {

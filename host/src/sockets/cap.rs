@@ -2,7 +2,10 @@
 //! guests hold at once, listeners, connections and UDP sockets alike. One
 //! cap for the whole process, shared by every guest instance (running,
 //! draining after a swap, restarting), so that together they never hold
-//! more descriptors than it allows.
+//! more sockets than it allows. (The host's own descriptors are not
+//! counted: its kept listeners, one per `--listen` address, and what it
+//! needs for files granted with `--dir` and for name lookups, which the
+//! guest's handle limit bounds.)
 //!
 //! Each socket holds a [`Place`] for as long as its descriptor is open,
 //! whoever holds it: a connection's place lives in the connection, which

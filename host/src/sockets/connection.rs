@@ -6,9 +6,10 @@
 //! its count as a client of its guest instance go when the connection does,
 //! whoever held it last (the socket, a stream, or a send still under way).
 //! What the host does for it on its own belongs to its guest instance too:
-//! when the instance ends, a send under way stops at once, and once the
-//! guest has let go of every handle, it has `--send-timeout` to finish
-//! before the connection is reset.
+//! when the instance ends, a send under way stops at once (the connection
+//! is reset: the client must not take what it got for the whole), and once
+//! the guest has let go of every handle, it has `--send-timeout` to finish
+//! before the connection is reset. The idle watch ends with the connection.
 
 use super::cap::Place;
 use super::tenant::Client;
@@ -64,8 +65,12 @@ pub struct Connection {
     /// The guest's handles on it (socket, input, output) still open.
     held: AtomicUsize,
     let_go: Notify,
-    /// With `--idle-timeout`: when a byte last moved, in ms since [`epoch`].
+    /// With `--idle-timeout`: when a byte last moved, in ms since
+    /// [`since_epoch`]'s start, and the task that watches it.
     last_active: Option<AtomicU64>,
+    idle_watch: OnceLock<tokio::task::AbortHandle>,
+    /// Reset, not closed: no FIN after the last byte sent.
+    reset: AtomicBool,
     instance: InstanceEnds,
     send_timeout: Duration,
     _client: Option<Client>,
@@ -86,6 +91,8 @@ impl Connection {
             held: AtomicUsize::new(0),
             let_go: Notify::new(),
             last_active: idle.map(|_| AtomicU64::new(since_epoch())),
+            idle_watch: OnceLock::new(),
+            reset: AtomicBool::new(false),
             instance: owner.instance,
             send_timeout: owner.timeouts.send,
             _client: owner.client,
@@ -93,7 +100,8 @@ impl Connection {
         });
         if let Some(timeout) = idle {
             let instance = conn.instance.clone();
-            tokio::spawn(close_when_idle(Arc::downgrade(&conn), timeout, instance));
+            let watch = tokio::spawn(close_when_idle(Arc::downgrade(&conn), timeout, instance));
+            let _ = conn.idle_watch.set(watch.abort_handle());
         }
         conn
     }
@@ -131,7 +139,7 @@ impl Connection {
             let mut instance = conn.instance.clone();
             let result = tokio::select! {
                 sent = send_all(&conn, rest) => sent,
-                _ = instance.changed() => Err(ErrorKind::ConnectionAborted.into()),
+                _ = instance.changed() => Err(conn.reset(ErrorKind::ConnectionAborted)),
                 () = conn.abandoned() => Err(conn.give_up()),
             };
             conn.sent_all();
@@ -144,9 +152,17 @@ impl Connection {
         if let Some(waker) = self.when_sent.lock().unwrap_or_else(|e| e.into_inner()).take() {
             waker.wake();
         }
-        if self.write_shut.load(SeqCst) {
+        if self.write_shut.load(SeqCst) && !self.reset.load(SeqCst) {
             let _ = SockRef::from(&self.stream).shutdown(Shutdown::Write);
         }
+    }
+
+    /// Ends the connection with a reset once the last hold on it goes
+    /// (SO_LINGER 0, and no FIN before): bytes were left unsent.
+    fn reset(&self, why: ErrorKind) -> std::io::Error {
+        self.reset.store(true, SeqCst);
+        let _ = SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+        why.into()
     }
 
     /// Returns `send_timeout` after the guest has let go of every handle.
@@ -167,7 +183,7 @@ impl Connection {
     /// (it closes with the task's hold on it, the last one).
     fn give_up(&self) -> std::io::Error {
         static GAVE_UP: Kind = Kind::warn("sends given up");
-        let _ = SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+        let error = self.reset(ErrorKind::TimedOut);
         if GAVE_UP.admit() {
             let peer = self.peer.map_or_else(|| "a peer".to_string(), |p| p.to_string());
             tracing::warn!(
@@ -177,7 +193,7 @@ impl Connection {
                 self.send_timeout
             );
         }
-        ErrorKind::TimedOut.into()
+        error
     }
 
     /// Closed for idleness: the guest's reads and writes report `closed`,
@@ -200,6 +216,16 @@ impl Connection {
     fn idle_for(&self) -> Duration {
         let last = self.last_active.as_ref().map_or(0, |last| last.load(SeqCst));
         Duration::from_millis(since_epoch().saturating_sub(last))
+    }
+}
+
+impl Drop for Connection {
+    /// The idle watch goes with the connection, not at its next wake-up:
+    /// a client opening and closing connections cannot pile them up.
+    fn drop(&mut self) {
+        if let Some(watch) = self.idle_watch.get() {
+            watch.abort();
+        }
     }
 }
 

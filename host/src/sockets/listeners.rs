@@ -96,17 +96,36 @@ impl Listener {
     }
 }
 
+/// The most clients one close of a listener resets: a backlog's worth
+/// (Linux caps backlogs at net.core.somaxconn, 4096 by default), so that
+/// clients arriving all the while cannot keep the host in the loop.
+const MOST_RESET_AT_CLOSE: usize = 4096;
+
 impl Listener {
     /// Resets the clients waiting in the backlog, as closing a listener
     /// does; returns how many there were.
     pub fn reset_waiting(&self) -> usize {
         let mut noop = TaskContext::from_waker(std::task::Waker::noop());
         let mut reset = 0;
-        while let Poll::Ready(Ok((client, _))) = self.poll_accept(&mut noop) {
+        while reset < MOST_RESET_AT_CLOSE {
+            let Poll::Ready(Ok((client, _))) = self.poll_accept(&mut noop) else { break };
             let _ = client.set_linger(Some(std::time::Duration::ZERO));
             reset += 1;
         }
         reset
+    }
+
+    /// Forgets that a client is waiting, until the system says so again:
+    /// when none can be accepted for now (no descriptor left), so that the
+    /// guest waits for the next event instead of finding its listener ready
+    /// again at once.
+    pub fn forget_readiness(&self) {
+        let mut noop = TaskContext::from_waker(std::task::Waker::noop());
+        if let Some(fd) = self.ready.get() {
+            if let Poll::Ready(Ok(mut ready)) = fd.poll_read_ready(&mut noop) {
+                ready.clear_ready();
+            }
+        }
     }
 }
 
@@ -144,15 +163,16 @@ struct Turn {
 }
 
 impl Turn {
+    /// Ready on `holder`'s turn. Either way its task is woken when the turn
+    /// changes: one that has the turn waits on the listener, where only the
+    /// last task to wait is kept, and another instance may take that place
+    /// (while it has the turn); when the turn comes back, only this wakes it.
     fn poll(&self, holder: u64, cx: &mut TaskContext<'_>) -> Poll<()> {
-        if self.current.load(Ordering::SeqCst) == holder {
-            return Poll::Ready(());
-        }
         let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
         if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
             waiting.push(cx.waker().clone());
         }
-        // Looked at again under the lock: a change meanwhile wakes no one twice.
+        // Under the lock: a change after this wakes the waker just left.
         match self.current.load(Ordering::SeqCst) == holder {
             true => Poll::Ready(()),
             false => Poll::Pending,
@@ -285,6 +305,15 @@ impl Listeners {
         self.places.iter().enumerate().filter_map(holds).collect()
     }
 
+    /// The places where guest instance `holder` listens now.
+    pub fn listened_on_by(&self, holder: u64) -> Vec<usize> {
+        let listens = |(index, place): (usize, &Mutex<Place>)| {
+            let place = lock(place);
+            place.holders.iter().any(|h| h.id == holder && h.listening).then_some(index)
+        };
+        self.places.iter().enumerate().filter_map(listens).collect()
+    }
+
     /// The places with a listener the host keeps.
     pub fn kept(&self) -> Vec<usize> {
         let kept =
@@ -339,14 +368,25 @@ impl Lease {
             .is_none_or(|kept| kept.turn.current.load(Ordering::SeqCst) == kept.holder)
     }
 
-    /// Ready on this lease's turn; until then the task is woken when the
-    /// turn changes (never by the listener, whose readiness is the turn's
-    /// holder's to wait on).
+    /// Ready on this lease's turn; the task is woken when the turn changes
+    /// (until its turn, never by the listener, whose readiness is the
+    /// turn's holder's to wait on).
     pub fn poll_turn(&self, cx: &mut TaskContext<'_>) -> Poll<()> {
         match &self.place {
             None => Poll::Ready(()),
             Some(kept) => kept.turn.poll(kept.holder, cx),
         }
+    }
+
+    /// Whether its holder may change the listener (its backlog, its
+    /// options): a guest's own, always; a kept one, unless a newer instance
+    /// has its turn or its holder is retired (an old instance, draining,
+    /// must not change the listener the new one serves from).
+    pub fn may_change(&self) -> bool {
+        self.place.as_ref().is_none_or(|kept| {
+            let retired = kept.listeners.retired.load(Ordering::SeqCst);
+            kept.holder > retired && kept.holder >= kept.turn.current.load(Ordering::SeqCst)
+        })
     }
 
     /// Its holder listens now: it may get the turn.

@@ -167,8 +167,8 @@ impl TcpSocket {
         };
         let lease = result?;
         lease.listening();
-        if let Some(place) = lease.kept_place() {
-            ctx.tenant.listened(place);
+        if lease.kept_place().is_some() {
+            ctx.tenant.listened();
         }
         ctx.done(local, SocketAddrUse::TcpListen);
         self.state = State::Listening(lease);
@@ -336,7 +336,10 @@ impl TcpSocket {
         let value = u32::try_from(value).unwrap_or(u32::MAX).min(i32::MAX as u32);
         match &self.state {
             State::Unbound(_) | State::Bound(_) | State::BoundKept { .. } => {}
-            State::Listening(lease) => lease.listener.listen(value)?,
+            State::Listening(lease) if lease.may_change() => lease.listener.listen(value)?,
+            // A kept listener an old instance no longer serves from: its
+            // backlog is the new instance's to choose.
+            State::Listening(_) => {}
             State::Connecting(_) | State::Connected(_) | State::Closed => {
                 return Err(ErrorCode::InvalidState)
             }
@@ -362,7 +365,15 @@ impl TcpSocket {
     }
 
     pub fn set_option(&mut self, opt: Opt, value: u64) -> Result<(), ErrorCode> {
-        options::set(self.option_target()?, self.family, opt, value)?;
+        // Options on a kept listener an old instance no longer serves from
+        // are the new instance's to choose: noted, not applied.
+        let kept_by_another = match &self.state {
+            State::BoundKept { lease, .. } | State::Listening(lease) => !lease.may_change(),
+            _ => false,
+        };
+        if !kept_by_another {
+            options::set(self.option_target()?, self.family, opt, value)?;
+        }
         self.chosen.record(opt, value);
         Ok(())
     }
@@ -435,7 +446,10 @@ fn next_client(listener: &Listener) -> Result<Option<(Socket, SocketAddr)>, Erro
         Poll::Ready(Err(e)) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
             match spare::turn_away_one(listener.socket()) {
                 true => Ok(None),
-                false => Err(ErrorCode::NewSocketLimit),
+                false => {
+                    listener.forget_readiness();
+                    Err(ErrorCode::NewSocketLimit)
+                }
             }
         }
         Poll::Ready(Err(e)) => Err(accept_error(e)),

@@ -1,40 +1,28 @@
 //! One guest instance, as the host's listeners and its supervisor see it:
-//! which kept listeners it listens on, and how many clients it serves.
+//! how many clients it serves, and when it listened or lost a client.
 //!
 //! While a new instance takes over (SIGHUP), the supervisor waits for the
-//! new one to listen where the old one did, then for the old one's last
-//! client to leave (`run.rs`).
+//! new one to listen where the old one did (`Listeners` knows where), then
+//! for the old one's last client to leave (`swap.rs`).
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::Notify;
 
 pub struct Tenant {
     /// Newer instances have larger ids (see `Listeners::lend`).
     pub id: u64,
     clients: AtomicUsize,
-    /// The kept listeners (by place) it has listened on.
-    listening: Mutex<BTreeSet<usize>>,
     changed: Notify,
 }
 
 impl Tenant {
     pub fn new(id: u64) -> Arc<Tenant> {
-        Arc::new(Tenant {
-            id,
-            clients: AtomicUsize::new(0),
-            listening: Mutex::new(BTreeSet::new()),
-            changed: Notify::new(),
-        })
+        Arc::new(Tenant { id, clients: AtomicUsize::new(0), changed: Notify::new() })
     }
 
     pub fn clients(&self) -> usize {
         self.clients.load(Ordering::SeqCst)
-    }
-
-    pub fn listening(&self) -> BTreeSet<usize> {
-        self.listening.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Returns after the next listen or client leaving (or at once if one
@@ -43,8 +31,8 @@ impl Tenant {
         self.changed.notified().await;
     }
 
-    pub fn listened(&self, place: usize) {
-        self.listening.lock().unwrap_or_else(|e| e.into_inner()).insert(place);
+    /// It listened on one of the host's kept listeners.
+    pub fn listened(&self) {
         self.changed.notify_one();
     }
 

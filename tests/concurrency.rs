@@ -19,7 +19,6 @@ fn assert_round_trips(addr: SocketAddr) {
     }
 }
 
-#[test]
 fn an_idle_client_does_not_block_another() {
     let (host, addr) = Host::serve(None);
     let idle = connect(addr);
@@ -34,7 +33,6 @@ fn an_idle_client_does_not_block_another() {
 /// once the epoch ticker has parked: its last tick may still be running
 /// when the clients fall silent.)
 #[cfg(target_os = "linux")] // reads /proc
-#[test]
 fn idle_connections_cost_no_cpu() {
     let (host, addr) = Host::serve(None);
     let clients: Vec<TcpStream> = (0..100)
@@ -80,7 +78,6 @@ fn flood_until_full(client: &mut TcpStream) -> Vec<u8> {
     sent
 }
 
-#[test]
 fn a_client_flooding_without_reading_does_not_stall_another_and_loses_nothing() {
     let (_host, addr) = Host::serve(None);
     let mut flooder = connect(addr);
@@ -99,7 +96,6 @@ fn a_client_flooding_without_reading_does_not_stall_another_and_loses_nothing() 
     assert!(echoed == sent, "the flooder's echo differs");
 }
 
-#[test]
 fn two_hundred_and_fifty_clients_at_once_each_get_every_byte_back() {
     let (host, addr) = Host::serve(None);
     // Connect them all first, so that all are open at the same time...
@@ -124,15 +120,17 @@ fn two_hundred_and_fifty_clients_at_once_each_get_every_byte_back() {
     }
 }
 
-#[test]
 fn resets_before_accept_mid_stream_and_during_a_flood_leave_the_server_serving() {
-    let (_host, addr) = Host::serve(None);
+    let (host, addr) = Host::serve(None);
     let bystander = connect(addr);
 
-    // Before accept: connect and reset at once, many times.
-    for _ in 0..20 {
-        reset(connect(addr));
-    }
+    // Before accept: connect and reset, many times, while the host is
+    // stopped, so that every reset lands before the guest accepts.
+    host.stopped_while(|| {
+        for _ in 0..20 {
+            reset(connect(addr));
+        }
+    });
     // Mid-stream: reset after part of the echo came back.
     let mut client = connect(addr);
     client.write_all(&pattern(50_000, 9)).unwrap();
@@ -154,7 +152,6 @@ fn resets_before_accept_mid_stream_and_during_a_flood_leave_the_server_serving()
     assert_eq!(&back, b"still there?");
 }
 
-#[test]
 fn the_guest_memory_stays_bounded_whatever_clients_send() {
     // The guest needs about 1 MiB to start; 3 MiB leaves room for a few
     // 64 KiB buffers, not for megabytes of unsent data. A guest that
@@ -180,4 +177,17 @@ fn the_guest_memory_stays_bounded_whatever_clients_send() {
         "{}",
         host.output()
     );
+}
+
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    use crate::support::need;
+    crate::tests![
+        an_idle_client_does_not_block_another,
+        #[cfg(target_os = "linux")]
+        idle_connections_cost_no_cpu [needs need::wchan()],
+        a_client_flooding_without_reading_does_not_stall_another_and_loses_nothing,
+        two_hundred_and_fifty_clients_at_once_each_get_every_byte_back,
+        resets_before_accept_mid_stream_and_during_a_flood_leave_the_server_serving,
+        the_guest_memory_stays_bounded_whatever_clients_send,
+    ]
 }

@@ -8,22 +8,28 @@ use crate::support::{assert_echoes, connect, pattern, Host};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 
-/// One `#[test]` per check and per guest, each with a fresh host. A
-/// traffic check needs only the address; a server check also reads the
-/// host's output.
+/// One test per check and per guest, each with a fresh host. A traffic
+/// check needs only the address; a server check also reads the host's
+/// output.
 macro_rules! for_each_echo_guest {
     (traffic: [$($traffic:ident),* $(,)?], server: [$($server:ident),* $(,)?] $(,)?) => {
         mod built_in {
             use super::EchoGuest::BuiltIn as GUEST;
             use crate::support::traffic;
-            $( #[test] fn $traffic() { super::run(GUEST, |_, addr| traffic::$traffic(addr)) } )*
-            $( #[test] fn $server() { super::run(GUEST, super::$server) } )*
+            $( fn $traffic() { super::run(GUEST, |_, addr| traffic::$traffic(addr)) } )*
+            $( fn $server() { super::run(GUEST, super::$server) } )*
+            pub fn tests() -> Vec<libtest_mimic::Trial> {
+                crate::tests![$($traffic,)* $($server,)*]
+            }
         }
         mod iterative {
             use super::EchoGuest::Iterative as GUEST;
             use crate::support::traffic;
-            $( #[test] fn $traffic() { super::run(GUEST, |_, addr| traffic::$traffic(addr)) } )*
-            $( #[test] fn $server() { super::run(GUEST, super::$server) } )*
+            $( fn $traffic() { super::run(GUEST, |_, addr| traffic::$traffic(addr)) } )*
+            $( fn $server() { super::run(GUEST, super::$server) } )*
+            pub fn tests() -> Vec<libtest_mimic::Trial> {
+                crate::tests![$($traffic,)* $($server,)*]
+            }
         }
     };
 }
@@ -72,9 +78,13 @@ fn a_client_that_resets_right_after_connecting_does_not_stop_the_server(
     assert_echoes(addr, b"still here");
 }
 
-#[test]
 fn the_built_in_guest_from_a_file_echoes_the_same() {
     let guest = default_guest();
     let (_host, addr) = Host::serve(Some(&guest));
     assert_echoes(addr, &pattern(70_000, 6));
+}
+
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    let this = crate::tests![the_built_in_guest_from_a_file_echoes_the_same];
+    [built_in::tests(), iterative::tests(), this].into_iter().flatten().collect()
 }

@@ -33,19 +33,16 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
     path.display().to_string()
 }
 
-#[test]
 fn a_missing_file() {
     assert_fails_with(&["/no/such/guest.wasm"], "cannot read /no/such/guest.wasm: No such file");
 }
 
-#[test]
 fn a_file_that_is_not_webassembly() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "notes.txt", b"this is not wasm\n");
     assert_fails_with(&[&path], "is not a WebAssembly component");
 }
 
-#[test]
 fn a_core_module_says_how_to_make_a_component() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "module.wasm", &wat::parse_str("(module)").unwrap());
@@ -53,7 +50,6 @@ fn a_core_module_says_how_to_make_a_component() {
     assert!(output.contains("wasm32-wasip2") && output.contains("wasm-tools component new"));
 }
 
-#[test]
 fn a_truncated_component() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(crate::support::guests::default_guest()).unwrap();
@@ -61,14 +57,12 @@ fn a_truncated_component() {
     assert_fails_with(&[&path], "is not a valid component");
 }
 
-#[test]
 fn a_component_without_wasi_cli_run() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "empty.wasm", &wat::parse_str("(component)").unwrap());
     assert_fails_with(&[&path], "does not export `wasi:cli/run@0.2.x`");
 }
 
-#[test]
 fn a_component_importing_what_the_host_does_not_provide() {
     let dir = tempfile::tempdir().unwrap();
     // A valid command (its `run` returns ok) that also imports an
@@ -88,7 +82,6 @@ fn a_component_importing_what_the_host_does_not_provide() {
     assert!(output.contains("example:missing/api"), "{output}");
 }
 
-#[test]
 fn an_address_already_in_use() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
@@ -98,7 +91,6 @@ fn an_address_already_in_use() {
     );
 }
 
-#[test]
 fn a_guest_that_traps_shows_the_wasm_backtrace() {
     let guest = test_guest("trap");
     let output = assert_fails_with(
@@ -112,4 +104,17 @@ fn a_guest_that_traps_shows_the_wasm_backtrace() {
     assert!(output.contains("wasm backtrace:"), "{output}");
     assert!(output.contains("trap::fail_on_purpose"), "{output}");
     assert!(!output.contains("wasmtime::"), "host frames in the output\n{output}");
+}
+
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    crate::tests![
+        a_missing_file,
+        a_file_that_is_not_webassembly,
+        a_core_module_says_how_to_make_a_component,
+        a_truncated_component,
+        a_component_without_wasi_cli_run,
+        a_component_importing_what_the_host_does_not_provide,
+        an_address_already_in_use,
+        a_guest_that_traps_shows_the_wasm_backtrace,
+    ]
 }

@@ -4,7 +4,7 @@
 
 use crate::support::guests::test_guest;
 use crate::support::traffic::reset;
-use crate::support::{assert_echoes, connect, host_command, Host, PATIENCE};
+use crate::support::{assert_echoes, connect, connect_unless_reset, host_command, Host, PATIENCE};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -17,7 +17,6 @@ fn at_most(elapsed: Duration) -> usize {
     PER_SECOND * (elapsed.as_secs() as usize + 2)
 }
 
-#[test]
 fn a_guest_retrying_a_denied_connect_cannot_flood_the_log() {
     let host = Host::start(&[
         "--listen",
@@ -43,7 +42,6 @@ fn a_guest_retrying_a_denied_connect_cannot_flood_the_log() {
 /// (a reset before or after accept), the log does not grow with them,
 /// no descriptor is left behind, and the next client is served.
 #[cfg(target_os = "linux")] // reads /proc
-#[test]
 fn two_thousand_clients_resetting_at_once_neither_flood_the_log_nor_stop_the_service() {
     let (host, addr) = Host::serve(None);
     let idle = host.open_sockets();
@@ -61,13 +59,12 @@ fn two_thousand_clients_resetting_at_once_neither_flood_the_log_nor_stop_the_ser
 /// Clients from a network --allow-client does not name, 2 000 of them:
 /// each is turned away and counted exactly, in at most ten lines a second
 /// and summaries, while a client from the granted network is served.
-#[test]
 fn a_flood_from_a_denied_network_is_counted_exactly_in_few_lines() {
     let host = Host::start(&["--listen", "127.0.0.1:0", "--allow-client", "127.0.0.2/32"]);
     let addr = host.listen_addr();
     let start = Instant::now();
     for _ in 0..2000 {
-        match TcpStream::connect(addr) {
+        match TcpStream::connect_timeout(&addr, PATIENCE) {
             Ok(client) => drop(client),
             // The host turned it away before this thread saw it connected.
             Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
@@ -91,7 +88,6 @@ fn a_flood_from_a_denied_network_is_counted_exactly_in_few_lines() {
 /// in at most ten lines a second; and once they leave, the host serves
 /// again.
 #[cfg(target_os = "linux")]
-#[test]
 fn clients_beyond_the_open_file_limit_are_turned_away_and_the_rest_served() {
     use std::os::unix::process::CommandExt;
     let mut cmd = host_command();
@@ -113,7 +109,10 @@ fn clients_beyond_the_open_file_limit_are_turned_away_and_the_rest_served() {
     let mut served = Vec::new();
     let mut turned_away = 0;
     for i in 0..300 {
-        let mut client = connect(addr);
+        let Ok(mut client) = connect_unless_reset(addr) else {
+            turned_away += 1;
+            continue;
+        };
         client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let message = format!("client {i:03}");
         let mut back = [0u8; 10];
@@ -147,7 +146,6 @@ fn clients_beyond_the_open_file_limit_are_turned_away_and_the_rest_served() {
 /// --idle-timeout closes a client that sends nothing and is sent nothing
 /// for that long, not before; the guest reads the end of its stream, the
 /// client gets a FIN. A client that keeps talking stays.
-#[test]
 fn with_idle_timeout_a_silent_client_is_closed_and_a_talking_one_stays() {
     let host = Host::start(&["--listen", "127.0.0.1:0", "--idle-timeout", "1s"]);
     let addr = host.listen_addr();
@@ -175,7 +173,6 @@ fn with_idle_timeout_a_silent_client_is_closed_and_a_talking_one_stays() {
 }
 
 /// Without --idle-timeout a silent client is held, as long as it likes.
-#[test]
 fn without_idle_timeout_a_silent_client_is_held() {
     let (host, addr) = Host::serve(None);
     let mut client = connect(addr);
@@ -192,9 +189,7 @@ fn connect_from(ip: &str, addr: SocketAddr) -> TcpStream {
     let local: SocketAddr = format!("{ip}:0").parse().unwrap();
     socket.bind(&local.into()).unwrap();
     socket.connect(&addr.into()).unwrap();
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    stream
+    crate::support::with_timeouts(socket.into())
 }
 
 /// With --idle-timeout, each client is watched; the watch goes with its
@@ -202,7 +197,6 @@ fn connect_from(ip: &str, addr: SocketAddr) -> TcpStream {
 /// does not pile watches up for the length of the timeout: the host's
 /// memory stays where it was.
 #[cfg(target_os = "linux")] // reads /proc
-#[test]
 fn short_connections_leave_no_idle_watch_behind() {
     let host = Host::start(&["--listen", "127.0.0.1:0", "--idle-timeout", "1h"]);
     let addr = host.listen_addr();
@@ -217,4 +211,19 @@ fn short_connections_leave_no_idle_watch_behind() {
     churn(20_000);
     let grown = host.memory("VmRSS").saturating_sub(before);
     assert!(grown < 4 << 20, "the host grew by {} KiB over 20 000 short connections", grown >> 10);
+}
+
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    crate::tests![
+        a_guest_retrying_a_denied_connect_cannot_flood_the_log,
+        #[cfg(target_os = "linux")]
+        two_thousand_clients_resetting_at_once_neither_flood_the_log_nor_stop_the_service,
+        a_flood_from_a_denied_network_is_counted_exactly_in_few_lines,
+        #[cfg(target_os = "linux")]
+        clients_beyond_the_open_file_limit_are_turned_away_and_the_rest_served,
+        with_idle_timeout_a_silent_client_is_closed_and_a_talking_one_stays,
+        without_idle_timeout_a_silent_client_is_held,
+        #[cfg(target_os = "linux")]
+        short_connections_leave_no_idle_watch_behind,
+    ]
 }

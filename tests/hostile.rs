@@ -24,7 +24,6 @@ fn rss(host: &Host) -> u64 {
     kib * 1024
 }
 
-#[test]
 fn a_guest_allocating_without_end_is_stopped_with_a_message_naming_the_limit() {
     let (status, output) =
         Host::start(&["--listen", "127.0.0.1:0", "--max-memory", "32MiB", &guest("alloc-forever")])
@@ -40,7 +39,6 @@ fn a_guest_allocating_without_end_is_stopped_with_a_message_naming_the_limit() {
 }
 
 #[cfg(target_os = "linux")] // reads /proc
-#[test]
 fn the_host_stays_within_the_memory_limit_plus_its_own_overhead() {
     const LIMIT: u64 = 64 << 20;
     let host = Host::start(&[
@@ -54,37 +52,60 @@ fn the_host_stays_within_the_memory_limit_plus_its_own_overhead() {
     ]);
     let line = host.wait_for("allocation refused after");
     let got: u64 = line.rsplit(' ').nth(1).unwrap().parse().unwrap();
-    assert!((32..64).contains(&got), "{line}");
+    assert!((60..64).contains(&got), "{line}");
     // The guest holds (and has touched) almost all of its 64 MiB now. The
-    // host's own share: a debug build of wasmtime and the guest's code.
+    // host's own share: a debug build of wasmtime and the guest's code,
+    // about 27 MiB as measured.
     let resident = rss(&host);
-    assert!(resident < LIMIT + (64 << 20), "host RSS {} MiB\n{}", resident >> 20, host.output());
+    assert!(resident < LIMIT + (40 << 20), "host RSS {} MiB\n{}", resident >> 20, host.output());
 }
 
-#[test]
+/// Refused at the cap, every time it asks; the log says so at most ten
+/// times a second, and counts the rest.
 fn a_guest_creating_sockets_without_end_is_refused_at_the_cap() {
-    let (status, output) = Host::start(&[
+    let host = Host::start(&[
         "--listen",
         "127.0.0.1:0",
         "--max-connections",
         "50",
         &guest("socket-hoarder"),
-    ])
-    .wait();
+    ]);
+    let written = host.wait_for_total(
+        "refused: a new TCP socket: the guests already hold 50 sockets (--max-connections 50)",
+        "refused new sockets",
+        100,
+    );
+    assert!(written <= 20, "{written} lines for 100 refusals");
+    let (status, output) = host.wait();
     assert!(status.success(), "{output}");
     assert!(output.contains("refused after 50 sockets: new-socket-limit"), "{output}");
-    assert!(
-        output.contains(
-            "refused: a new TCP socket: the guests already hold 50 sockets (--max-connections 50)"
-        ),
-        "{output}"
-    );
+    assert!(output.contains("refused 99 times more"), "{output}");
+}
+
+/// Waiting is not computing: a guest that waits for clients far longer
+/// than its CPU budget keeps serving.
+fn time_spent_waiting_does_not_count_against_the_cpu_budget() {
+    let host = Host::start(&["--listen", "127.0.0.1:0", "--cpu-budget", "100ms"]);
+    let addr = host.listen_addr();
+    assert_echoes(addr, b"before waiting");
+    // Not a wait for something to happen: ten budgets' worth of waiting.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_echoes(addr, b"after waiting");
+    assert!(!host.output().contains("--cpu-budget"), "{}", host.report());
+}
+
+/// With no --listen, the host serves on 0.0.0.0:9000 (the study notes'
+/// port), and grants that alone.
+fn with_no_listen_address_the_host_serves_on_port_9000() {
+    let host = Host::start(&[]);
+    host.wait_for("granted: listen on 0.0.0.0:9000; everything else is denied");
+    assert_eq!(host.listen_addr(), "0.0.0.0:9000".parse().unwrap());
+    assert_echoes("127.0.0.1:9000".parse().unwrap(), b"port 9000");
 }
 
 /// Without --max-connections the cap follows the open-file limit (less 64
 /// descriptors for the host itself), so the guest is refused politely
 /// before the process runs out of descriptors.
-#[test]
 fn the_default_socket_cap_stays_under_the_open_file_limit() {
     use std::os::unix::process::CommandExt;
     let mut cmd = host_command();
@@ -105,7 +126,6 @@ fn the_default_socket_cap_stays_under_the_open_file_limit() {
     assert!(output.contains("(--max-connections 136)"), "{output}");
 }
 
-#[test]
 fn clients_beyond_the_cap_are_turned_away_until_a_place_is_free() {
     // One place for the listener, two for clients.
     let host = Host::start(&["--listen", "127.0.0.1:0", "--max-connections", "3"]);
@@ -133,7 +153,6 @@ fn clients_beyond_the_cap_are_turned_away_until_a_place_is_free() {
     drop(first);
 }
 
-#[test]
 fn clients_outside_allow_client_never_reach_the_guest() {
     let host = Host::start(&["--listen", "127.0.0.1:0", "--allow-client", "10.0.0.0/8"]);
     let addr = host.listen_addr();
@@ -146,7 +165,6 @@ fn clients_outside_allow_client_never_reach_the_guest() {
     assert_echoes(host.listen_addr(), b"welcome");
 }
 
-#[test]
 fn a_spinning_guest_is_stopped_by_its_cpu_budget() {
     let (status, output) =
         Host::start(&["--listen", "127.0.0.1:0", "--cpu-budget", "300ms", &guest("spin")]).wait();
@@ -157,7 +175,6 @@ fn a_spinning_guest_is_stopped_by_its_cpu_budget() {
     );
 }
 
-#[test]
 fn a_bad_client_input_cannot_take_the_service_down_with_restart_on_failure() {
     let host = Host::start(&[
         "--listen",
@@ -180,7 +197,6 @@ fn a_bad_client_input_cannot_take_the_service_down_with_restart_on_failure() {
     assert_echoes(host.nth_listen_addr(2), b"served again");
 }
 
-#[test]
 fn a_guest_that_keeps_failing_is_given_up_on() {
     let (status, output) = Host::start(&["--restart", "on-failure", &guest("trap")]).wait();
     assert!(!status.success(), "{output}");
@@ -194,7 +210,6 @@ fn a_guest_that_keeps_failing_is_given_up_on() {
 /// With `--log-format json`, stderr holds nothing but JSON objects, one a
 /// line: the events of a run (the guest's own stderr among them), and the
 /// error a host exits with, a trap's backtrace as a field of it.
-#[test]
 fn with_json_logs_stderr_is_one_json_object_per_line_and_nothing_else() {
     let host = json_host(&["--listen", "127.0.0.1:0"]);
     let addr = host.listen_addr_json();
@@ -258,7 +273,6 @@ fn parse_every_line(output: &str) -> Vec<serde_json::Value> {
 }
 
 /// The other audit events, as JSON, each with the address it was about.
-#[test]
 fn with_json_logs_connects_udp_binds_and_denials_name_their_address() {
     let outside = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let target = outside.local_addr().unwrap().to_string();
@@ -291,4 +305,24 @@ fn assert_reset(client: &mut TcpStream) {
         Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
         other => panic!("expected a reset, got {other:?}"),
     }
+}
+
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    use crate::support::need;
+    crate::tests![
+        a_guest_allocating_without_end_is_stopped_with_a_message_naming_the_limit,
+        #[cfg(target_os = "linux")]
+        the_host_stays_within_the_memory_limit_plus_its_own_overhead,
+        a_guest_creating_sockets_without_end_is_refused_at_the_cap,
+        time_spent_waiting_does_not_count_against_the_cpu_budget,
+        with_no_listen_address_the_host_serves_on_port_9000 [needs need::port_free(9000)],
+        the_default_socket_cap_stays_under_the_open_file_limit,
+        clients_beyond_the_cap_are_turned_away_until_a_place_is_free,
+        clients_outside_allow_client_never_reach_the_guest,
+        a_spinning_guest_is_stopped_by_its_cpu_budget,
+        a_bad_client_input_cannot_take_the_service_down_with_restart_on_failure,
+        a_guest_that_keeps_failing_is_given_up_on,
+        with_json_logs_stderr_is_one_json_object_per_line_and_nothing_else,
+        with_json_logs_connects_udp_binds_and_denials_name_their_address,
+    ]
 }

@@ -10,7 +10,6 @@ fn inspect(args: &[&str]) -> (bool, String) {
     (status.success(), output)
 }
 
-#[test]
 fn the_echo_guest_imports_only_what_an_echo_server_needs() {
     let (ok, output) = inspect(&[default_guest().to_str().unwrap()]);
     assert!(ok, "{output}");
@@ -27,7 +26,6 @@ fn the_echo_guest_imports_only_what_an_echo_server_needs() {
     );
 }
 
-#[test]
 fn a_std_guest_shows_every_capability_it_could_ask_for() {
     let (ok, output) = inspect(&[test_guest("sandbox-probe").to_str().unwrap()]);
     assert!(ok, "{output}");
@@ -39,7 +37,6 @@ fn a_std_guest_shows_every_capability_it_could_ask_for() {
     }
 }
 
-#[test]
 fn json_names_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("needs-more.wasm");
@@ -56,7 +53,6 @@ fn json_names_what_is_missing() {
     assert_eq!(report["imports"]["example:missing"], serde_json::json!(["api"]));
 }
 
-#[test]
 fn a_core_module_is_named_as_such() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("module.wasm");
@@ -70,34 +66,11 @@ fn a_core_module_is_named_as_such() {
     );
 }
 
-/// The README's table of promises names tests: each must exist, so the
-/// table cannot point at a test that was renamed or removed.
-#[test]
-fn the_readme_names_only_tests_that_exist() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let table = &readme[readme.find("### Which test keeps which promise").unwrap()..];
-    let table = &table[..table.find("\n## ").unwrap()];
-    let mut sources = String::new();
-    for dir in ["tests", "tests/toolchains", "host/src", "host/src/sockets"] {
-        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "rs") {
-                sources += &std::fs::read_to_string(path).unwrap();
-            }
-        }
-    }
-    let named: Vec<&str> = table
-        .lines()
-        .filter(|line| line.starts_with("| ") && !line.starts_with("| Promise"))
-        .filter_map(|line| line.rsplit(" | ").next())
-        .flat_map(|tests| tests.split('`').skip(1).step_by(2))
-        .filter(|name| {
-            name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        })
-        .collect();
-    assert!(named.len() > 60, "{named:?}");
-    let missing: Vec<_> =
-        named.iter().filter(|name| !sources.contains(&format!("fn {name}("))).collect();
-    assert!(missing.is_empty(), "the README names tests that do not exist: {missing:?}");
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    crate::tests![
+        the_echo_guest_imports_only_what_an_echo_server_needs,
+        a_std_guest_shows_every_capability_it_could_ask_for,
+        json_names_what_is_missing,
+        a_core_module_is_named_as_such,
+    ]
 }

@@ -42,7 +42,6 @@ fn echo_once(addr: SocketAddr, data: &[u8]) -> TcpStream {
 }
 
 /// Section 1: `--trace` names each step in both vocabularies.
-#[test]
 fn the_trace_shows_each_winsock_call_next_to_its_wasi_function() {
     let (host, addr) = serve_iterative(&["--trace-data"]);
     drop(echo_once(addr, b"hello\n"));
@@ -71,7 +70,6 @@ fn the_trace_shows_each_winsock_call_next_to_its_wasi_function() {
 /// Section 4 (step 2): the poll guest's trace shows each `WSAPoll` over
 /// the listener and the clients, and the reads and writes it wakes up for,
 /// in that order.
-#[test]
 fn the_poll_guests_trace_shows_each_wsapoll() {
     let host = Host::start(&["--trace", "--listen", "127.0.0.1:0"]);
     let addr = host.listen_addr();
@@ -92,7 +90,6 @@ fn the_poll_guests_trace_shows_each_wsapoll() {
 }
 
 /// Section 1: without `--trace-data`, no byte is shown.
-#[test]
 fn the_trace_shows_bytes_only_when_asked() {
     let (host, addr) = serve_iterative(&["--trace"]);
     drop(echo_once(addr, b"secret"));
@@ -103,7 +100,6 @@ fn the_trace_shows_bytes_only_when_asked() {
 }
 
 /// Section 5.1: one send of 2000 bytes arrives as several recv()s.
-#[test]
 fn partial_reads() {
     let (host, addr) = serve_iterative(&["--trace"]);
     let data = pattern(2000, 21);
@@ -123,7 +119,6 @@ fn partial_reads() {
 /// backlog until the first leaves. A first client that only stops typing
 /// (what Ctrl-D does in `nc` without `-N`) keeps the second waiting; one
 /// that half-closes (Ctrl-D with `nc -N`) lets it in.
-#[test]
 fn a_second_client_waits_behind_the_first() {
     let (host, addr) = serve_iterative(&[]);
     let first = echo_once(addr, b"first\n");
@@ -162,7 +157,6 @@ fn a_second_client_waits_behind_the_first() {
 }
 
 /// Section 5.3: the guest is told to bind an address that was not granted.
-#[test]
 fn a_denied_bind() {
     let guest = iterative();
     let (status, output) =
@@ -183,7 +177,6 @@ fn a_denied_bind() {
 /// Section 5.4: a reset ends that client only; what the guest reads about
 /// it carries no trace of the host (no host backtrace, even with
 /// RUST_BACKTRACE=1).
-#[test]
 fn a_client_that_resets() {
     let guest = iterative();
     let mut cmd = host_command();
@@ -265,7 +258,6 @@ const CLOSE_WAIT: u8 = 0x08;
 /// the step-1 guest's backlog is the LISTEN socket's Recv-Q; one that
 /// closes while it waits is in CLOSE-WAIT until the guest accepts it.
 #[cfg(target_os = "linux")] // reads /proc/net/tcp
-#[test]
 fn the_backlog_shows_as_recv_q_and_a_client_that_gives_up_there_as_close_wait() {
     let (host, addr) = serve_iterative(&[]);
     let first = echo_once(addr, b"first\n");
@@ -296,7 +288,6 @@ fn wait_for_time_wait(local: u16, remote: u16) {
 /// Section 3 and 5.5: the side that closes first keeps TIME_WAIT; the
 /// server binds its port again at once anyway.
 #[cfg(target_os = "linux")] // reads /proc/net/tcp
-#[test]
 fn time_wait_after_a_client_closes_and_the_server_binds_again_at_once() {
     let (host, addr) = Host::serve(None);
     // The client closes first: its side goes to TIME_WAIT.
@@ -324,7 +315,6 @@ fn time_wait_after_a_client_closes_and_the_server_binds_again_at_once() {
 /// Section 1: the guest's half of the side-by-side code is the guest's
 /// real code (each excerpt appears, line for line, in its source, comments
 /// aside), and both languages show the same code.
-#[test]
 fn the_side_by_side_code_is_the_guests_own() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap();
@@ -352,7 +342,6 @@ fn the_side_by_side_code_is_the_guests_own() {
 /// no `**` left over (a bold span that did not close, as happens when it
 /// ends in punctuation and a Korean particle follows), and no table row
 /// that fell out of its table.
-#[test]
 fn the_lessons_render_cleanly_as_commonmark() {
     use pulldown_cmark::{html, Event, Options, Parser, Tag, TagEnd};
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -393,7 +382,6 @@ fn run_client(server: SocketAddr, extra: &[&str]) -> (bool, String) {
 }
 
 /// Section 6: without `--allow-connect` the client's connect() is denied.
-#[test]
 fn the_echo_client_is_refused_until_connect_is_granted() {
     let (_server, addr) = Host::serve(None);
     let (success, output) = run_client(addr, &[]);
@@ -407,7 +395,6 @@ fn the_echo_client_is_refused_until_connect_is_granted() {
 
 /// Section 6: with it, the client frames each message with its length and
 /// reads the echo back with recvn(), from the step-1 and the step-2 server.
-#[test]
 fn the_echo_client_talks_to_the_step_1_and_step_2_servers() {
     let step1 = serve_iterative(&[]);
     let step2 = Host::serve(None);
@@ -441,7 +428,6 @@ fn the_echo_client_talks_to_the_step_1_and_step_2_servers() {
 /// Section 7, exercise 1: the step-2 guest sending to a client that does
 /// not read: check-write answers 0 once the buffers are full, and that
 /// client waits while others are served; nothing is lost once it reads.
-#[test]
 fn exercise_1_send_waits_on_a_client_that_does_not_read() {
     let host = Host::start(&["--trace", "--listen", "127.0.0.1:0"]);
     let addr = host.listen_addr();
@@ -462,7 +448,6 @@ fn exercise_1_send_waits_on_a_client_that_does_not_read() {
 /// Section 7, exercise 2: a server that `break`s on a failed accept(), as
 /// the study notes do, stops for good when one client resets while it
 /// waits in the backlog; the step-1 guest `continue`s and serves the next.
-#[test]
 fn exercise_2_break_on_a_failed_accept_stops_the_server() {
     let guest = test_guest("accept-break");
     let host = Host::start(&["--listen", "127.0.0.1:0", guest.to_str().unwrap()]);
@@ -485,7 +470,6 @@ fn exercise_2_break_on_a_failed_accept_stops_the_server() {
 
 /// Section 7, exercise 3: a client that half-closes (shutdown(SD_SEND))
 /// gets every byte back, then the end of the stream, from either server.
-#[test]
 fn exercise_3_a_half_closing_client_gets_every_byte_then_the_end() {
     let client = test_guest("half-close");
     let message = "x".repeat(100_000);
@@ -503,7 +487,6 @@ fn exercise_3_a_half_closing_client_gets_every_byte_then_the_end() {
 
 /// Section 7, exercise 4: the step-1 guest on IPv6 (a socket of the IPv6
 /// family, an address of 16 bytes that the guest never has to size).
-#[test]
 fn exercise_4_the_step_1_guest_serves_ipv6() {
     let (host, addr) = {
         let guest = iterative();
@@ -520,7 +503,6 @@ fn exercise_4_the_step_1_guest_serves_ipv6() {
 /// Section 5.8: TCP carries bytes, not messages. Two sends that are both
 /// waiting when the guest reads arrive in one recv(); one message sent in
 /// two halves, the second after the guest has read the first, takes two.
-#[test]
 fn tcp_joins_and_splits_what_was_sent() {
     let (host, addr) = serve_iterative(&["--trace"]);
     let first = echo_once(addr, b"busy\n");
@@ -542,4 +524,30 @@ fn tcp_joins_and_splits_what_was_sent() {
     let mut back = [0u8; 6];
     split.read_exact(&mut back).unwrap();
     assert_eq!(&back, b"hello\n");
+}
+
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    use crate::support::need;
+    crate::tests![
+        the_trace_shows_each_winsock_call_next_to_its_wasi_function,
+        the_poll_guests_trace_shows_each_wsapoll,
+        the_trace_shows_bytes_only_when_asked,
+        partial_reads,
+        a_second_client_waits_behind_the_first,
+        a_denied_bind,
+        a_client_that_resets,
+        #[cfg(target_os = "linux")]
+        the_backlog_shows_as_recv_q_and_a_client_that_gives_up_there_as_close_wait,
+        #[cfg(target_os = "linux")]
+        time_wait_after_a_client_closes_and_the_server_binds_again_at_once,
+        the_side_by_side_code_is_the_guests_own,
+        the_lessons_render_cleanly_as_commonmark,
+        the_echo_client_is_refused_until_connect_is_granted,
+        the_echo_client_talks_to_the_step_1_and_step_2_servers,
+        exercise_1_send_waits_on_a_client_that_does_not_read,
+        exercise_2_break_on_a_failed_accept_stops_the_server,
+        exercise_3_a_half_closing_client_gets_every_byte_then_the_end,
+        exercise_4_the_step_1_guest_serves_ipv6 [needs need::ipv6()],
+        tcp_joins_and_splits_what_was_sent,
+    ]
 }

@@ -1,6 +1,8 @@
 //! Integration tests: the real `host` binary, real guest components, real
 //! TCP clients on loopback. Every host listens on a system-picked port
 //! (`--listen 127.0.0.1:0`), and a test waits for readiness by connecting.
+//! They run on the tests' own runner (`support/harness.rs`): a time limit
+//! for each, and needs.
 
 mod support;
 
@@ -11,6 +13,7 @@ mod floods;
 mod hostile;
 mod inspect;
 mod lesson;
+mod meta;
 #[cfg(target_os = "linux")]
 mod nodelay;
 mod operate;
@@ -20,3 +23,35 @@ mod sockets;
 mod swap;
 mod swaps_and_drains;
 mod totals;
+
+/// Every test of this target, registered (the README's meta-test reads
+/// this list too).
+pub fn all() -> Vec<libtest_mimic::Trial> {
+    [
+        concurrency::tests(),
+        echo::tests(),
+        errors::tests(),
+        floods::tests(),
+        hostile::tests(),
+        inspect::tests(),
+        lesson::tests(),
+        meta::tests(),
+        #[cfg(target_os = "linux")]
+        nodelay::tests(),
+        operate::tests(),
+        sandbox::tests(),
+        shutdown::tests(),
+        sockets::tests(),
+        swap::tests(),
+        swaps_and_drains::tests(),
+        totals::tests(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+fn main() {
+    let args = libtest_mimic::Arguments::from_args();
+    libtest_mimic::run(&args, all()).exit();
+}

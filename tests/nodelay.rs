@@ -62,14 +62,12 @@ fn echoing_client(addr: SocketAddr) -> TcpStream {
     client
 }
 
-#[test]
 fn the_guests_clients_get_tcp_nodelay() {
     let (host, addr) = Host::serve(None);
     let client = echoing_client(addr);
     assert!(nodelay_at_host(&host, &client), "{}", host.report());
 }
 
-#[test]
 fn a_guest_built_with_std_gets_it_too() {
     // std's TcpListener::bind is socket(), bind(), listen() underneath,
     // through wasi-libc: the same wasi:sockets calls the host sees.
@@ -78,10 +76,18 @@ fn a_guest_built_with_std_gets_it_too() {
     assert!(nodelay_at_host(&host, &client), "{}", host.report());
 }
 
-#[test]
 fn nagle_keeps_the_system_default() {
     let guest = default_guest();
     let host = Host::start(&["--nagle", "--listen", "127.0.0.1:0", guest.to_str().unwrap()]);
     let client = echoing_client(host.listen_addr());
     assert!(!nodelay_at_host(&host, &client), "{}", host.report());
+}
+
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    use crate::support::need;
+    crate::tests![
+        the_guests_clients_get_tcp_nodelay [needs need::pidfd_getfd()],
+        a_guest_built_with_std_gets_it_too [needs need::pidfd_getfd()],
+        nagle_keeps_the_system_default [needs need::pidfd_getfd()],
+    ]
 }

@@ -5,6 +5,7 @@
 use crate::support::clients::{echo, served_more, stream_of_clients, Tally};
 use crate::support::guests::{default_guest, test_guest};
 use crate::support::{connect, prepare, Host, HOST_BIN, PATIENCE};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -21,7 +22,7 @@ fn long_lived_clients(
     tally: &Arc<Tally>,
 ) -> std::thread::JoinHandle<()> {
     let (stop, tally) = (Arc::clone(stop), Arc::clone(tally));
-    let mut clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let mut clients: Vec<TcpStream> = (0..3).map(|_| connect(addr)).collect();
     std::thread::spawn(move || {
         for round in 0.. {
             for (i, client) in clients.iter_mut().enumerate() {
@@ -53,7 +54,6 @@ fn install(guest: &Path, at: &Path) {
 /// traps at start (the old one keeps serving), a different guest (which
 /// takes over), a file that is not a component. No client is refused or
 /// reset, every byte comes back, and each old instance drains.
-#[test]
 fn sighup_swaps_the_guest_without_closing_the_port() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("guest.wasm");
@@ -130,11 +130,6 @@ fn handed_saying(socket: &impl AsRawFd, count: usize, args: &[&str]) -> Host {
     Host::start_command(&mut cmd)
 }
 
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-#[test]
 fn a_socket_handed_over_becomes_the_grant_and_the_listener() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -147,7 +142,6 @@ fn a_socket_handed_over_becomes_the_grant_and_the_listener() {
 
 /// With a `--listen` grant for its address, the handed socket serves it:
 /// the host binds nothing (if it tried, the address would be in use).
-#[test]
 fn a_socket_handed_over_serves_its_grant_and_the_host_binds_nothing() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -157,11 +151,10 @@ fn a_socket_handed_over_serves_its_grant_and_the_host_binds_nothing() {
     assert!(echo(&mut client, b"no bind"), "{}", host.report());
 }
 
-#[test]
 fn a_handed_descriptor_that_is_not_a_listening_tcp_socket_is_a_clear_error() {
     let bound_only =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    bound_only.bind(&free_port().into()).unwrap();
+    bound_only.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     for descriptor in [bound_only.as_raw_fd(), udp.as_raw_fd()] {
         let (status, output) = handed(&Fd(descriptor), &[]).wait();
@@ -173,7 +166,6 @@ fn a_handed_descriptor_that_is_not_a_listening_tcp_socket_is_a_clear_error() {
 
 /// LISTEN_FDS counting a descriptor that is not open: an error, and the
 /// host never takes that number for its own.
-#[test]
 fn a_handed_descriptor_that_is_not_open_is_a_clear_error() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let (status, output) = handed_saying(&listener, 2, &[]).wait();
@@ -182,12 +174,11 @@ fn a_handed_descriptor_that_is_not_open_is_a_clear_error() {
     assert_eq!(output.trim(), expected);
 }
 
-#[test]
 fn a_handed_socket_no_grant_covers_is_a_clear_error() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let other = free_port();
-    let (status, output) = handed(&listener, &["--listen", &other.to_string()]).wait();
+    let other = crate::support::reserved_addr();
+    let (status, output) = handed(&listener, &["--listen", &other.addr.to_string()]).wait();
     assert!(!status.success(), "{output}");
     let expected =
         format!("the service manager passed a listening socket on {addr} that no --listen grants");
@@ -204,21 +195,27 @@ impl AsRawFd for Fd {
 
 /// SIGQUIT (the image's STOPSIGNAL, systemd's KillSignal): no new clients;
 /// the ones connected are served until they leave; then the host exits.
-#[test]
 fn sigquit_serves_the_connected_clients_then_exits() {
     let host = Host::start(&["--listen", "127.0.0.1:0", "--drain-timeout", "5m"]);
     let mut client = connect(host.listen_addr());
     assert!(echo(&mut client, b"before"));
     host.signal(libc::SIGQUIT);
     host.wait_for("stop: guest instance #1 takes no new clients; it serves its 1 until they leave");
+    // A client arriving now waits in the backlog, never accepted...
+    let mut late = connect(host.listen_addr());
+    late.write_all(b"too late").unwrap();
     assert!(echo(&mut client, b"still served"), "{}", host.report());
     drop(client);
     let (status, output) = host.wait();
     assert!(status.success(), "{output}");
     assert!(output.contains("stop: guest instance #1 has no clients left; stopped it"), "{output}");
+    // ...and is reset when the host exits: its bytes never came back.
+    match late.read(&mut [0u8; 8]) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("a client that came after SIGQUIT got {other:?}, not a reset\n{output}"),
+    }
 }
 
-#[test]
 fn sigquit_stops_a_client_that_stays_after_the_drain_timeout() {
     let host = Host::start(&["--listen", "127.0.0.1:0", "--drain-timeout", "200ms"]);
     let mut client = connect(host.listen_addr());
@@ -229,4 +226,17 @@ fn sigquit_stops_a_client_that_stays_after_the_drain_timeout() {
     let expected =
         "stop: guest instance #1 still had 1 clients after --drain-timeout 200ms; stopped it";
     assert!(output.contains(expected), "{output}");
+}
+
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    crate::tests![
+        sighup_swaps_the_guest_without_closing_the_port,
+        a_socket_handed_over_becomes_the_grant_and_the_listener,
+        a_socket_handed_over_serves_its_grant_and_the_host_binds_nothing,
+        a_handed_descriptor_that_is_not_a_listening_tcp_socket_is_a_clear_error,
+        a_handed_descriptor_that_is_not_open_is_a_clear_error,
+        a_handed_socket_no_grant_covers_is_a_clear_error,
+        sigquit_serves_the_connected_clients_then_exits,
+        sigquit_stops_a_client_that_stays_after_the_drain_timeout,
+    ]
 }

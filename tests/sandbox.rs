@@ -26,7 +26,6 @@ fn assert_line(output: &str, line: &str) {
     assert!(output.lines().any(|l| l.starts_with(line)), "no line starting {line:?} in\n{output}");
 }
 
-#[test]
 fn by_default_everything_but_the_listen_address_is_refused_and_logged() {
     let outside = TcpListener::bind("127.0.0.1:0").unwrap();
     let target = outside.local_addr().unwrap();
@@ -78,7 +77,6 @@ env = { HOST_SECRET = "granted" }
 dir = ["{dir}::/data"]
 "#;
 
-#[test]
 fn each_grant_opens_only_what_it_names_given_as_options() {
     let data = data_dir();
     let outside = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -98,7 +96,6 @@ fn each_grant_opens_only_what_it_names_given_as_options() {
     assert!(!data.path().join("hello.txt.copy").exists(), "a read-only --dir was written to");
 }
 
-#[test]
 fn a_directory_granted_rw_can_be_written() {
     let data = data_dir();
     let outside = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -110,7 +107,6 @@ fn a_directory_granted_rw_can_be_written() {
     assert_eq!(written, "written by the guest");
 }
 
-#[test]
 fn each_grant_opens_only_what_it_names_given_as_a_policy_file() {
     let data = data_dir();
     let outside = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -148,7 +144,6 @@ fn assert_granted(output: &str, outside: &TcpListener) {
     assert!(outside.accept().is_ok(), "the granted connection did not arrive");
 }
 
-#[test]
 fn every_listen_address_is_granted_and_served_ipv4_and_ipv6() {
     let host = Host::start(&["--listen", "127.0.0.1:0", "--listen", "[::1]:0"]);
     let first = host.nth_listen_addr(1);
@@ -165,7 +160,6 @@ fn every_listen_address_is_granted_and_served_ipv4_and_ipv6() {
 /// `--no-listen`, for a guest that only connects out: no address to listen
 /// on and no LISTEN_ADDR, so a server's bind (here the default guest's
 /// fallback, 0.0.0.0:9000) is refused, saying what was granted.
-#[test]
 fn no_listen_leaves_nothing_to_listen_on() {
     let (status, output) = Host::start(&["--no-listen"]).wait();
     assert!(!status.success(), "{output}");
@@ -174,4 +168,16 @@ fn no_listen_leaves_nothing_to_listen_on() {
     let denied = "WARN denied: TCP bind to 0.0.0.0:9000 (no listen address is granted; grant it with --listen 0.0.0.0:9000)";
     assert!(output.contains(denied), "{output}");
     assert!(output.contains("[TCP server] bind() failed: access-denied"), "{output}");
+}
+
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    use crate::support::need;
+    crate::tests![
+        by_default_everything_but_the_listen_address_is_refused_and_logged,
+        each_grant_opens_only_what_it_names_given_as_options,
+        a_directory_granted_rw_can_be_written,
+        each_grant_opens_only_what_it_names_given_as_a_policy_file,
+        every_listen_address_is_granted_and_served_ipv4_and_ipv6 [needs need::ipv6()],
+        no_listen_leaves_nothing_to_listen_on,
+    ]
 }

@@ -18,7 +18,6 @@ fn assert_port_free(addr: SocketAddr) {
     TcpListener::bind(addr).unwrap_or_else(|e| panic!("{addr} is not free again: {e}"));
 }
 
-#[test]
 fn sigint_while_the_guest_waits_in_accept() {
     let (host, addr) = Host::serve(None);
     assert_echoes(addr, b"before");
@@ -28,7 +27,6 @@ fn sigint_while_the_guest_waits_in_accept() {
 }
 
 /// The lesson's step 1 really blocks: in `accept`, then in `recv`.
-#[test]
 fn sigint_while_the_iterative_guest_blocks_in_accept_or_recv() {
     let guest = test_guest("guest_iterative");
     let serve = || Host::start(&["--listen", "127.0.0.1:0", guest.to_str().unwrap()]);
@@ -48,7 +46,6 @@ fn sigint_while_the_iterative_guest_blocks_in_accept_or_recv() {
     assert_port_free(addr);
 }
 
-#[test]
 fn sigterm_while_a_client_is_connected() {
     let (host, addr) = Host::serve(None);
     let mut client = connect(addr);
@@ -63,7 +60,6 @@ fn sigterm_while_a_client_is_connected() {
     assert_port_free(addr);
 }
 
-#[test]
 fn sigterm_while_the_guest_spins() {
     let guest = test_guest("spin");
     let host = Host::start(&["--listen", "127.0.0.1:0", guest.to_str().unwrap()]);
@@ -74,7 +70,6 @@ fn sigterm_while_the_guest_spins() {
 /// The epoch ticker sleeps while the host waits; it must wake with it, or
 /// a guest that spins after waiting could not be stopped.
 #[cfg(target_os = "linux")] // reads /proc
-#[test]
 fn sigterm_while_the_guest_spins_after_the_host_was_idle() {
     let guest = test_guest("spin");
     let host =
@@ -86,7 +81,6 @@ fn sigterm_while_the_guest_spins_after_the_host_was_idle() {
     assert_stops_cleanly(host, libc::SIGTERM, "SIGTERM");
 }
 
-#[test]
 fn sigint_while_the_guest_spins() {
     let guest = test_guest("spin");
     let host = Host::start(&["--listen", "127.0.0.1:0", guest.to_str().unwrap()]);
@@ -97,16 +91,22 @@ fn sigint_while_the_guest_spins() {
 /// Start-up: a client that connects while the host is starting is refused
 /// (and may retry) or served, never accepted and then reset. (The host's
 /// early "is the port free?" check must not listen on the port.)
-#[test]
 fn a_client_connecting_during_start_up_is_refused_or_served_never_reset() {
     for _ in 0..10 {
-        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let reserved = crate::support::reserved_addr();
+        let addr = reserved.addr;
         let host = Host::start(&["--listen", &addr.to_string()]);
         // Connect as fast as possible from the moment the host starts.
+        let deadline = std::time::Instant::now() + crate::support::PATIENCE;
         let mut client = loop {
             match std::net::TcpStream::connect(addr) {
-                Ok(client) => break client,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                Ok(client) => break crate::support::with_timeouts(client),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && std::time::Instant::now() < deadline =>
+                {
+                    continue
+                }
                 Err(e) => panic!("connecting: {e}\n{}", host.report()),
             }
         };
@@ -115,4 +115,18 @@ fn a_client_connecting_during_start_up_is_refused_or_served_never_reset() {
         client.read_exact(&mut back).unwrap_or_else(|e| panic!("{e}\n{}", host.report()));
         assert_eq!(&back, b"early");
     }
+}
+
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    use crate::support::need;
+    crate::tests![
+        sigint_while_the_guest_waits_in_accept,
+        sigint_while_the_iterative_guest_blocks_in_accept_or_recv,
+        sigterm_while_a_client_is_connected,
+        sigterm_while_the_guest_spins,
+        #[cfg(target_os = "linux")]
+        sigterm_while_the_guest_spins_after_the_host_was_idle [needs need::wchan()],
+        sigint_while_the_guest_spins,
+        a_client_connecting_during_start_up_is_refused_or_served_never_reset,
+    ]
 }

@@ -57,7 +57,6 @@ const CHECKS: &[&str] = &[
     "name-lookup-not-granted",
 ];
 
-#[test]
 fn every_state_transition_and_error_code_of_the_tcp_interface() {
     let (success, output) = contract(&[], &[]);
     let missing: Vec<_> =
@@ -68,7 +67,6 @@ fn every_state_transition_and_error_code_of_the_tcp_interface() {
 
 /// `--trace` covers every TCP call, connect, shutdown and socket options
 /// included, in WinSock words next to the wasi names.
-#[test]
 fn the_trace_shows_every_kind_of_tcp_call() {
     let (success, output) = contract(&["--trace"], &[]);
     assert!(success, "{output}");
@@ -92,7 +90,6 @@ fn the_trace_shows_every_kind_of_tcp_call() {
     }
 }
 
-#[test]
 fn writing_more_than_check_write_allowed_traps() {
     let (success, output) = contract(&[], &["write-over-permit"]);
     assert!(!success, "{output}");
@@ -102,7 +99,6 @@ fn writing_more_than_check_write_allowed_traps() {
     assert!(!output.contains("did not trap"), "{output}");
 }
 
-#[test]
 fn blocking_write_and_flush_of_more_than_4096_bytes_traps() {
     let (success, output) = contract(&[], &["blocking-write-4097"]);
     assert!(!success, "{output}");
@@ -111,7 +107,6 @@ fn blocking_write_and_flush_of_more_than_4096_bytes_traps() {
     assert!(!output.contains("did not trap"), "{output}");
 }
 
-#[test]
 fn poll_of_an_empty_list_traps() {
     let (success, output) = contract(&[], &["poll-empty"]);
     assert!(!success, "{output}");
@@ -122,7 +117,6 @@ fn poll_of_an_empty_list_traps() {
 
 /// A guest that polls a zero timeout with its stream, and so never waits,
 /// still sees data arrive: the async runtime is let look for it.
-#[test]
 fn a_guest_that_never_waits_still_sees_data_arrive() {
     let (success, output) = contract(&[], &["busy-poll"]);
     assert!(success, "{output}");
@@ -131,7 +125,6 @@ fn a_guest_that_never_waits_still_sees_data_arrive() {
 
 /// The host's own `write` (for its sockets' streams) leaves every other
 /// stream's to wasmtime-wasi: a guest's `write` to stdout still arrives.
-#[test]
 fn a_write_to_stdout_reaches_stdout() {
     let (success, output) = contract(&[], &["write-stdout"]);
     assert!(success, "{output}");
@@ -147,7 +140,6 @@ fn serve_once() -> (Host, TcpStream) {
     (host, client)
 }
 
-#[test]
 fn a_reset_ends_the_input_stream_with_last_operation_failed() {
     let (host, mut client) = serve_once();
     client.write_all(b"x").unwrap();
@@ -160,7 +152,6 @@ fn a_reset_ends_the_input_stream_with_last_operation_failed() {
 
 /// After a write fails, the output stream is closed: the next call says
 /// so, and grants no more room to write.
-#[test]
 fn after_a_failed_write_the_output_stream_is_closed() {
     let guest = test_guest("tcp-contract");
     let host = Host::start(&[
@@ -181,7 +172,6 @@ fn after_a_failed_write_the_output_stream_is_closed() {
     assert!(next.ends_with("then check-write: Err(\"closed\")"), "{next}");
 }
 
-#[test]
 fn a_close_ends_the_input_stream_with_closed() {
     let (host, mut client) = serve_once();
     client.write_all(b"x").unwrap();
@@ -195,7 +185,6 @@ fn a_close_ends_the_input_stream_with_closed() {
 /// the host keeps its listener open, so clients that connect while it is
 /// down wait in the backlog and the restarted guest serves them. None is
 /// refused, and every echo is exact.
-#[test]
 fn a_crashed_guests_listener_stays_open_and_no_client_is_refused() {
     let guest = test_guest("crash-on-bang");
     let host = Host::start(&[
@@ -226,4 +215,21 @@ fn a_crashed_guests_listener_stays_open_and_no_client_is_refused() {
         "refused, failed while the guest restarted\n{}",
         host.report()
     );
+}
+
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    use crate::support::need;
+    crate::tests![
+        every_state_transition_and_error_code_of_the_tcp_interface [needs need::ipv6()],
+        the_trace_shows_every_kind_of_tcp_call [needs need::ipv6()],
+        writing_more_than_check_write_allowed_traps [needs need::ipv6()],
+        blocking_write_and_flush_of_more_than_4096_bytes_traps [needs need::ipv6()],
+        poll_of_an_empty_list_traps [needs need::ipv6()],
+        a_guest_that_never_waits_still_sees_data_arrive [needs need::ipv6()],
+        a_write_to_stdout_reaches_stdout [needs need::ipv6()],
+        a_reset_ends_the_input_stream_with_last_operation_failed,
+        after_a_failed_write_the_output_stream_is_closed,
+        a_close_ends_the_input_stream_with_closed,
+        a_crashed_guests_listener_stays_open_and_no_client_is_refused,
+    ]
 }

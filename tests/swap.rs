@@ -7,13 +7,11 @@ use crate::support::guests::test_guest;
 use crate::support::traffic::{every_traffic_shape, reset};
 use crate::support::{connect, host_command, Host};
 
-#[test]
 fn the_rust_std_guest_echoes() {
     let (_host, addr) = Host::serve(Some(&test_guest("echo-std")));
     every_traffic_shape(addr);
 }
 
-#[test]
 fn the_rust_std_guest_dies_on_an_early_reset_and_restart_keeps_it_up() {
     let guest = test_guest("echo-std");
     let host = Host::start(&[
@@ -24,9 +22,10 @@ fn the_rust_std_guest_dies_on_an_early_reset_and_restart_keeps_it_up() {
         guest.to_str().unwrap(),
     ]);
     let addr = host.listen_addr();
-    // A client that resets before accept() returns: wasi-libc's accept()
-    // aborts the guest (the raw guest reports it and carries on)...
-    reset(connect(addr));
+    // A client that resets before accept() returns (the host is stopped
+    // meanwhile, so it always does): wasi-libc's accept() aborts the guest
+    // (the raw guest reports it and carries on)...
+    host.stopped_while(|| reset(connect(addr)));
     let restart = host.wait_for("restarting it in");
     assert!(restart.contains("(in abort <- tcp_accept4 <- accept)"), "{restart}");
     // ...and the host starts it again.
@@ -35,7 +34,6 @@ fn the_rust_std_guest_dies_on_an_early_reset_and_restart_keeps_it_up() {
 
 /// A guest file is compiled once: the next start loads the compiled code
 /// from the cache, and `--no-cache` compiles it again and keeps nothing.
-#[test]
 fn a_guest_file_is_compiled_once_then_loaded_from_the_cache() {
     let guest = test_guest("echo-std");
     let guest = guest.to_str().unwrap();
@@ -67,4 +65,12 @@ fn a_guest_file_is_compiled_once_then_loaded_from_the_cache() {
     let output = uncached.output();
     assert!(!output.contains("compiled earlier") && !output.contains("cached in"), "{output}");
     assert_eq!(std::fs::read_dir(unused.path()).unwrap().count(), 0, "--no-cache wrote nothing");
+}
+
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    crate::tests![
+        the_rust_std_guest_echoes,
+        the_rust_std_guest_dies_on_an_early_reset_and_restart_keeps_it_up,
+        a_guest_file_is_compiled_once_then_loaded_from_the_cache,
+    ]
 }

@@ -34,7 +34,19 @@ impl Control {
 
     /// Waits for the guest to connect: it holds the address now.
     fn accept(&self) -> TcpStream {
-        self.listener.accept().unwrap().0
+        crate::support::harness::waiting_for(|| "the guest's control connection".to_string());
+        let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+        self.listener.set_nonblocking(true).unwrap();
+        loop {
+            match self.listener.accept() {
+                Ok((control, _)) => return control,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(std::time::Instant::now() < deadline, "the guest never connected");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("accepting the control connection: {e}"),
+            }
+        }
     }
 }
 
@@ -56,7 +68,6 @@ fn assert_echo_of(client: &mut TcpStream, message: &[u8], host: &Host) {
 /// listening on one of the two) and fails before it serves: a client that
 /// arrived meanwhile is served by the old instance, and so is every later
 /// one, on both addresses.
-#[test]
 fn a_failed_swap_serves_the_client_that_arrived_during_it_and_every_later_one() {
     for mode in ["bind", "listen"] {
         let dir = tempfile::tempdir().unwrap();
@@ -98,7 +109,6 @@ fn a_failed_swap_serves_the_client_that_arrived_during_it_and_every_later_one() 
 /// An old instance, draining after a swap, closes its listener: the
 /// clients waiting for the new (one at a time) instance are not reset; they
 /// are served in turn.
-#[test]
 fn a_draining_instance_closing_its_listener_resets_no_client_of_the_new_one() {
     let (host, file, mut old_client) = draining_closer();
     install(&test_guest("guest_iterative"), &file);
@@ -115,7 +125,6 @@ fn a_draining_instance_closing_its_listener_resets_no_client_of_the_new_one() {
 
 /// The same, while the new instance waits in `poll` on the listener: it
 /// is still woken for the next client.
-#[test]
 fn a_draining_instance_closing_its_listener_leaves_the_new_one_awake() {
     let (host, file, mut old_client) = draining_closer();
     install(&default_guest(), &file);
@@ -152,7 +161,6 @@ fn close_the_old_listener(client: &mut TcpStream, host: &Host) {
 /// The running guest fails while a new one is being swapped in: it is not
 /// restarted (the restart would take the listener from the new one); the
 /// new one takes over and serves, and says so.
-#[test]
 fn the_running_guest_failing_during_a_swap_leaves_the_new_one_to_serve() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("guest.wasm");
@@ -188,7 +196,6 @@ fn the_running_guest_failing_during_a_swap_leaves_the_new_one_to_serve() {
 
 /// SIGHUP and a second SIGQUIT during a graceful stop change nothing: the
 /// connected client is served until it leaves, then the host exits.
-#[test]
 fn sighup_and_sigquit_during_a_graceful_stop_change_nothing() {
     let host = Host::start(&["--listen", "127.0.0.1:0", "--drain-timeout", "5m"]);
     let mut client = connect(host.listen_addr());
@@ -210,7 +217,6 @@ fn sighup_and_sigquit_during_a_graceful_stop_change_nothing() {
 /// SIGQUIT while a swap's new instance starts and already serves a client
 /// (on one of two addresses): that instance is drained too, its client
 /// served until it leaves.
-#[test]
 fn sigquit_during_a_swap_drains_the_new_instance_too() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("guest.wasm");
@@ -244,7 +250,6 @@ fn sigquit_during_a_swap_drains_the_new_instance_too() {
 }
 
 /// SIGQUIT drains every instance: one still draining from a swap too.
-#[test]
 fn sigquit_drains_the_instances_still_draining_from_a_swap() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("guest.wasm");
@@ -263,4 +268,16 @@ fn sigquit_drains_the_instances_still_draining_from_a_swap() {
     let (status, output) = host.wait();
     assert!(status.success(), "{output}");
     assert!(output.contains("swap: guest instance #1 has no clients left; stopped it"), "{output}");
+}
+
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    crate::tests![
+        a_failed_swap_serves_the_client_that_arrived_during_it_and_every_later_one,
+        a_draining_instance_closing_its_listener_resets_no_client_of_the_new_one,
+        a_draining_instance_closing_its_listener_leaves_the_new_one_awake,
+        the_running_guest_failing_during_a_swap_leaves_the_new_one_to_serve,
+        sighup_and_sigquit_during_a_graceful_stop_change_nothing,
+        sigquit_during_a_swap_drains_the_new_instance_too,
+        sigquit_drains_the_instances_still_draining_from_a_swap,
+    ]
 }

@@ -3,7 +3,7 @@
 //! kept, several memories, pollables without end, sends left behind.
 
 use crate::support::guests::test_guest;
-use crate::support::{connect, Host};
+use crate::support::{connect, connect_unless_reset, Host};
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -14,7 +14,6 @@ fn guest(name: &str) -> String {
 
 /// A guest that drops each accepted socket and keeps its streams holds
 /// the connection all the same: it counts under --max-connections.
-#[test]
 fn a_guest_keeping_streams_without_their_sockets_is_held_to_the_cap() {
     // One place for the listener, three for connections.
     let host = Host::start(&[
@@ -33,11 +32,13 @@ fn a_guest_keeping_streams_without_their_sockets_is_held_to_the_cap() {
         })
         .collect();
     for _ in 0..5 {
-        let mut client = connect(addr);
+        // Reset as it connects, or right after.
+        let Ok(mut client) = connect_unless_reset(addr) else { continue };
         let peer = client.local_addr().unwrap();
         host.wait_for(&format!("refused: a client from {peer}, turned away"));
         assert_reset(&mut client);
     }
+    host.wait_for_total("turned away", "clients turned away at the cap", 5);
     assert!(!host.output().contains("holding 4 connections"), "{}", host.report());
     drop(held);
 }
@@ -46,7 +47,6 @@ fn a_guest_keeping_streams_without_their_sockets_is_held_to_the_cap() {
 /// together would pass it: the total is what counts. (Built here from
 /// WAT: four instances of one module, each growing its memory by 6 MiB;
 /// any refused growth traps.)
-#[test]
 fn memory_is_limited_as_a_total_over_all_of_a_guests_memories() {
     let instances = 4;
     let file = component_from_wat(&several_memories(instances, 96));
@@ -82,7 +82,6 @@ fn memory_is_limited_as_a_total_over_all_of_a_guests_memories() {
 
 /// The number of core instances and of memories a guest may create is
 /// small and stated; a component past either is refused at start.
-#[test]
 fn a_guest_with_too_many_instances_or_memories_is_refused_naming_the_limit() {
     for (wat, what) in [(several_memories(32, 0), "instance"), (memories_in_one_module(9), "memor")]
     {
@@ -100,7 +99,6 @@ fn a_guest_with_too_many_instances_or_memories_is_refused_naming_the_limit() {
 /// stated capacity, which follows --max-connections, with a line naming
 /// it; the host's memory stays small.
 #[cfg(target_os = "linux")] // reads /proc
-#[test]
 fn a_guest_making_pollables_without_end_is_stopped_at_its_handle_limit() {
     for kind in ["timer", "tcp"] {
         let host = Host::start(&[
@@ -138,7 +136,6 @@ fn a_guest_making_pollables_without_end_is_stopped_at_its_handle_limit() {
 /// lets go of the connections: the host gives up after --send-timeout,
 /// and resets them, freeing their descriptors.
 #[cfg(target_os = "linux")] // reads /proc
-#[test]
 fn sends_left_behind_end_after_the_send_timeout() {
     let host = Host::start(&[
         "--listen",
@@ -164,7 +161,6 @@ fn sends_left_behind_end_after_the_send_timeout() {
 /// The same, but the guest instance ends (it traps; it is restarted): the
 /// sends it left behind end with it, at once, long before their timeout.
 #[cfg(target_os = "linux")] // reads /proc
-#[test]
 fn sends_left_behind_end_when_their_guest_instance_ends() {
     let host = Host::start(&[
         "--listen",
@@ -276,4 +272,18 @@ fn assert_reset_after_data(client: &mut TcpStream) {
             Err(e) => panic!("expected a reset, got {e}"),
         }
     }
+}
+
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    crate::tests![
+        a_guest_keeping_streams_without_their_sockets_is_held_to_the_cap,
+        memory_is_limited_as_a_total_over_all_of_a_guests_memories,
+        a_guest_with_too_many_instances_or_memories_is_refused_naming_the_limit,
+        #[cfg(target_os = "linux")]
+        a_guest_making_pollables_without_end_is_stopped_at_its_handle_limit,
+        #[cfg(target_os = "linux")]
+        sends_left_behind_end_after_the_send_timeout,
+        #[cfg(target_os = "linux")]
+        sends_left_behind_end_when_their_guest_instance_ends,
+    ]
 }

@@ -47,7 +47,9 @@ pub fn compile(
         }
     });
     let Some(dir) = dir else {
-        return compile_timed(engine, bytes, shown).map(|(component, _)| component);
+        let (component, seconds) = compile_timed(engine, bytes, shown)?;
+        tracing::info!("compiled {shown} in {seconds:.1}s (not cached)");
+        return Ok(component);
     };
     let entry = dir.join(entry_name(engine, bytes));
     if entry.exists() {
@@ -169,17 +171,38 @@ mod tests {
         std::fs::read(env!("DEFAULT_GUEST_WASM")).unwrap()
     }
 
+    /// What a component imports, to tell one component from another.
+    fn imports(engine: &Engine, component: &Component) -> Vec<String> {
+        let ty = component.component_type();
+        ty.imports(engine).map(|(name, _)| name.to_string()).collect()
+    }
+
+    /// Another guest's compiled code (a component with other imports).
+    fn other_guests_code(engine: &Engine) -> (Vec<u8>, Vec<String>) {
+        let other = wat::parse_str("(component)").unwrap();
+        let component = Component::from_binary(engine, &other).unwrap();
+        (component.serialize().unwrap(), imports(engine, &component))
+    }
+
     #[test]
     fn a_second_compile_loads_the_first_ones_code() {
         let (engine, bytes) = (engine(), guest_bytes());
         let dir = tempfile::tempdir().unwrap();
-        compile(&engine, &bytes, "guest.wasm", Some(dir.path())).unwrap();
+        let first = compile(&engine, &bytes, "guest.wasm", Some(dir.path())).unwrap();
         let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(entries.len(), 1, "one entry, no temporary files left");
         let entry = entries[0].as_ref().unwrap().path();
 
-        // The entry is what the second compile loads: replacing it with
-        // garbage makes the load fail, which is noticed and repaired.
+        // The entry is what the second compile loads, not compiles again:
+        // put another guest's code there, and that is what comes back.
+        let (planted, planted_imports) = other_guests_code(&engine);
+        assert_ne!(imports(&engine, &first), planted_imports);
+        std::fs::write(&entry, &planted).unwrap();
+        let second = compile(&engine, &bytes, "guest.wasm", Some(dir.path())).unwrap();
+        assert_eq!(imports(&engine, &second), planted_imports, "the entry was not loaded");
+
+        // Replacing it with garbage makes the load fail, which is noticed
+        // and repaired.
         std::fs::write(&entry, b"not compiled code").unwrap();
         compile(&engine, &bytes, "guest.wasm", Some(dir.path())).unwrap();
         let repaired = std::fs::read(&entry).unwrap();
@@ -225,13 +248,21 @@ mod tests {
         assert!(left.contains(&"4.cwasm".into()) && left.contains(&"not-an-entry.txt".into()));
     }
 
+    /// Compiled code is trusted when loaded: code planted in a cache
+    /// directory others may write to is never loaded, and nothing is
+    /// cached there.
     #[test]
     fn a_cache_others_may_write_to_is_not_used() {
         use std::os::unix::fs::PermissionsExt;
+        let (engine, bytes) = (engine(), guest_bytes());
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        compile(&engine(), &guest_bytes(), "guest.wasm", Some(dir.path())).unwrap();
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing was cached");
+        let (planted, planted_imports) = other_guests_code(&engine);
+        let entry = dir.path().join(entry_name(&engine, &bytes));
+        std::fs::write(&entry, &planted).unwrap();
+        let component = compile(&engine, &bytes, "guest.wasm", Some(dir.path())).unwrap();
+        assert_ne!(imports(&engine, &component), planted_imports, "the planted code was loaded");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing was cached");
         assert!(private(dir.path()).unwrap_err().contains("others may write"));
     }
 

@@ -99,7 +99,7 @@ mod tests {
 
     /// Random bytes, truncations and bit flips of a real component, given
     /// to the loader as a file: every one loads or is refused with an
-    /// error, none panics.
+    /// error of one line, none panics.
     #[test]
     fn random_and_damaged_bytes_never_panic_the_loader() {
         let engine = Engine::new(&crate::engine::config()).unwrap();
@@ -126,12 +126,21 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("case.wasm");
+        let mut refused = 0;
         for (i, case) in cases.iter().enumerate() {
             std::fs::write(&path, case).unwrap();
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 load_file(&engine, &path, None).map(drop)
             }));
-            assert!(outcome.is_ok(), "case {i} ({} bytes) panicked the loader", case.len());
+            let Ok(loaded) = outcome else {
+                panic!("case {i} ({} bytes) panicked the loader", case.len())
+            };
+            if let Err(e) = loaded {
+                let message = format!("{e:#}");
+                assert!(!message.contains('\n'), "case {i}: not one line: {message}");
+                refused += 1;
+            }
         }
+        assert!(refused > cases.len() / 2, "only {refused} of {} cases were refused", cases.len());
     }
 }

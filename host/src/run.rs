@@ -31,9 +31,9 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 
 pub use activation::Handed;
 
-/// Restart backoff: the first delay, doubled after each failure up to the last.
+/// Restart backoff: the first delay, doubled after each recent failure
+/// (100, 200, 400, 800 ms: the fifth gives up).
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Give up after this many failures within `FAILURE_WINDOW`.
 const MAX_FAILURES: usize = 5;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
@@ -236,7 +236,7 @@ impl Supervisor {
         match decision {
             Decision::Exit(exit) => Some(exit),
             Decision::Restart(failure) => {
-                let Some(delay) = self.failures.record() else {
+                let Some(delay) = self.failures.record(std::time::Instant::now()) else {
                     return Some(Err(failure.context(format!(
                         "the guest failed {MAX_FAILURES} times within {}s; not restarting it again",
                         FAILURE_WINDOW.as_secs()
@@ -360,15 +360,13 @@ pub fn split_first_line(e: &anyhow::Error) -> (String, String) {
 struct Failures(VecDeque<std::time::Instant>);
 
 impl Failures {
-    /// Records a failure; returns how long to wait before restarting, or
-    /// None when the guest has failed too often lately.
-    fn record(&mut self) -> Option<Duration> {
-        let now = std::time::Instant::now();
+    /// Records a failure at `now`; returns how long to wait before
+    /// restarting, or None when the guest has failed too often lately.
+    fn record(&mut self, now: std::time::Instant) -> Option<Duration> {
         self.0.retain(|t| now.duration_since(*t) < FAILURE_WINDOW);
         self.0.push_back(now);
         let recent = self.0.len();
-        (recent < MAX_FAILURES)
-            .then(|| (FIRST_BACKOFF * 2u32.pow(recent as u32 - 1)).min(MAX_BACKOFF))
+        (recent < MAX_FAILURES).then(|| FIRST_BACKOFF * 2u32.pow(recent as u32 - 1))
     }
 }
 
@@ -379,7 +377,28 @@ mod tests {
     #[test]
     fn restarts_back_off_then_give_up() {
         let mut failures = Failures::default();
-        let delays: Vec<_> = std::iter::from_fn(|| failures.record()).collect();
+        let now = std::time::Instant::now();
+        let delays: Vec<_> = std::iter::from_fn(|| failures.record(now)).collect();
         assert_eq!(delays, [100, 200, 400, 800].map(Duration::from_millis));
+    }
+
+    /// Five failures within a minute give up; failures older than that are
+    /// forgotten, and the backoff starts again from the first delay.
+    #[test]
+    fn only_failures_within_the_last_minute_count() {
+        let mut failures = Failures::default();
+        let start = std::time::Instant::now();
+        let at = |seconds| start + Duration::from_secs(seconds);
+        for seconds in [0, 10, 20, 30] {
+            assert!(failures.record(at(seconds)).is_some());
+        }
+        assert_eq!(failures.record(at(59)), None, "five within a minute");
+        let mut failures = Failures::default();
+        for seconds in [0, 10, 20, 30] {
+            failures.record(at(seconds));
+        }
+        // The first four are over a minute old by then.
+        assert_eq!(failures.record(at(91)), Some(FIRST_BACKOFF));
+        assert_eq!(failures.record(at(92)), Some(2 * FIRST_BACKOFF));
     }
 }

@@ -34,7 +34,7 @@ pub fn stream_of_clients(
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            let mut client = match TcpStream::connect(addr) {
+            let client = match TcpStream::connect_timeout(&addr, PATIENCE) {
                 Ok(client) => client,
                 Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
                     tally.refused.fetch_add(1, Ordering::Relaxed);
@@ -45,7 +45,7 @@ pub fn stream_of_clients(
                     continue;
                 }
             };
-            client.set_read_timeout(Some(PATIENCE)).unwrap();
+            let mut client = super::with_timeouts(client);
             let counter = match echo(&mut client, format!("short-lived {i}\n").as_bytes()) {
                 true => &tally.served,
                 false => &tally.failed,

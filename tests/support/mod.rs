@@ -2,6 +2,8 @@
 
 pub mod clients;
 pub mod guests;
+pub mod harness;
+pub mod need;
 pub mod traffic;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -27,13 +29,27 @@ pub fn host_command() -> Command {
 pub const HOST_BIN: &str = env!("CARGO_BIN_EXE_wasi-tcp-host");
 
 /// The environment and pipes every host a test starts gets (for a command
-/// that runs the host in turn, say through a shell).
+/// that runs the host in turn, say through a shell). The host dies with
+/// the thread that started it: a test that runs out of time, or a test run
+/// that is stopped, leaves no host behind.
 pub fn prepare(cmd: &mut Command) -> &mut Command {
     cmd.env_remove("RUST_LOG")
         .env("XDG_CACHE_HOME", concat!(env!("CARGO_TARGET_TMPDIR"), "/cache"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe; it only sets this child's
+        // parent-death signal.
+        unsafe {
+            cmd.pre_exec(|| match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            });
+        }
+    }
     cmd
 }
 
@@ -160,6 +176,7 @@ impl Host {
     /// on a futex, not in its 10 ms sleep), which it does only while the
     /// async runtime waits too.
     pub fn wait_until_idle(&self) {
+        harness::waiting_for(|| "the host to go idle".to_string());
         let deadline = Instant::now() + PATIENCE;
         let read =
             |task: &Path, file: &str| std::fs::read_to_string(task.join(file)).unwrap_or_default();
@@ -181,6 +198,7 @@ impl Host {
     /// rate limit writes for the rest ("... and N more KIND in the last
     /// second"). Returns how many lines were written (not summarised).
     pub fn wait_for_total(&self, line: &str, kind: &str, total: usize) -> usize {
+        harness::waiting_for(|| format!("the log to account for {total} {kind}"));
         let deadline = Instant::now() + PATIENCE;
         let summary = format!(" more {kind} in the last second");
         loop {
@@ -225,6 +243,7 @@ impl Host {
     #[cfg(target_os = "linux")]
     /// Waits until the host has `n` sockets open.
     pub fn wait_for_open_sockets(&self, n: usize) {
+        harness::waiting_for(|| format!("the host to have {n} sockets open"));
         let deadline = Instant::now() + PATIENCE;
         while self.open_sockets() != n {
             assert!(
@@ -256,6 +275,7 @@ impl Host {
 
     /// Waits until `n` lines containing `needle` have been printed; returns the last.
     pub fn wait_for_nth(&self, needle: &str, n: usize) -> String {
+        harness::waiting_for(|| format!("the host to print {needle:?} (x{n})"));
         let deadline = Instant::now() + PATIENCE;
         let mut lines = self.output.lines.lock().unwrap();
         loop {
@@ -281,6 +301,17 @@ impl Host {
         format!("command: {}\n--- output ---\n{}\n---", self.command, self.output())
     }
 
+    /// Runs `while_stopped` with the host stopped (SIGSTOP, then SIGCONT):
+    /// the system still completes connections to its listener, but the
+    /// guest accepts none of them until it runs again. So a client can be
+    /// made to reset before the guest accepts it, every time.
+    pub fn stopped_while<T>(&self, while_stopped: impl FnOnce() -> T) -> T {
+        self.signal(libc::SIGSTOP);
+        let result = while_stopped();
+        self.signal(libc::SIGCONT);
+        result
+    }
+
     pub fn signal(&self, signal: libc::c_int) {
         let pid = libc::pid_t::try_from(self.child.id()).unwrap();
         // SAFETY: kill(2) on our own child's pid has no memory effects.
@@ -289,6 +320,7 @@ impl Host {
 
     /// Waits for the host to exit, and for its output to be complete.
     pub fn wait(mut self) -> (ExitStatus, String) {
+        harness::waiting_for(|| format!("the host to exit: {}", self.command));
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -318,13 +350,18 @@ impl Drop for Host {
 
 const EOF_MARK: &str = "\u{0}<eof>";
 
+/// Collects a pipe's lines (bytes that are not UTF-8 replaced, so that a
+/// line of them ends nothing) until its end.
 fn collect(pipe: impl Read + Send + 'static, output: &Arc<Output>) {
     let output = Arc::clone(output);
     std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            output.lines.lock().unwrap().push(line);
+        let mut pipe = BufReader::new(pipe);
+        let mut line = Vec::new();
+        while pipe.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            let text = String::from_utf8_lossy(&line);
+            output.lines.lock().unwrap().push(text.trim_end_matches(['\n', '\r']).to_string());
             output.changed.notify_all();
+            line.clear();
         }
         output.lines.lock().unwrap().push(EOF_MARK.to_string());
         output.changed.notify_all();
@@ -333,14 +370,22 @@ fn collect(pipe: impl Read + Send + 'static, output: &Arc<Output>) {
 
 /// Connects, retrying while the listener is not up yet (readiness by
 /// connecting: the host logs the address just before the guest listens).
+/// The client gives up reading or writing after PATIENCE.
 pub fn connect(addr: SocketAddr) -> TcpStream {
+    connect_unless_reset(addr)
+        .unwrap_or_else(|()| panic!("cannot connect to {addr}: reset as it connected"))
+}
+
+/// The same, for a client the host may turn away: Err if it was reset
+/// before connect() returned (the reset can beat this thread to the
+/// connection's end on a busy machine).
+pub fn connect_unless_reset(addr: SocketAddr) -> Result<TcpStream, ()> {
+    harness::waiting_for(|| format!("a connection to {addr}"));
     let deadline = Instant::now() + PATIENCE;
     loop {
-        match TcpStream::connect(addr) {
-            Ok(stream) => {
-                stream.set_read_timeout(Some(PATIENCE)).unwrap();
-                return stream;
-            }
+        match TcpStream::connect_timeout(&addr, PATIENCE) {
+            Ok(stream) => return Ok(with_timeouts(stream)),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Err(()),
             Err(e)
                 if e.kind() == std::io::ErrorKind::ConnectionRefused
                     && Instant::now() < deadline =>
@@ -350,6 +395,33 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
             Err(e) => panic!("cannot connect to {addr}: {e}"),
         }
     }
+}
+
+/// A loopback address no other test will take while this is alive: a
+/// socket the system picked a port for, bound there with SO_REUSEADDR and
+/// never listening, so that the host (which binds with SO_REUSEADDR too)
+/// can bind and listen there, and nothing else can. (Binding port 0,
+/// closing, and passing the number on would leave the port to whoever
+/// asks next.)
+pub struct Reserved {
+    _holder: socket2::Socket,
+    pub addr: SocketAddr,
+}
+
+pub fn reserved_addr() -> Reserved {
+    use socket2::{Domain, Socket, Type};
+    let holder = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    holder.set_reuse_address(true).unwrap();
+    holder.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    let addr = holder.local_addr().unwrap().as_socket().unwrap();
+    Reserved { _holder: holder, addr }
+}
+
+/// A client that gives up reading or writing after PATIENCE.
+pub fn with_timeouts(stream: TcpStream) -> TcpStream {
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.set_write_timeout(Some(PATIENCE)).unwrap();
+    stream
 }
 
 /// Sends `data` from a second thread while reading the echo here, so that

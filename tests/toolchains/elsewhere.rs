@@ -8,21 +8,40 @@ use crate::support::{assert_echoes, connect, Host};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Builds `guests/python` with componentize-py into target/guests.
+/// Builds `guests/python` with componentize-py into target/guests: once
+/// per run, whichever test asks first (the others wait for it), into a
+/// file of its own renamed into place, so that no host reads a half-written
+/// one.
 fn python_guest(componentize_py: &Path) -> PathBuf {
-    let out = root().join("target/guests/echo-python.wasm");
-    let status = Command::new("bash")
-        .arg(root().join("guests/python/build.sh"))
-        .arg(&out)
-        .env("COMPONENTIZE_PY", componentize_py)
-        .status()
-        .expect("running guests/python/build.sh");
-    assert!(status.success(), "building the Python guest failed");
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            build_atomically("echo-python.wasm", |out| {
+                Command::new("bash")
+                    .arg(root().join("guests/python/build.sh"))
+                    .arg(out)
+                    .env("COMPONENTIZE_PY", componentize_py)
+                    .status()
+                    .expect("running guests/python/build.sh")
+            })
+        })
+        .clone()
+}
+
+/// Builds target/guests/`name` with `build`, which writes the file it is
+/// given: a temporary one, renamed into place once complete.
+fn build_atomically(name: &str, build: impl FnOnce(&Path) -> std::process::ExitStatus) -> PathBuf {
+    let out = root().join("target/guests").join(name);
+    let partial = out.with_extension(format!("partial-{}", std::process::id()));
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    assert!(build(&partial).success(), "building {name} failed");
+    std::fs::rename(&partial, &out).unwrap();
     out
 }
 
@@ -58,13 +77,13 @@ pub fn componentize_js() -> Option<PathBuf> {
 
 /// Builds `guests/js` with componentize-js into target/guests.
 pub fn the_javascript_guest_echoes(node: &Path) {
-    let guest = root().join("target/guests/echo-js.wasm");
-    let status = Command::new(node)
-        .arg(root().join("guests/js/build.mjs"))
-        .arg(&guest)
-        .status()
-        .expect("running guests/js/build.mjs");
-    assert!(status.success(), "building the JavaScript guest failed");
+    let guest = build_atomically("echo-js.wasm", |out| {
+        Command::new(node)
+            .arg(root().join("guests/js/build.mjs"))
+            .arg(out)
+            .status()
+            .expect("running guests/js/build.mjs")
+    });
     let (_host, addr) = Host::serve(Some(&guest));
     every_traffic_shape(addr);
     reset(connect(addr));

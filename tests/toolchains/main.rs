@@ -5,8 +5,9 @@
 //!
 //! A test whose needs are missing is shown as ignored, saying what it
 //! needs, and counted in the summary (`cargo test` prints "N ignored");
-//! `.ci/run` installs everything and sets REQUIRE_TOOLCHAINS=1, which makes
-//! a missing need a failure instead.
+//! run anyway, it fails. `.ci/run` installs everything and sets
+//! REQUIRE_TOOLCHAINS=1, which makes a missing need a failure instead
+//! (`support/harness.rs`).
 
 #[path = "../support/mod.rs"]
 #[allow(dead_code)]
@@ -16,9 +17,10 @@ mod activation;
 mod deploy;
 mod elsewhere;
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Trial};
 use std::path::PathBuf;
 use support::guests::find_tool;
+use support::{harness, need};
 
 /// Something a test needs: found (its path), or what to say it lacks.
 type Need = Result<PathBuf, &'static str>;
@@ -32,14 +34,11 @@ fn main() {
     let analyze = || tool("systemd-analyze", "SYSTEMD_ANALYZE");
     let js = || elsewhere::componentize_js().ok_or("componentize-js (npm ci in guests/js)");
     let static_host = || {
-        let musl = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../target/x86_64-unknown-linux-musl/release/wasi-tcp-host");
-        musl.exists().then_some(musl).ok_or(
-            "the static host (cargo build --release --target x86_64-unknown-linux-musl -p host)",
-        )
+        deploy::static_host()
+            .ok_or("the static host (cargo build --target x86_64-unknown-linux-musl -p host)")
     };
-    // SAFETY: geteuid only reads the process's credentials.
-    let root = || (unsafe { libc::geteuid() } == 0).then(PathBuf::new).ok_or("root");
+    let program = |name: &'static str| need::on_path(name).ok_or(name);
+    let root = || need::root().map(|()| PathBuf::new()).map_err(|_| "root");
     let trials = vec![
         trial("elsewhere::the_python_guest_echoes", [python()], |[p]| {
             elsewhere::the_python_guest_echoes(&p)
@@ -77,31 +76,33 @@ fn main() {
         ),
         trial(
             "deploy::the_container_image_holds_the_host_alone_and_serves",
-            [tool("podman", "PODMAN"), static_host(), root()],
-            |[podman, _, _]| deploy::the_container_image_holds_the_host_alone_and_serves(&podman),
+            [
+                tool("podman", "PODMAN"),
+                static_host(),
+                root(),
+                program("unshare"),
+                program("ip"),
+                program("chroot"),
+                program("python3"),
+                program("strip"),
+            ],
+            |[podman, host, ..]| {
+                deploy::the_container_image_holds_the_host_alone_and_serves(&podman, &host)
+            },
         ),
     ];
     libtest_mimic::run(&Arguments::from_args(), trials).exit();
 }
 
-/// A test that runs with what it needs, or is ignored (a failure, with
-/// REQUIRE_TOOLCHAINS=1) saying what is missing.
+/// A test that runs with what it needs (each found at a path), under the
+/// time limit; or is skipped, saying what is missing (`harness::trial`).
 fn trial<const N: usize>(
     name: &str,
     needs: [Need; N],
     test: impl FnOnce([PathBuf; N]) + Send + 'static,
 ) -> Trial {
-    let missing: Vec<&str> = needs.iter().filter_map(|need| need.as_ref().err().copied()).collect();
-    if missing.is_empty() {
-        let found = needs.map(|need| need.unwrap_or_default());
-        return Trial::test(name, move || {
-            test(found);
-            Ok(())
-        });
-    }
-    let why = format!("needs {}", missing.join(", "));
-    if std::env::var_os("REQUIRE_TOOLCHAINS").is_some() {
-        return Trial::test(name, move || Err(Failed::from(format!("{why}, which is missing"))));
-    }
-    Trial::test(name, || Ok(())).with_ignored_flag(true).with_kind(why)
+    let checked = needs.iter().map(|need| need.as_ref().map(drop).map_err(|m| m.to_string()));
+    let checked = checked.collect();
+    let found = needs.map(|need| need.unwrap_or_default());
+    harness::trial(name, checked, move || test(found))
 }

@@ -108,8 +108,19 @@ fn a_test_that_overruns_its_time_limit_fails_saying_what_it_waited_for() {
     assert!(message.contains("waiting for a reply that never comes"), "{message}");
 }
 
+/// A line of bytes that are not UTF-8 in a host's output does not end
+/// the reading of it: the lines after it are seen.
+fn the_output_collector_reads_past_bytes_that_are_not_utf8() {
+    let mut shell = std::process::Command::new("sh");
+    crate::support::prepare(&mut shell).args(["-c", "printf 'bad \\377\\n'; echo after"]);
+    let host = crate::support::Host::start_command(&mut shell);
+    host.wait_for("after");
+    assert!(host.output().contains("bad \u{fffd}"), "{}", host.output());
+}
+
 pub fn tests() -> Vec<Trial> {
     crate::tests![
+        the_output_collector_reads_past_bytes_that_are_not_utf8,
         the_readme_names_only_tests_that_run,
         a_skipped_test_fails_when_run_anyway,
         a_test_that_overruns_its_time_limit_fails_saying_what_it_waited_for,

@@ -118,8 +118,26 @@ fn the_output_collector_reads_past_bytes_that_are_not_utf8() {
     assert!(host.output().contains("bad \u{fffd}"), "{}", host.output());
 }
 
+/// REQUIRE_TOOLCHAINS turns missing needs into failures only when it is
+/// exactly 1 (a 0, an empty value or a word leave them skips).
+fn only_require_toolchains_1_requires_them() {
+    let before = std::env::var_os("REQUIRE_TOOLCHAINS");
+    let mut seen = Vec::new();
+    for value in ["1", "0", "", "yes", "true"] {
+        std::env::set_var("REQUIRE_TOOLCHAINS", value);
+        seen.push((value, harness::needs_required()));
+    }
+    match before {
+        Some(before) => std::env::set_var("REQUIRE_TOOLCHAINS", before),
+        None => std::env::remove_var("REQUIRE_TOOLCHAINS"),
+    }
+    let expected = [("1", true), ("0", false), ("", false), ("yes", false), ("true", false)];
+    assert_eq!(seen, expected);
+}
+
 pub fn tests() -> Vec<Trial> {
     crate::tests![
+        only_require_toolchains_1_requires_them,
         the_output_collector_reads_past_bytes_that_are_not_utf8,
         the_readme_names_only_tests_that_run,
         a_skipped_test_fails_when_run_anyway,

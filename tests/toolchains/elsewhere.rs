@@ -5,7 +5,7 @@
 use crate::support::guests::{default_guest, test_guest};
 use crate::support::traffic::{every_traffic_shape, reset};
 use crate::support::{assert_echoes, connect, Host};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -95,12 +95,15 @@ pub fn the_javascript_guest_echoes(node: &Path) {
 struct WasmtimeCli {
     child: Child,
     addr: SocketAddr,
+    _reserved: crate::support::Reserved,
 }
 
 impl WasmtimeCli {
     fn start(wasmtime: &Path, guest: &Path) -> WasmtimeCli {
-        // The CLI prints no address, so pick a free port for it.
-        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        // The CLI prints no address, so give it one that stays reserved
+        // for it (its bind, like the host's, allows that).
+        let reserved = crate::support::reserved_addr();
+        let addr = reserved.addr;
         let child = Command::new(wasmtime)
             .args(["run", "-S", "inherit-network", "--env", &format!("LISTEN_ADDR={addr}")])
             .arg(guest)
@@ -108,7 +111,7 @@ impl WasmtimeCli {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting wasmtime");
-        WasmtimeCli { child, addr }
+        WasmtimeCli { child, addr, _reserved: reserved }
     }
 }
 

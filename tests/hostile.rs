@@ -146,14 +146,19 @@ fn clients_beyond_the_cap_are_turned_away_until_a_place_is_free() {
     host.wait_for_nth("client connected", 2);
 
     // The third is accepted by the kernel, then reset by the host before
-    // the guest sees it.
-    let mut third = connect(addr);
-    let peer = third.local_addr().unwrap();
-    host.wait_for(&format!("refused: a client from {peer}, turned away"));
-    assert_reset(&mut third);
-    // The audit trail does not call it accepted.
-    let output = host.output();
-    assert!(!output.contains(&format!("accepted a client from {peer}")), "{output}");
+    // the guest sees it (on a busy machine, before connect() returns).
+    match crate::support::connect_unless_reset(addr) {
+        Ok(mut third) => {
+            let peer = third.local_addr().unwrap();
+            host.wait_for(&format!("refused: a client from {peer}, turned away"));
+            assert_reset(&mut third);
+            // The audit trail does not call it accepted.
+            let output = host.output();
+            assert!(!output.contains(&format!("accepted a client from {peer}")), "{output}");
+        }
+        Err(()) => drop(host.wait_for("turned away")),
+    }
+    assert_eq!(host.output().matches("guest accepted a client").count(), 2, "{}", host.report());
 
     // A place frees up when a client leaves.
     drop(second);
@@ -165,9 +170,12 @@ fn clients_beyond_the_cap_are_turned_away_until_a_place_is_free() {
 fn clients_outside_allow_client_never_reach_the_guest() {
     let host = Host::start(&["--listen", "127.0.0.1:0", "--allow-client", "10.0.0.0/8"]);
     let addr = host.listen_addr();
-    let mut client = connect(addr);
+    // Reset as it connects (on a busy machine), or right after.
+    let client = crate::support::connect_unless_reset(addr);
     host.wait_for("denied: TCP client from 127.0.0.1");
-    assert_reset(&mut client);
+    if let Ok(mut client) = client {
+        assert_reset(&mut client);
+    }
     assert!(!host.output().contains("client connected"), "{}", host.output());
 
     let host = Host::start(&["--listen", "127.0.0.1:0", "--allow-client", "127.0.0.0/8"]);

@@ -89,19 +89,9 @@ fn a_flood_from_a_denied_network_is_counted_exactly_in_few_lines() {
 /// again.
 #[cfg(target_os = "linux")]
 fn clients_beyond_the_open_file_limit_are_turned_away_and_the_rest_served() {
-    use std::os::unix::process::CommandExt;
     let mut cmd = host_command();
     cmd.args(["--listen", "127.0.0.1:0", "--max-connections", "1000"]);
-    // SAFETY: setrlimit is async-signal-safe; it only lowers this child's limit.
-    unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit { rlim_cur: 128, rlim_max: 128 };
-            match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            }
-        });
-    }
+    crate::support::with_open_file_limit(&mut cmd, 128);
     let host = Host::start_command(&mut cmd);
     let addr = host.listen_addr();
     host.wait_for("--max-connections 1000 is more than the 64 descriptors this process may open");

@@ -116,19 +116,9 @@ fn with_no_listen_address_the_host_serves_on_port_9000() {
 /// descriptors for the host itself), so the guest is refused politely
 /// before the process runs out of descriptors.
 fn the_default_socket_cap_stays_under_the_open_file_limit() {
-    use std::os::unix::process::CommandExt;
     let mut cmd = host_command();
     cmd.args(["--listen", "127.0.0.1:0", &guest("socket-hoarder")]);
-    // SAFETY: setrlimit is async-signal-safe; it only lowers this child's limit.
-    unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit { rlim_cur: 200, rlim_max: 200 };
-            match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            }
-        });
-    }
+    crate::support::with_open_file_limit(&mut cmd, 200);
     let (status, output) = Host::start_command(&mut cmd).wait();
     assert!(status.success(), "{output}");
     assert!(output.contains("refused after 136 sockets: new-socket-limit"), "{output}");

@@ -3,13 +3,12 @@
 //! activation).
 
 use crate::support::clients::{echo, served_more, stream_of_clients, Tally};
-use crate::support::guests::{default_guest, test_guest};
+use crate::support::guests::{default_guest, install, test_guest};
 use crate::support::{connect, prepare, Host, HOST_BIN, PATIENCE};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,14 +39,6 @@ fn long_lived_clients(
             std::thread::sleep(Duration::from_millis(20));
         }
     })
-}
-
-fn install(guest: &Path, at: &Path) {
-    // A new file, renamed into place: what a deployment does, and never a
-    // half-written file for the host to read.
-    let next = at.with_extension("next");
-    std::fs::copy(guest, &next).unwrap();
-    std::fs::rename(&next, at).unwrap();
 }
 
 /// SIGHUP under load, four times: the same guest again, a guest that

@@ -4,19 +4,11 @@
 //! serving, and says so.
 
 use crate::support::clients::echo;
-use crate::support::guests::{default_guest, test_guest};
+use crate::support::guests::{default_guest, install, test_guest};
 use crate::support::{connect, Host};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
 use std::time::Duration;
-
-/// A new file renamed into place, as a deployment does.
-fn install(guest: &Path, at: &Path) {
-    let next = at.with_extension("next");
-    std::fs::copy(guest, &next).unwrap();
-    std::fs::rename(&next, at).unwrap();
-}
 
 /// The test's end of a guest's control connection (`swap-window`).
 struct Control {

@@ -74,6 +74,14 @@ fn build_test_guests() -> PathBuf {
     target_dir.join("wasm32-wasip2").join("release")
 }
 
+/// Puts `guest` at `at` the way a deployment does: a new file, renamed
+/// into place, so that the host never reads a half-written one.
+pub fn install(guest: &std::path::Path, at: &std::path::Path) {
+    let next = at.with_extension("next");
+    std::fs::copy(guest, &next).unwrap();
+    std::fs::rename(&next, at).unwrap();
+}
+
 /// A tool a test needs that is not part of the Rust toolchain (the wasmtime
 /// CLI, componentize-py, podman, ...): from the environment variable `var`,
 /// else the Python environment `.ci/run` prepares (`target/toolchains/python`),

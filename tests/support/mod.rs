@@ -53,6 +53,22 @@ pub fn prepare(cmd: &mut Command) -> &mut Command {
     cmd
 }
 
+/// Starts `cmd` with an open-file limit of `n` descriptors.
+#[cfg(unix)]
+pub fn with_open_file_limit(cmd: &mut Command, n: u64) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe; it only lowers this child's limit.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit { rlim_cur: n, rlim_max: n };
+            match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        })
+    }
+}
+
 /// Voluntary context switches per thread id.
 #[cfg(target_os = "linux")]
 pub struct Wakeups(std::collections::HashMap<String, u64>);

@@ -3,7 +3,7 @@
 //! activation).
 
 use crate::support::clients::{echo, served_more, stream_of_clients, Tally};
-use crate::support::guests::{default_guest, install, test_guest};
+use crate::support::guests::{default_guest, install, installed, test_guest};
 use crate::support::{connect, prepare, Host, HOST_BIN, PATIENCE};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -46,9 +46,7 @@ fn long_lived_clients(
 /// takes over), a file that is not a component. No client is refused or
 /// reset, every byte comes back, and each old instance drains.
 fn sighup_swaps_the_guest_without_closing_the_port() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("guest.wasm");
-    install(&default_guest(), &file);
+    let (_dir, file) = installed(&default_guest());
     let host =
         Host::start(&["--listen", "127.0.0.1:0", "--drain-timeout", "5m", file.to_str().unwrap()]);
     let addr = host.listen_addr();

@@ -4,7 +4,7 @@
 //! serving, and says so.
 
 use crate::support::clients::echo;
-use crate::support::guests::{default_guest, install, test_guest};
+use crate::support::guests::{default_guest, install, installed, test_guest};
 use crate::support::{connect, Host};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -62,9 +62,7 @@ fn assert_echo_of(client: &mut TcpStream, message: &[u8], host: &Host) {
 /// one, on both addresses.
 fn a_failed_swap_serves_the_client_that_arrived_during_it_and_every_later_one() {
     for mode in ["bind", "listen"] {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("guest.wasm");
-        install(&default_guest(), &file);
+        let (_dir, file) = installed(&default_guest());
         let control = Control::new();
         let host = Host::start(&[
             "--listen",
@@ -102,7 +100,7 @@ fn a_failed_swap_serves_the_client_that_arrived_during_it_and_every_later_one() 
 /// clients waiting for the new (one at a time) instance are not reset; they
 /// are served in turn.
 fn a_draining_instance_closing_its_listener_resets_no_client_of_the_new_one() {
-    let (host, file, mut old_client) = draining_closer();
+    let (host, (_dir, file), mut old_client) = draining_closer();
     install(&test_guest("guest_iterative"), &file);
     host.signal(libc::SIGHUP);
     host.wait_for("swap: the new guest instance #2 listens on 127.0.0.1:");
@@ -118,7 +116,7 @@ fn a_draining_instance_closing_its_listener_resets_no_client_of_the_new_one() {
 /// The same, while the new instance waits in `poll` on the listener: it
 /// is still woken for the next client.
 fn a_draining_instance_closing_its_listener_leaves_the_new_one_awake() {
-    let (host, file, mut old_client) = draining_closer();
+    let (host, (_dir, file), mut old_client) = draining_closer();
     install(&default_guest(), &file);
     host.signal(libc::SIGHUP);
     host.wait_for("swap: the new guest instance #2 listens on 127.0.0.1:");
@@ -130,16 +128,15 @@ fn a_draining_instance_closing_its_listener_leaves_the_new_one_awake() {
     assert_echo_of(&mut next, b"the next client", &host);
 }
 
-/// A host running `listener-closer` with one client connected to it.
-fn draining_closer() -> (Host, std::path::PathBuf, TcpStream) {
-    let dir = tempfile::tempdir().unwrap().keep();
-    let file = dir.join("guest.wasm");
-    install(&test_guest("listener-closer"), &file);
+/// A host running `listener-closer` (its file in a directory that lives
+/// as long as the returned handle) with one client connected to it.
+fn draining_closer() -> (Host, (tempfile::TempDir, std::path::PathBuf), TcpStream) {
+    let (dir, file) = installed(&test_guest("listener-closer"));
     let host =
         Host::start(&["--listen", "127.0.0.1:0", "--drain-timeout", "5m", file.to_str().unwrap()]);
     let mut client = connect(host.listen_addr());
     assert!(echo(&mut client, b"old\n"), "{}", host.report());
-    (host, file, client)
+    (host, (dir, file), client)
 }
 
 fn close_the_old_listener(client: &mut TcpStream, host: &Host) {
@@ -154,9 +151,7 @@ fn close_the_old_listener(client: &mut TcpStream, host: &Host) {
 /// restarted (the restart would take the listener from the new one); the
 /// new one takes over and serves, and says so.
 fn the_running_guest_failing_during_a_swap_leaves_the_new_one_to_serve() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("guest.wasm");
-    install(&test_guest("crash-on-bang"), &file);
+    let (_dir, file) = installed(&test_guest("crash-on-bang"));
     let control = Control::new();
     let host = Host::start(&[
         "--listen",
@@ -210,9 +205,7 @@ fn sighup_and_sigquit_during_a_graceful_stop_change_nothing() {
 /// (on one of two addresses): that instance is drained too, its client
 /// served until it leaves.
 fn sigquit_during_a_swap_drains_the_new_instance_too() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("guest.wasm");
-    install(&default_guest(), &file);
+    let (_dir, file) = installed(&default_guest());
     let host = Host::start(&[
         "--listen",
         "127.0.0.1:0",
@@ -243,9 +236,7 @@ fn sigquit_during_a_swap_drains_the_new_instance_too() {
 
 /// SIGQUIT drains every instance: one still draining from a swap too.
 fn sigquit_drains_the_instances_still_draining_from_a_swap() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("guest.wasm");
-    install(&default_guest(), &file);
+    let (_dir, file) = installed(&default_guest());
     let host =
         Host::start(&["--listen", "127.0.0.1:0", "--drain-timeout", "5m", file.to_str().unwrap()]);
     let addr = host.listen_addr();

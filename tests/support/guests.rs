@@ -82,6 +82,15 @@ pub fn install(guest: &std::path::Path, at: &std::path::Path) {
     std::fs::rename(&next, at).unwrap();
 }
 
+/// `guest` installed as a file of its own in a new directory (kept while
+/// the returned handle lives), for a host to run and to swap.
+pub fn installed(guest: &std::path::Path) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("guest.wasm");
+    install(guest, &file);
+    (dir, file)
+}
+
 /// A tool a test needs that is not part of the Rust toolchain (the wasmtime
 /// CLI, componentize-py, podman, ...): from the environment variable `var`,
 /// else the Python environment `.ci/run` prepares (`target/toolchains/python`),

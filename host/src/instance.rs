@@ -5,6 +5,7 @@
 use crate::epoch::EPOCH_TICK;
 use crate::limits;
 use crate::log_limit::Kind;
+use crate::metrics::{self, Failure, METRICS};
 use crate::sandbox::{self, GuestState, Sandbox};
 use crate::sockets::Tenant;
 use anyhow::{bail, Context, Result};
@@ -73,8 +74,12 @@ async fn run_once(
     store.set_epoch_deadline(1);
     let budget = limits.cpu_budget;
     let mut used = 0;
+    METRICS.guest_starts.inc();
+    METRICS.guest_memory_limit.set(limits.max_memory.0);
+    METRICS.guest_cpu_budget.set(budget.map_or(0.0, |b| b.as_secs_f64()));
     store.epoch_deadline_callback(move |_| {
         used += 1;
+        METRICS.guest_cpu_seconds.inc_by(EPOCH_TICK.as_secs_f64());
         if let Some(budget) = budget.filter(|b| used > b.as_millis() / EPOCH_TICK.as_millis()) {
             return Err(wasmtime::Error::new(CpuBudgetSpent(budget)));
         }
@@ -93,7 +98,10 @@ async fn run_once(
     let result = tokio::task::unconstrained(command.wasi_cli_run().call_run(&mut store)).await;
     match result {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(())) => bail!("the guest exited with an error (its `run` returned `err`)"),
+        Ok(Err(())) => {
+            metrics::guest_failed(Failure::Exit);
+            bail!("the guest exited with an error (its `run` returned `err`)")
+        }
         Err(e) => match e.downcast_ref::<I32Exit>() {
             Some(I32Exit(0)) => Ok(()),
             _ => Err(guest_failure(e, store.data_mut())),
@@ -128,27 +136,45 @@ pub fn command_pre(
 
 /// Why the guest stopped, in words: its exit status, the limit it hit, or
 /// its trap with the guest's (not the host's) backtrace, on the lines after
-/// the first.
+/// the first. Counted in the metrics by kind.
 fn guest_failure(e: wasmtime::Error, state: &mut GuestState) -> anyhow::Error {
+    let (kind, failure) = describe_failure(e, state);
+    metrics::guest_failed(kind);
+    failure
+}
+
+fn describe_failure(e: wasmtime::Error, state: &mut GuestState) -> (Failure, anyhow::Error) {
     if let Some(exit) = e.downcast_ref::<I32Exit>() {
-        return anyhow::anyhow!("the guest exited with status {}", exit.0);
+        return (Failure::Exit, anyhow::anyhow!("the guest exited with status {}", exit.0));
     }
     if let Some(spent) = e.downcast_ref::<CpuBudgetSpent>() {
-        return anyhow::anyhow!("the guest used up its CPU budget of {:?} (--cpu-budget)", spent.0);
+        let why =
+            anyhow::anyhow!("the guest used up its CPU budget of {:?} (--cpu-budget)", spent.0);
+        return (Failure::CpuBudget, why);
     }
     if e.chain().any(|cause| cause.downcast_ref::<ResourceTableError>().is_some()) {
-        return table_full(state);
+        return (Failure::Handles, table_full(state));
     }
     // wasmtime's words when a count in `limits.rs` is passed.
     if e.to_string().starts_with("resource limit exceeded") {
-        return anyhow::anyhow!(
+        let why = anyhow::anyhow!(
             "the guest was refused: {e} (a guest may create at most {} core instances, {} \
              memories and {} tables)",
             limits::MAX_INSTANCES,
             limits::MAX_MEMORIES,
             limits::MAX_TABLES
         );
+        return (Failure::Refused, why);
     }
+    let kind = match state.limits.reached {
+        true => Failure::Memory,
+        false => Failure::Trap,
+    };
+    (kind, describe_trap(e, state))
+}
+
+/// A trap (or another failure), with the guest's backtrace.
+fn describe_trap(e: wasmtime::Error, state: &GuestState) -> anyhow::Error {
     let trap = match e.downcast_ref::<Trap>() {
         Some(trap) => trap.to_string(),
         // A host function that ends the guest (it broke a rule that the

@@ -7,6 +7,7 @@
 //! CPU budget is `instance.rs`'s.
 
 use crate::log_limit::Kind;
+use crate::metrics::METRICS;
 use crate::settings::Size;
 use wasmtime::ResourceLimiter;
 
@@ -60,6 +61,14 @@ impl GuestLimits {
     }
 }
 
+impl Drop for GuestLimits {
+    /// The instance's memory goes with it (its store): the metric counts
+    /// the memory of every instance alive.
+    fn drop(&mut self) {
+        METRICS.guest_memory.dec_by(self.memory);
+    }
+}
+
 impl ResourceLimiter for GuestLimits {
     fn memory_growing(
         &mut self,
@@ -75,6 +84,7 @@ impl ResourceLimiter for GuestLimits {
         let total = self.memory.saturating_add(added);
         if total <= self.max_memory.0 {
             self.memory = total;
+            METRICS.guest_memory.inc_by(added);
             return Ok(true);
         }
         if !self.reached && MEMORY_REFUSED.admit() {

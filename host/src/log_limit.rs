@@ -61,6 +61,7 @@ impl Kind {
         if left_out == 0 {
             return;
         }
+        crate::metrics::suppressed(self.what, left_out);
         let (what, count) = (self.what, left_out);
         match self.warn {
             true => tracing::warn!(

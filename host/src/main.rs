@@ -12,11 +12,14 @@ mod cli;
 mod engine;
 mod epoch;
 mod guest;
-mod guest_stderr;
+mod guest_output;
 mod inspect;
 mod instance;
 mod limits;
 mod log_limit;
+mod logging;
+mod metrics;
+mod output;
 mod policy;
 mod run;
 mod sandbox;
@@ -29,7 +32,6 @@ mod wasi_version;
 
 use clap::Parser;
 use settings::LogFormat;
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -49,13 +51,30 @@ fn main() -> ExitCode {
         };
     }
     let format = args.log_format;
-    init_logging(format);
+    let guards = logging::init(format);
     let result = serve(args);
     log_limit::flush_all();
-    match result {
-        Ok(code) => code,
-        Err(e) => fail(e, format),
+    let error = match result {
+        Ok(code) => return finish(guards, code),
+        Err(error) => error,
+    };
+    match format {
+        LogFormat::Json => {
+            fail_json(&error);
+            finish(guards, ExitCode::FAILURE)
+        }
+        // After the queued log lines, so that the error is the last line.
+        LogFormat::Text => {
+            drop(guards);
+            fail(error, LogFormat::Text)
+        }
     }
+}
+
+/// Flushes the log and the guests' stdout, then exits with `code`.
+fn finish(guards: logging::Guards, code: ExitCode) -> ExitCode {
+    drop(guards);
+    code
 }
 
 fn serve(args: cli::Args) -> anyhow::Result<ExitCode> {
@@ -76,43 +95,17 @@ fn serve(args: cli::Args) -> anyhow::Result<ExitCode> {
     result
 }
 
-/// The host's log goes to stderr: plain lines, or one JSON object per line.
-/// `RUST_LOG` picks the detail (default `info`).
-fn init_logging(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .with_target(false);
-    match format {
-        // The message says it all; the structured fields (event, addr, ...)
-        // are for machines, so plain text leaves them out.
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .fmt_fields(tracing_subscriber::fmt::format::debug_fn(
-                |writer, field, value| match field.name() {
-                    "message" => write!(writer, "{value:?}"),
-                    _ => Ok(()),
-                },
-            ))
-            .init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+/// One line (plus the guest's backtrace, for a trap), never a panic or the
+/// host's own backtrace, whatever RUST_BACKTRACE says.
+fn fail(e: anyhow::Error, _format: LogFormat) -> ExitCode {
+    eprintln!("wasi-tcp-host: error: {e:#}");
+    ExitCode::FAILURE
 }
 
-/// One line (plus the guest's backtrace, for a trap), never a panic or the
-/// host's own backtrace, whatever RUST_BACKTRACE says. With JSON logs, one
-/// JSON object, the backtrace a field of it.
-fn fail(e: anyhow::Error, format: LogFormat) -> ExitCode {
-    match format {
-        LogFormat::Text => eprintln!("wasi-tcp-host: error: {e:#}"),
-        LogFormat::Json => {
-            let (message, backtrace) = run::split_first_line(&e);
-            tracing::error!(event = "exit", backtrace, "wasi-tcp-host: error: {message}");
-        }
-    }
-    ExitCode::FAILURE
+/// The same with JSON logs: one JSON object, the backtrace a field of it.
+fn fail_json(e: &anyhow::Error) {
+    let (message, backtrace) = run::split_first_line(e);
+    tracing::error!(event = "exit", backtrace, "wasi-tcp-host: error: {message}");
 }
 
 #[cfg(test)]

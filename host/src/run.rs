@@ -13,6 +13,7 @@ use crate::engine;
 use crate::epoch::EpochTicker;
 use crate::guest;
 use crate::instance::{command_pre, Instance, Shared};
+use crate::metrics::METRICS;
 use crate::sandbox::{self, GuestState, Sandbox};
 use crate::settings::{Restart, Settings};
 use crate::signals::{Received, Signals};
@@ -243,6 +244,7 @@ impl Supervisor {
                     ))));
                 };
                 let (summary, backtrace) = split_first_line(&failure);
+                METRICS.guest_restarts.inc();
                 tracing::warn!(
                     event = "restart",
                     backtrace,

@@ -1,7 +1,7 @@
 //! The sandbox a guest runs in: its WASI context, its limits, its imports.
 //!
 //! By default the guest gets stdout (the host's) and stderr (each line a
-//! line of the host's log, `guest_stderr.rs`), an empty stdin, the arguments after `--`, one environment
+//! line of the host's log, `guest_output.rs`), an empty stdin, the arguments after `--`, one environment
 //! variable (`LISTEN_ADDR`), clocks and randomness, and the listen
 //! addresses. Everything else is a grant (see `policy.rs`, `settings.rs`).
 //!
@@ -15,7 +15,7 @@
 //! its handles (sockets, streams, pollables, ...) by the resource table's
 //! capacity, [`table_capacity`].
 
-use crate::guest_stderr::GuestStderr;
+use crate::guest_output::GuestOutput;
 use crate::limits::GuestLimits;
 use crate::log_limit::Kind;
 use crate::policy::Grants;
@@ -93,7 +93,7 @@ impl GuestState {
     pub fn new(sandbox: &Sandbox, tenant: Arc<Tenant>) -> Result<Self> {
         let Sandbox { settings, grants, listeners, cap, argv } = sandbox;
         let mut wasi = WasiCtx::builder();
-        wasi.inherit_stdout().stderr(GuestStderr::new(tenant.id));
+        wasi.stdout(GuestOutput::stdout(tenant.id)).stderr(GuestOutput::stderr(tenant.id));
         wasi.args(argv).envs(&settings.guest_env());
         for dir in &settings.dirs {
             let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };

@@ -20,6 +20,7 @@
 
 use crate::instance::Instance;
 use crate::instance::Shared;
+use crate::metrics::{self, DrainOutcome, SwapOutcome};
 use crate::sandbox::GuestState;
 use crate::sockets::Listeners;
 use anyhow::Result;
@@ -112,6 +113,7 @@ pub async fn step(swap: &mut Option<Swap>) -> SwapStep {
             let Some(Swap::Starting { instance, pre, .. }) = swap.take() else {
                 unreachable!("matched above")
             };
+            metrics::swapped(SwapOutcome::TookOver);
             tracing::info!(
                 event = "swap",
                 "swap: the new guest instance #{} listens on {where_} and takes every new client",
@@ -124,6 +126,7 @@ pub async fn step(swap: &mut Option<Swap>) -> SwapStep {
 
 /// One line for a swap that did not happen; the running guest keeps going.
 pub fn failed(why: &str) {
+    metrics::swapped(SwapOutcome::Failed);
     tracing::warn!(event = "swap", "swap failed: {why}; the running guest keeps serving");
 }
 
@@ -173,6 +176,11 @@ pub async fn drain(mut old: Instance, timeout: Duration, event: &'static str) ->
 
 impl Drained {
     pub fn log(&self) {
+        metrics::drained(match self.end {
+            DrainEnd::NoClients => DrainOutcome::NoClients,
+            DrainEnd::TimedOut(_) => DrainOutcome::TimedOut,
+            DrainEnd::Ended(_) => DrainOutcome::Ended,
+        });
         let (id, event) = (self.id, self.event);
         match &self.end {
             DrainEnd::NoClients => {

@@ -10,6 +10,9 @@
 
 pub const WASI_VERSION: &str = "0.2.12";
 
+/// The wasmtime the host is built on (Cargo.toml pins the 48 LTS line).
+pub const WASMTIME_VERSION: &str = "48";
+
 /// An interface's name with the version: `wasi:sockets/tcp@0.2.12`.
 pub fn versioned(interface: &str) -> String {
     format!("{interface}@{WASI_VERSION}")

@@ -190,18 +190,20 @@ impl Host {
     #[cfg(target_os = "linux")]
     /// Waits until the host is idle: its epoch ticker thread parked (waiting
     /// on a futex, not in its 10 ms sleep), which it does only while the
-    /// async runtime waits too.
+    /// async runtime waits too, and its writers (of the log and of the
+    /// guests' stdout) waiting for lines, not writing one.
     pub fn wait_until_idle(&self) {
         harness::waiting_for(|| "the host to go idle".to_string());
         let deadline = Instant::now() + PATIENCE;
         let read =
             |task: &Path, file: &str| std::fs::read_to_string(task.join(file)).unwrap_or_default();
         loop {
-            let ticker_parked = self.threads().any(|task| {
-                read(&task, "comm").trim() == "epoch-ticker"
-                    && read(&task, "wchan").contains("futex")
-            });
-            if ticker_parked {
+            let waiting = |name: &str| {
+                self.threads().any(|task| {
+                    read(&task, "comm").trim() == name && read(&task, "wchan").contains("futex")
+                })
+            };
+            if ["epoch-ticker", "log-writer", "stdout-writer"].into_iter().all(waiting) {
                 return;
             }
             assert!(Instant::now() < deadline, "the host never went idle\n{}", self.report());

@@ -15,6 +15,7 @@
 //! twice or forgotten.
 
 use crate::log_limit::Kind;
+use crate::metrics::{self, TurnedAway};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -59,7 +60,10 @@ impl SocketCap {
         let (kind, what) = match asker {
             Asker::TcpSocket => (&REFUSED_SOCKETS, "a new TCP socket".to_string()),
             Asker::UdpSocket => (&REFUSED_SOCKETS, "a new UDP socket".to_string()),
-            Asker::Client(peer) => (&REFUSED_CLIENTS, format!("a client from {peer}, turned away")),
+            Asker::Client(peer) => {
+                metrics::turned_away(TurnedAway::Cap);
+                (&REFUSED_CLIENTS, format!("a client from {peer}, turned away"))
+            }
         };
         if kind.admit() {
             tracing::warn!(

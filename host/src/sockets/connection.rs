@@ -14,6 +14,7 @@
 use super::cap::Place;
 use super::tenant::Client;
 use crate::log_limit::Kind;
+use crate::metrics::{self, Closed, METRICS};
 use bytes::Bytes;
 use socket2::SockRef;
 use std::io::ErrorKind;
@@ -184,6 +185,7 @@ impl Connection {
     fn give_up(&self) -> std::io::Error {
         static GAVE_UP: Kind = Kind::warn("sends given up");
         let error = self.reset(ErrorKind::TimedOut);
+        metrics::closed(Closed::SendTimeout);
         if GAVE_UP.admit() {
             let peer = self.peer.map_or_else(|| "a peer".to_string(), |p| p.to_string());
             tracing::warn!(
@@ -200,6 +202,7 @@ impl Connection {
     /// the client gets a FIN.
     fn close_idle(&self, timeout: Duration) {
         static CLOSED_IDLE: Kind = Kind::info("idle clients closed");
+        metrics::closed(Closed::IdleTimeout);
         self.read_shut.store(true, SeqCst);
         self.write_shut.store(true, SeqCst);
         let _ = SockRef::from(&self.stream).shutdown(Shutdown::Both);
@@ -262,6 +265,7 @@ async fn send_all(conn: &Connection, mut bytes: Bytes) -> std::io::Result<()> {
             Ok(n) => {
                 drop(bytes.split_to(n));
                 conn.touch();
+                METRICS.sent_bytes.inc_by(n as u64);
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),

@@ -7,6 +7,7 @@
 //! spare again: the libev/nginx way.
 
 use crate::log_limit::Kind;
+use crate::metrics::{self, TurnedAway};
 use socket2::{Domain, Socket, Type};
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -32,6 +33,7 @@ pub fn turn_away_one(listener: &Socket) -> bool {
     let turned_away = match accepted {
         Ok((client, peer)) => {
             let _ = client.set_linger(Some(Duration::ZERO));
+            metrics::turned_away(TurnedAway::NoDescriptor);
             log(peer.as_socket());
             true
         }

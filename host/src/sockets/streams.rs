@@ -16,6 +16,7 @@
 //!   is lost), then sends the FIN.
 
 use super::connection::{Connection, Held};
+use crate::metrics::METRICS;
 use crate::trace::{StreamEnd, Tracer};
 use bytes::{Bytes, BytesMut};
 use socket2::SockRef;
@@ -95,6 +96,7 @@ impl Reader {
                 // SAFETY: `recv` initialised the first `n` bytes of the spare capacity.
                 unsafe { buf.set_len(n) };
                 self.conn.touch();
+                METRICS.received_bytes.inc_by(n as u64);
                 Ok(buf.freeze())
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(Bytes::new()),
@@ -257,10 +259,12 @@ impl Connection {
         let rest = match self.stream.try_write(bytes) {
             Ok(n) if n == bytes.len() => {
                 self.touch();
+                METRICS.sent_bytes.inc_by(n as u64);
                 return Ok(());
             }
             Ok(n) => {
                 self.touch();
+                METRICS.sent_bytes.inc_by(n as u64);
                 &bytes[n..]
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => bytes,

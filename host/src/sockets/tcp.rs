@@ -16,6 +16,7 @@ use super::listeners::{new_socket, Lease, Listener};
 use super::options::{self, Chosen, Opt};
 use super::streams::{Reader, Writer};
 use super::{spare, ErrorCode, SocketsCtx};
+use crate::metrics::{self, TurnedAway};
 use socket2::{SockAddr, SockRef, Socket};
 use std::net::{Shutdown, SocketAddr};
 use std::task::{ready, Context, Poll};
@@ -267,6 +268,7 @@ impl TcpSocket {
                 true => ctx.cap.take(Asker::Client(peer)),
                 false => {
                     ctx.grants.log(peer, SocketAddrUse::TcpAccept, false);
+                    metrics::turned_away(TurnedAway::NotAllowed);
                     None
                 }
             };

@@ -5,6 +5,7 @@
 //! new one to listen where the old one did (`Listeners` knows where), then
 //! for the old one's last client to leave (`swap.rs`).
 
+use crate::metrics::METRICS;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -36,9 +37,12 @@ impl Tenant {
         self.changed.notify_one();
     }
 
-    /// A client accepted: it counts until the connection is gone.
+    /// A client accepted: it counts until the connection is gone (for
+    /// its instance, and in the host's metrics).
     pub fn client(self: &Arc<Self>) -> Client {
         self.clients.fetch_add(1, Ordering::SeqCst);
+        METRICS.connections_accepted.inc();
+        METRICS.connections_open.inc();
         Client(Arc::clone(self))
     }
 }
@@ -49,6 +53,7 @@ pub struct Client(Arc<Tenant>);
 impl Drop for Client {
     fn drop(&mut self) {
         self.0.clients.fetch_sub(1, Ordering::SeqCst);
+        METRICS.connections_open.dec();
         self.0.changed.notify_one();
     }
 }

@@ -1,13 +1,17 @@
-//! The guest's stderr, line by line, as the host's own log lines
-//! (`event = "guest-stderr"`, with the instance's number): one JSON object
-//! each with `--log-format json`, so that stderr holds nothing else, and
-//! under the same rate limit as every line a guest can write at will. (Its
-//! stdout stays its own, passed through as it is written.)
+//! The guest's stdout and stderr, line by line, through the host's own
+//! outputs (`output.rs`), which never block serving:
+//!
+//! - stderr: as lines of the host's log (`event = "guest-stderr"`, with the
+//!   instance's number), one JSON object each with `--log-format json`, and
+//!   under the same rate limit as every line a guest can write at will;
+//! - stdout: on the host's stdout, as written (one JSON object each,
+//!   `event = "guest-stdout"`, with `--log-format json`), not rate-limited:
+//!   it is the guest's own output.
 //!
 //! What a guest can make the host hold here is small and bounded: every
-//! stderr stream it opens shares its instance's one line buffer, a line
-//! longer than [`MAX_LINE`] is cut there, and control characters are
-//! escaped, so that no line can pass for another or rewrite the terminal.
+//! stream it opens shares its instance's one line buffer, a line longer
+//! than [`MAX_LINE`] is cut there, and control characters are escaped, so
+//! that no line can pass for another or rewrite the terminal.
 
 use crate::log_limit::Kind;
 use bytes::Bytes;
@@ -20,27 +24,42 @@ const MAX_LINE: usize = 4096;
 
 static LINES: Kind = Kind::info("lines of the guests' stderr");
 
-/// One instance's stderr: every stream the guest opens on it writes to
-/// the same line buffer.
-pub struct GuestStderr(Arc<Mutex<Lines>>);
+/// One instance's stdout or stderr: every stream the guest opens on it
+/// writes to the same line buffer.
+pub struct GuestOutput(Arc<Mutex<Lines>>);
 
-impl GuestStderr {
-    pub fn new(instance: u64) -> GuestStderr {
-        GuestStderr(Arc::new(Mutex::new(Lines { instance, partial: Vec::new() })))
+/// Which of the two.
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl GuestOutput {
+    pub fn stdout(instance: u64) -> GuestOutput {
+        GuestOutput::new(instance, Stream::Stdout)
+    }
+
+    pub fn stderr(instance: u64) -> GuestOutput {
+        GuestOutput::new(instance, Stream::Stderr)
+    }
+
+    fn new(instance: u64, stream: Stream) -> GuestOutput {
+        GuestOutput(Arc::new(Mutex::new(Lines { instance, stream, partial: Vec::new() })))
     }
 }
 
-impl IsTerminal for GuestStderr {
+impl IsTerminal for GuestOutput {
     fn is_terminal(&self) -> bool {
         false
     }
 }
 
-impl StdoutStream for GuestStderr {
+impl StdoutStream for GuestOutput {
     /// The WASI 0.2 stream: takes every write at once, no task, no buffer
     /// of its own.
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(Stream(Arc::clone(&self.0)))
+        Box::new(Writes(Arc::clone(&self.0)))
     }
 
     /// For WASI 0.3, which the host does not offer.
@@ -49,10 +68,10 @@ impl StdoutStream for GuestStderr {
     }
 }
 
-struct Stream(Arc<Mutex<Lines>>);
+struct Writes(Arc<Mutex<Lines>>);
 
 #[async_trait::async_trait]
-impl OutputStream for Stream {
+impl OutputStream for Writes {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take(&bytes);
         Ok(())
@@ -68,13 +87,14 @@ impl OutputStream for Stream {
 }
 
 #[async_trait::async_trait]
-impl Pollable for Stream {
+impl Pollable for Writes {
     async fn ready(&mut self) {}
 }
 
-/// Collects bytes until a newline, then logs the line.
+/// Collects bytes until a newline, then writes the line out.
 struct Lines {
     instance: u64,
+    stream: Stream,
     partial: Vec<u8>,
 }
 
@@ -99,9 +119,16 @@ impl Lines {
 
     fn emit(&mut self) {
         let line = std::mem::take(&mut self.partial);
-        if !line.is_empty() && LINES.admit() {
-            let (instance, line) = (self.instance, shown(&line));
-            tracing::info!(event = "guest-stderr", instance, "{line}");
+        if line.is_empty() {
+            return;
+        }
+        let (instance, line) = (self.instance, shown(&line));
+        match self.stream {
+            Stream::Stdout => crate::output::guest_stdout(instance, &line),
+            Stream::Stderr if LINES.admit() => {
+                tracing::info!(event = "guest-stderr", instance, "{line}")
+            }
+            Stream::Stderr => {}
         }
     }
 }
@@ -134,7 +161,7 @@ mod tests {
 
     #[test]
     fn lines_are_cut_at_newlines_and_at_the_longest_line() {
-        let mut lines = Lines { instance: 1, partial: Vec::new() };
+        let mut lines = Lines { instance: 1, stream: Stream::Stderr, partial: Vec::new() };
         lines.take(b"one\n\ntw");
         assert_eq!(lines.partial, b"tw");
         lines.take(b"o\n");

@@ -1,0 +1,178 @@
+//! The host's log, on stderr: plain lines, or one JSON object per line;
+//! `RUST_LOG` picks the detail (default `info`).
+//!
+//! Written by a thread of its own through a bounded queue (`output.rs`),
+//! so that a slow reader never stalls serving; what is dropped under
+//! pressure is counted, and said in the log once it has room again. Under
+//! systemd (stderr connected to the journal, as `JOURNAL_STREAM` says),
+//! each line starts with its syslog priority (`<4>` for a warning), so
+//! that `journalctl -p warning` finds the warnings.
+
+use crate::output;
+use crate::settings::LogFormat;
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+use tracing::{Level, Metadata};
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+/// Keeps the writers' threads until the host exits; dropping it flushes
+/// what is still queued.
+pub struct Guards(#[allow(dead_code)] Vec<WorkerGuard>);
+
+/// Installs the log (and the guests' stdout). Call once, early.
+pub fn init(format: LogFormat) -> Guards {
+    let (log, log_guard) = queue(std::io::stderr(), "log-writer");
+    let (stdout, stdout_guard) = queue(std::io::stdout(), "stdout-writer");
+    let json = matches!(format, LogFormat::Json);
+    let counters = vec![log.error_counter(), stdout.error_counter()];
+    output::install(stdout, json, counters);
+    let writer = Prioritised { inner: log.clone(), journal: stderr_is_the_journal() };
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer).with_target(false);
+    let report = DroppedReport { log, json, reported: AtomicU64::new(0), at: Mutex::new(None) };
+    let registry = tracing_subscriber::registry().with(filter).with(report);
+    match format {
+        // The message says it all; the structured fields (event, addr, ...)
+        // are for machines, so plain text leaves them out.
+        LogFormat::Text => registry
+            .with(fmt.with_ansi(std::io::stderr().is_terminal()).fmt_fields(
+                tracing_subscriber::fmt::format::debug_fn(
+                    |writer, field, value| match field.name() {
+                        "message" => write!(writer, "{value:?}"),
+                        _ => Ok(()),
+                    },
+                ),
+            ))
+            .init(),
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
+    }
+    Guards(vec![log_guard, stdout_guard])
+}
+
+fn queue(to: impl Write + Send + 'static, thread: &str) -> (NonBlocking, WorkerGuard) {
+    NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(output::QUEUED_LINES)
+        .thread_name(thread)
+        .finish(to)
+}
+
+/// systemd connects a service's stderr to the journal and says so in
+/// JOURNAL_STREAM (`DEVICE:INODE` of that stream); a redirected stderr
+/// is not the journal even if the variable was inherited.
+fn stderr_is_the_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Some((device, inode)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a `stat` for descriptor 2, or fails.
+    if unsafe { libc::fstat(2, stat.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstat succeeded, so it filled `stat`.
+    let stat = unsafe { stat.assume_init() };
+    device.parse() == Ok(stat.st_dev as u64) && inode.parse() == Ok(stat.st_ino as u64)
+}
+
+/// The log's writer: each line whole, with the journal's priority prefix
+/// when stderr is the journal.
+#[derive(Clone)]
+struct Prioritised {
+    inner: NonBlocking,
+    journal: bool,
+}
+
+impl<'a> MakeWriter<'a> for Prioritised {
+    type Writer = Line;
+
+    fn make_writer(&'a self) -> Line {
+        Line { inner: self.inner.clone(), prefix: None }
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Line {
+        let prefix = self.journal.then(|| priority(*meta.level()));
+        Line { inner: self.inner.clone(), prefix }
+    }
+}
+
+/// syslog's priorities, as sd-daemon(3) prefixes them.
+fn priority(level: Level) -> &'static str {
+    match level {
+        Level::ERROR => "<3>",
+        Level::WARN => "<4>",
+        Level::INFO => "<6>",
+        Level::DEBUG | Level::TRACE => "<7>",
+    }
+}
+
+/// One formatted line (the formatter writes it in one go), prefixed.
+struct Line {
+    inner: NonBlocking,
+    prefix: Option<&'static str>,
+}
+
+impl Write for Line {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.prefix.take() {
+            Some(prefix) => self.inner.write_all(&[prefix.as_bytes(), buf].concat())?,
+            None => self.inner.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// After lines were dropped, the next line that goes out is preceded by
+/// one saying how many (at most one such line a second).
+struct DroppedReport {
+    log: NonBlocking,
+    json: bool,
+    reported: AtomicU64,
+    at: Mutex<Option<Instant>>,
+}
+
+impl<S: tracing::Subscriber> Layer<S> for DroppedReport {
+    fn on_event(&self, _: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let dropped = output::dropped_lines();
+        let reported = self.reported.load(Ordering::Relaxed);
+        if dropped <= reported {
+            return;
+        }
+        let mut at = self.at.lock().unwrap_or_else(|e| e.into_inner());
+        if at.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        *at = Some(Instant::now());
+        self.reported.store(dropped, Ordering::Relaxed);
+        let message = format!(
+            "{} log lines were dropped: the log's reader did not keep up (the host's serving \
+             never waits for it)",
+            dropped - reported
+        );
+        let line =
+            match self.json {
+                false => format!("WARN {message}\n"),
+                true => serde_json::json!({
+                    "timestamp": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+                    "level": "WARN",
+                    "message": message,
+                    "event": "dropped",
+                    "count": dropped - reported,
+                })
+                .to_string()
+                    + "\n",
+            };
+        let _ = self.log.clone().write_all(line.as_bytes());
+    }
+}

@@ -248,6 +248,17 @@ fn with_json_logs_stderr_is_one_json_object_per_line_and_nothing_else() {
         .starts_with("wasi-tcp-host: error: the guest trapped"));
     assert!(exit["backtrace"].as_str().unwrap().contains("fail_on_purpose"), "{output}");
 
+    // The guest's stdout, on the host's stdout: JSON objects too, marked as
+    // the guest's, with its instance.
+    let mut cmd = host_command();
+    cmd.args(["--log-format", "json", "--listen", "127.0.0.1:0", &guest("crash-on-bang")]);
+    let host = Host::start_command(cmd.stderr(std::process::Stdio::null()));
+    let line: serde_json::Value =
+        serde_json::from_str(&host.wait_for("crash-on-bang listening")).unwrap();
+    assert_eq!(line["event"], "guest-stdout", "{line}");
+    assert_eq!(line["instance"], 1, "{line}");
+    assert_eq!(line["message"], "crash-on-bang listening", "{line}");
+
     // An error before any guest runs.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().unwrap().to_string();

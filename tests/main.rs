@@ -16,6 +16,7 @@ mod lesson;
 mod meta;
 #[cfg(target_os = "linux")]
 mod nodelay;
+mod observe;
 mod operate;
 mod sandbox;
 mod shutdown;
@@ -38,6 +39,7 @@ pub fn all() -> Vec<libtest_mimic::Trial> {
         meta::tests(),
         #[cfg(target_os = "linux")]
         nodelay::tests(),
+        observe::tests(),
         operate::tests(),
         sandbox::tests(),
         shutdown::tests(),

@@ -4,43 +4,11 @@
 //! serving, and says so.
 
 use crate::support::clients::echo;
-use crate::support::guests::{default_guest, install, installed, test_guest};
+use crate::support::guests::{default_guest, install, installed, test_guest, Control};
 use crate::support::{connect, Host};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
-
-/// The test's end of a guest's control connection (`swap-window`).
-struct Control {
-    listener: TcpListener,
-}
-
-impl Control {
-    fn new() -> Control {
-        Control { listener: TcpListener::bind("127.0.0.1:0").unwrap() }
-    }
-
-    fn addr(&self) -> String {
-        self.listener.local_addr().unwrap().to_string()
-    }
-
-    /// Waits for the guest to connect: it holds the address now.
-    fn accept(&self) -> TcpStream {
-        crate::support::harness::waiting_for(|| "the guest's control connection".to_string());
-        let deadline = std::time::Instant::now() + crate::support::PATIENCE;
-        self.listener.set_nonblocking(true).unwrap();
-        loop {
-            match self.listener.accept() {
-                Ok((control, _)) => return control,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    assert!(std::time::Instant::now() < deadline, "the guest never connected");
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => panic!("accepting the control connection: {e}"),
-            }
-        }
-    }
-}
 
 /// A client that writes `message` now and checks its echo later.
 fn waiting_client(addr: SocketAddr, message: &[u8]) -> TcpStream {

@@ -1,7 +1,9 @@
 //! The command line.
 
 use crate::policy::{DirGrant, NetRule};
-use crate::settings::{self, Choices, LogFormat, Restart, Run, Settings, Size, TraceDetail};
+use crate::settings::{
+    self, Choices, LogFormat, Restart, Run, Settings, Size, Source, TraceDetail,
+};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use ipnet::IpNet;
@@ -17,7 +19,7 @@ use std::path::PathBuf;
 #[command(
     name = "wasi-tcp-host",
     version,
-    override_usage = "wasi-tcp-host [OPTIONS] [GUEST.wasm] [-- GUEST_ARGS...]\n       wasi-tcp-host inspect [--json] GUEST.wasm",
+    override_usage = "wasi-tcp-host [OPTIONS] [GUEST.wasm] [-- GUEST_ARGS...]\n       wasi-tcp-host inspect [--json] GUEST.wasm\n       wasi-tcp-host reload PID",
     args_conflicts_with_subcommands = true
 )]
 pub struct Args {
@@ -137,6 +139,12 @@ pub struct Args {
     #[arg(long)]
     pub no_cache: bool,
 
+    /// Serve Prometheus metrics (/metrics) and health (/healthz, /readyz)
+    /// over HTTP on this address, e.g. 127.0.0.1:9100: the host's own
+    /// listener, which no guest can be granted or reach [default: none].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
+
     /// How the host writes its log lines to stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -150,7 +158,8 @@ impl Args {
     /// The settings these options and the policy file (if any) make;
     /// `handed` are the addresses of sockets a service manager passed.
     pub fn into_settings(self, handed: &[SocketAddr]) -> Result<Settings> {
-        let file = match &self.policy {
+        let policy = self.policy.clone();
+        let file = match &policy {
             Some(path) => settings::read_policy(path)?,
             None => Choices::default(),
         };
@@ -185,8 +194,12 @@ impl Args {
             send_timeout: self.send_timeout.map(Into::into),
             drain_timeout: self.drain_timeout.map(Into::into),
             restart: self.restart,
+            metrics: self.metrics,
         };
-        Settings::new(run, file, flags)
+        let source = Source { policy, flags: flags.clone(), run: run.clone() };
+        let mut settings = Settings::new(run, file, flags)?;
+        settings.source = Some(source);
+        Ok(settings)
     }
 }
 
@@ -199,6 +212,14 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Ask the host running as PID to swap its guest (SIGHUP), and wait for
+    /// the outcome: exit status 0 if the new guest serves, 1 (and why) if
+    /// the swap failed. For systemd's ExecReload= (the host reports swaps in
+    /// $RUNTIME_DIRECTORY).
+    Reload {
+        /// The host's process id (systemd: $MAINPID).
+        pid: u32,
+    },
     /// Show what a component imports and exports, which grants it could
     /// use, and whether this host can run it, without running it.
     Inspect {
@@ -289,20 +310,68 @@ mod tests {
     }
 
     /// The policy files shipped in deploy/ (on its own, and inside the
-    /// Kubernetes ConfigMap) are ones the host accepts.
+    /// Kubernetes ConfigMap) are ones the host accepts, and one policy:
+    /// the ConfigMap holds the file's very text, and the Deployment's
+    /// checksum/policy annotation is its SHA-256 (so a changed policy rolls
+    /// the pods).
     #[test]
     fn the_shipped_policy_files_are_valid() {
-        let file: Choices = toml::from_str(include_str!("../../deploy/policy.toml")).unwrap();
+        use sha2::{Digest, Sha256};
+        let policy = include_str!("../../deploy/policy.toml");
+        let file: Choices = toml::from_str(policy).unwrap();
         assert_eq!(file.listen, ["0.0.0.0:9000".parse::<std::net::SocketAddr>().unwrap()]);
         let configmap = include_str!("../../deploy/kubernetes/configmap.yaml");
         let (_, embedded) = configmap.split_once("policy.toml: |\n").unwrap();
-        let embedded: String =
-            embedded.lines().map(|l| l.trim_start().to_string() + "\n").collect();
+        let embedded: String = embedded
+            .lines()
+            .map(|l| l.strip_prefix("    ").unwrap_or(l).to_string() + "\n")
+            .collect();
+        assert_eq!(embedded, policy, "the ConfigMap's policy differs from deploy/policy.toml");
+        let digest: String = Sha256::digest(policy).iter().map(|b| format!("{b:02x}")).collect();
+        let deployment = include_str!("../../deploy/kubernetes/deployment.yaml");
+        assert!(
+            deployment.contains(&format!("checksum/policy: {digest}")),
+            "set the Deployment's checksum/policy annotation to {digest}"
+        );
         let file: Choices = toml::from_str(&embedded).unwrap();
         assert_eq!(file.drain_timeout, Some(Duration::from_secs(30)));
         assert_eq!(file.idle_timeout, Some(Duration::from_secs(300)));
         let shipped: Choices = toml::from_str(include_str!("../../deploy/policy.toml")).unwrap();
         assert_eq!(shipped.idle_timeout, Some(Duration::from_secs(300)));
+    }
+
+    /// The shipped systemd unit and Deployment fit the shipped policy:
+    /// descriptors for every connection and the host's own, memory for
+    /// the guest's cap and the host's, the metrics port the one the unit
+    /// lets the host bind and the one the probes ask.
+    #[test]
+    fn the_shipped_units_fit_the_policy() {
+        let policy: Choices = toml::from_str(include_str!("../../deploy/policy.toml")).unwrap();
+        let service = include_str!("../../deploy/systemd/wasi-tcp-host.service");
+        let deployment = include_str!("../../deploy/kubernetes/deployment.yaml");
+        let value_after = |text: &str, key: &str| -> String {
+            let (_, rest) = text.split_once(key).unwrap_or_else(|| panic!("no {key}"));
+            rest.lines().next().unwrap().trim().trim_matches('"').to_string()
+        };
+
+        let descriptors: usize = value_after(service, "\nLimitNOFILE=").parse().unwrap();
+        let needed = policy.max_connections.unwrap() + crate::settings::HOST_DESCRIPTORS;
+        assert!(descriptors >= needed, "LimitNOFILE={descriptors} is under {needed}");
+
+        // The host's own memory, measured (README, Deploy): about 15 MiB,
+        // and 1.8 KiB for each idle client.
+        let host_overhead = (15 << 20) + policy.max_connections.unwrap() * 1843;
+        let (_, requests) = deployment.split_once("requests:").unwrap();
+        let request = value_after(requests, "memory:");
+        let request: usize = request.strip_suffix("Mi").unwrap().parse::<usize>().unwrap() << 20;
+        let needed = policy.max_memory.unwrap().0 as usize + host_overhead;
+        assert!(request >= needed, "a memory request of {request} bytes is under {needed}");
+
+        let port = policy.metrics.unwrap().port();
+        assert_eq!(value_after(service, "\nSocketBindAllow=tcp:"), port.to_string());
+        let (_, metrics_port) = deployment.split_once("- name: metrics").unwrap();
+        assert_eq!(value_after(metrics_port, "containerPort:"), port.to_string());
+        assert_eq!(value_after(deployment, "prometheus.io/port:"), port.to_string());
     }
 
     #[test]

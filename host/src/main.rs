@@ -19,6 +19,8 @@ mod limits;
 mod log_limit;
 mod logging;
 mod metrics;
+mod notify;
+mod observe;
 mod output;
 mod policy;
 mod run;
@@ -44,11 +46,23 @@ fn main() -> ExitCode {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
     let mut args = cli::Args::parse();
-    if let Some(cli::Command::Inspect { guest, json }) = args.command.take() {
-        return match inspect::inspect(&guest, json) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(e, LogFormat::Text),
-        };
+    match args.command.take() {
+        Some(cli::Command::Inspect { guest, json }) => {
+            return match inspect::inspect(&guest, json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e, LogFormat::Text),
+            }
+        }
+        Some(cli::Command::Reload { pid }) => {
+            return match notify::reload(pid, Duration::from_secs(600)) {
+                Ok(outcome) => {
+                    println!("{outcome}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e, LogFormat::Text),
+            }
+        }
+        None => {}
     }
     let format = args.log_format;
     let guards = logging::init(format);

@@ -8,7 +8,6 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEn
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use std::fmt::Write;
 use std::sync::atomic::AtomicU64;
@@ -171,11 +170,14 @@ impl Metrics {
             ready: Gauge::default(),
             registry: Registry::default(),
         };
-        metrics.register(&mut registry);
+        metrics.register_clients(&mut registry);
+        metrics.register_guests(&mut registry);
+        metrics.register_host(&mut registry);
         Metrics { registry, ..metrics }
     }
 
-    fn register(&self, r: &mut Registry) {
+    /// What clients do, and what the host does to them.
+    fn register_clients(&self, r: &mut Registry) {
         r.register(
             "connections_open",
             "Client connections open now",
@@ -198,6 +200,10 @@ impl Metrics {
         );
         r.register("received_bytes", "Bytes guests read from clients", self.received_bytes.clone());
         r.register("sent_bytes", "Bytes sent to clients", self.sent_bytes.clone());
+    }
+
+    /// What the guests do: instances, swaps, drains, memory, CPU.
+    fn register_guests(&self, r: &mut Registry) {
         r.register("guest_starts", "Guest instances started", self.guest_starts.clone());
         r.register(
             "guest_restarts",
@@ -231,6 +237,10 @@ impl Metrics {
             "Each instance's CPU budget (--cpu-budget; 0: none)",
             self.guest_cpu_budget.clone(),
         );
+    }
+
+    /// The host's own: its log, readiness, what it is.
+    fn register_host(&self, r: &mut Registry) {
         r.register(
             "log_lines_suppressed",
             "Log lines left out by the rate limit, by kind",
@@ -242,12 +252,16 @@ impl Metrics {
             self.log_lines_dropped.clone(),
         );
         r.register("ready", "1 while a guest serves every granted address", self.ready.clone());
-        let build = Info::new(vec![
-            ("version", env!("CARGO_PKG_VERSION").to_string()),
-            ("wasmtime_version", crate::wasi_version::WASMTIME_VERSION.to_string()),
-            ("wasi_version", crate::wasi_version::WASI_VERSION.to_string()),
-        ]);
-        r.register("build", "The host's version, and those it implements", build);
+        // An "info" metric in the common way, a gauge of 1 with the labels
+        // (the classic text format, which promtool reads, has no info type).
+        let build = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+        let labels = vec![
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("wasmtime_version", crate::wasi_version::WASMTIME_VERSION),
+            ("wasi_version", crate::wasi_version::WASI_VERSION),
+        ];
+        build.get_or_create(&labels).set(1);
+        r.register("build_info", "The host's version, and those it implements", build);
     }
 
     /// The text exposition format (OpenMetrics) of every metric.

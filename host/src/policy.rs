@@ -31,6 +31,8 @@ pub struct Grants {
     pub udp: bool,
     /// Whether the guest may resolve names (wasi:sockets/ip-name-lookup).
     pub dns: bool,
+    /// The host's own metrics address (`--metrics`): no grant reaches it.
+    pub host_only: Option<SocketAddr>,
 }
 
 impl Grants {
@@ -48,7 +50,9 @@ impl Grants {
             SocketAddrUse::TcpAccept => {
                 self.clients.is_empty() || self.clients.iter().any(|net| net.contains(&addr.ip()))
             }
-            SocketAddrUse::TcpConnect => self.connect.iter().any(|rule| rule.matches(addr)),
+            SocketAddrUse::TcpConnect => {
+                !self.is_host_only(addr) && self.connect.iter().any(|rule| rule.matches(addr))
+            }
             SocketAddrUse::UdpBind | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => self.udp,
         }
     }
@@ -87,7 +91,18 @@ impl Grants {
         }
     }
 
+    /// The host's metrics address (every address on its port, if it
+    /// listens on all of them).
+    fn is_host_only(&self, addr: SocketAddr) -> bool {
+        self.host_only.is_some_and(|own| {
+            own.port() == addr.port() && (own.ip().is_unspecified() || own.ip() == addr.ip())
+        })
+    }
+
     fn how_to_grant(&self, addr: SocketAddr, use_: SocketAddrUse) -> String {
+        if matches!(use_, SocketAddrUse::TcpConnect) && self.is_host_only(addr) {
+            return "it is the host's own metrics address, which no grant reaches".to_string();
+        }
         match use_ {
             SocketAddrUse::TcpBind | SocketAddrUse::TcpListen => {
                 format!("{}; grant it with --listen {addr}", self.granted_listen())

@@ -12,23 +12,24 @@
 use crate::engine;
 use crate::epoch::EpochTicker;
 use crate::guest;
-use crate::instance::{command_pre, Instance, Shared};
+use crate::instance::Instance;
 use crate::metrics::METRICS;
-use crate::sandbox::{self, GuestState, Sandbox};
+use crate::notify::Notifier;
+use crate::observe;
 use crate::settings::{Restart, Settings};
 use crate::signals::{Received, Signals};
 use crate::sockets::{activation, Listeners, SocketCap};
-use crate::swap::{self, Drained, Swap, SwapStep};
+use crate::swap::{self, Drained, Guest, Swap, SwapStep};
 use anyhow::Result;
 use std::collections::VecDeque;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::Component;
 use wasmtime::Engine;
-use wasmtime_wasi::p2::bindings::CommandPre;
 
 pub use activation::Handed;
 
@@ -53,24 +54,27 @@ pub async fn run(settings: Settings, handed: Vec<Handed>) -> Result<ExitCode> {
     // guest loads; kept until the host exits, across guest instances.
     let handed = handed.into_iter().map(|h| h.socket).collect();
     let listeners = Listeners::open(&settings.grants.listen, handed)?;
+    let metrics = settings.metrics.map(observe::bind).transpose()?;
     crate::settings::warn_if_the_cap_exceeds_the_descriptors(settings.limits.max_connections);
     let engine = Engine::new(&engine::config())?;
-    let name = guest::name(settings.guest.as_deref());
     let (path, cache) = (settings.guest.as_deref(), settings.cache_dir.as_deref());
     let component = tokio::select! {
         loaded = guest::load_in_background(&engine, path, cache) => loaded?,
         signal = signals.stop() => return Ok(stopped(signal)),
     };
-    let linker = sandbox::linker(&engine, &settings)?;
-    let pre = command_pre(&linker, &component)?;
-    let argv = std::iter::once(name.clone()).chain(settings.guest_args.iter().cloned()).collect();
-    let grants = Arc::new(settings.grants.clone());
     let cap = SocketCap::new(settings.limits.max_connections);
     let _ticker = EpochTicker::start(&engine)?;
-    tracing::info!("running {name}; granted: {}; everything else is denied", grants.summary());
-    let sandbox = Sandbox { settings: Arc::new(settings), grants, listeners, cap, argv };
-    let shared = Arc::new(Shared { engine, sandbox });
-    Supervisor::new(shared, linker, pre).serve(signals).await
+    let name = guest::name(settings.guest.as_deref());
+    tracing::info!(
+        "running {name}; granted: {}; everything else is denied",
+        settings.grants.summary()
+    );
+    let guest = Guest::new(&engine, (&listeners, &cap), settings, &component)?;
+    let supervisor = Supervisor::new(guest);
+    if let Some(metrics) = metrics {
+        tokio::spawn(observe::serve(metrics, supervisor.readiness()));
+    }
+    supervisor.serve(signals).await
 }
 
 fn stopped(signal: &str) -> ExitCode {
@@ -81,10 +85,8 @@ fn stopped(signal: &str) -> ExitCode {
 }
 
 struct Supervisor {
-    shared: Arc<Shared>,
-    linker: Linker<GuestState>,
-    /// The guest the current instance (and the next restart) runs.
-    pre: CommandPre<GuestState>,
+    /// What runs: settings, imports, guest (a swap may change all three).
+    guest: Guest,
     /// The id the next instance gets: newer instances have larger ids.
     next_id: u64,
     current: Current,
@@ -92,6 +94,10 @@ struct Supervisor {
     /// Old instances serving the clients they have.
     draining: JoinSet<Drained>,
     failures: Failures,
+    /// Whether the current instance runs and the host is not stopping:
+    /// half of readiness (the other half is its listeners).
+    serving: Arc<AtomicBool>,
+    notifier: Notifier,
 }
 
 /// The instance offered new clients, or why there is none.
@@ -118,6 +124,8 @@ enum Event {
     RestartDue,
     Swap(SwapStep),
     Drained(Drained),
+    /// A listener's turn changed: readiness may have.
+    Turns,
 }
 
 impl Current {
@@ -135,26 +143,54 @@ impl Current {
 }
 
 impl Supervisor {
-    fn new(shared: Arc<Shared>, linker: Linker<GuestState>, pre: CommandPre<GuestState>) -> Self {
+    fn new(guest: Guest) -> Self {
         Supervisor {
             current: Current::Restarting(Instant::now()),
-            shared,
-            linker,
-            pre,
+            guest,
             next_id: 1,
             swap: None,
             draining: JoinSet::new(),
             failures: Failures::default(),
+            serving: Arc::new(AtomicBool::new(false)),
+            notifier: Notifier::from_env(),
         }
     }
 
-    fn start(&mut self, pre: &CommandPre<GuestState>) -> Instance {
+    /// Whether a guest serves every granted address (for `/readyz`).
+    fn readiness(&self) -> observe::Readiness {
+        let listeners = Arc::clone(&self.guest.shared.sandbox.listeners);
+        let serving = Arc::clone(&self.serving);
+        Arc::new(move || ready(&listeners, &serving))
+    }
+
+    /// Starts instance number `next_id` of `guest`.
+    fn start(&mut self, guest: &Guest) -> Instance {
         self.next_id += 1;
-        Instance::start(&self.shared, pre, self.next_id - 1)
+        Instance::start(&guest.shared, &guest.pre, self.next_id - 1)
+    }
+
+    /// Starts the current guest as the current instance.
+    fn start_current(&mut self) {
+        let (shared, pre) = (Arc::clone(&self.guest.shared), self.guest.pre.clone());
+        self.next_id += 1;
+        self.set_current(Current::Running(Instance::start(&shared, &pre, self.next_id - 1)));
+    }
+
+    fn set_current(&mut self, current: Current) {
+        self.serving.store(matches!(current, Current::Running(_)), Ordering::SeqCst);
+        self.current = current;
+        self.notify_readiness();
+    }
+
+    fn notify_readiness(&mut self) {
+        let listeners = &self.guest.shared.sandbox.listeners;
+        let ready = ready(listeners, &self.serving).is_ok();
+        self.notifier.readiness(ready, &self.guest.shared.sandbox.grants.summary());
     }
 
     async fn serve(mut self, mut signals: Signals) -> Result<ExitCode> {
-        self.current = Current::Running(self.start(&self.pre.clone()));
+        let mut turns = self.guest.shared.sandbox.listeners.turns();
+        self.start_current();
         loop {
             // No restart while a swap's new instance starts: the restarted
             // one would be newer, and take the listeners from it. The swap
@@ -166,6 +202,7 @@ impl Supervisor {
                 event = self.current.next(may_restart) => event,
                 step = swap::step(&mut self.swap) => Event::Swap(step),
                 Some(Ok(drained)) = self.draining.join_next() => Event::Drained(drained),
+                Ok(()) = turns.changed() => Event::Turns,
             };
             if let Some(exit) = self.handle(event, &mut signals).await {
                 return exit;
@@ -176,24 +213,36 @@ impl Supervisor {
     /// One event; `Some` with the host's exit when it is time to stop.
     async fn handle(&mut self, event: Event, signals: &mut Signals) -> Option<Result<ExitCode>> {
         match event {
-            Event::Signal(Received::Stop(signal)) => return Some(Ok(stopped(signal))),
+            Event::Signal(Received::Stop(signal)) => return Some(Ok(self.stop_now(signal))),
             Event::Signal(Received::Quit) => return Some(self.stop_gracefully(signals).await),
             Event::Signal(Received::Hangup) if self.swap.is_some() => {
                 tracing::warn!(event = "swap", "SIGHUP received while a swap is under way; ignored")
             }
-            Event::Signal(Received::Hangup) => self.swap = Some(Swap::load(&self.shared)),
+            Event::Signal(Received::Hangup) => {
+                self.notifier.reloading();
+                self.swap = Some(Swap::load(&self.guest.shared));
+            }
             Event::Ended(outcome) => return self.ended(outcome),
-            Event::RestartDue => self.current = Current::Running(self.start(&self.pre.clone())),
-            Event::Swap(SwapStep::Loaded(component)) => self.start_swap(component),
-            Event::Swap(SwapStep::TookOver(new, pre)) => self.took_over(new, pre),
-            Event::Swap(SwapStep::Failed) => return self.swap_failed(),
+            Event::RestartDue => self.start_current(),
+            Event::Swap(SwapStep::Loaded(component, settings)) => {
+                self.start_swap(component, settings)
+            }
+            Event::Swap(SwapStep::TookOver(new, guest)) => self.took_over(new, guest),
+            Event::Swap(SwapStep::Failed(why)) => return self.swap_failed(&why),
             Event::Drained(drained) => drained.log(),
+            Event::Turns => self.notify_readiness(),
         }
         None
     }
 
     fn swap_starting(&self) -> bool {
         matches!(self.swap, Some(Swap::Starting { .. }))
+    }
+
+    /// SIGINT or SIGTERM.
+    fn stop_now(&mut self, signal: &str) -> ExitCode {
+        self.notifier.stopping(&format!("{signal} received: stopping"));
+        stopped(signal)
     }
 
     /// The current instance ended: decide now, or after the swap under way.
@@ -211,7 +260,7 @@ impl Supervisor {
             "the running guest ended ({why}) while a new one is starting: the new one \
              serves if it takes over; if it does not, --restart decides"
         );
-        self.current = Current::AfterSwap(decision);
+        self.set_current(Current::AfterSwap(decision));
         None
     }
 
@@ -223,7 +272,7 @@ impl Supervisor {
                 tracing::info!("the guest finished");
                 Decision::Exit(Ok(ExitCode::SUCCESS))
             }
-            Err(failure) if self.shared.sandbox.settings.restart == Restart::OnFailure => {
+            Err(failure) if self.guest.shared.sandbox.settings.restart == Restart::OnFailure => {
                 Decision::Restart(failure)
             }
             Err(failure) => Decision::Exit(Err(failure)),
@@ -252,49 +301,59 @@ impl Supervisor {
                 );
                 // The text log shows no fields: the whole of it, on asking.
                 tracing::debug!("{failure:#}");
-                self.current = Current::Restarting(Instant::now() + delay);
+                self.set_current(Current::Restarting(Instant::now() + delay));
                 None
             }
         }
     }
 
-    /// The new guest loaded: link it and start an instance of it beside
-    /// the current one, which keeps serving meanwhile. (A restart that is
-    /// due waits for the swap's outcome.)
-    fn start_swap(&mut self, component: Component) {
+    /// The new guest loaded: link it for the settings just read and start
+    /// an instance of it beside the current one, which keeps serving
+    /// meanwhile. (A restart that is due waits for the swap's outcome.)
+    fn start_swap(&mut self, component: Component, settings: Settings) {
         self.swap = None;
-        let pre = match command_pre(&self.linker, &component) {
-            Ok(pre) => pre,
-            Err(e) => return swap::failed(&format!("{e:#}")),
+        let guest = match self.guest.next(settings, &component) {
+            Ok(guest) => guest,
+            Err(e) => {
+                let why = format!("{e:#}");
+                swap::failed(&why);
+                self.notifier.reloaded(Err(&why));
+                return;
+            }
         };
         // Where the new instance must listen to take over: where the current
         // one holds a listener; if it holds none (yet), every listener the
         // host keeps. Never nowhere: that would retire the current one for
         // an instance that serves no one.
-        let listeners = Arc::clone(&self.shared.sandbox.listeners);
+        let listeners = Arc::clone(&self.guest.shared.sandbox.listeners);
         let held = match &self.current {
             Current::Running(current) => listeners.held_by(current.tenant.id),
             _ => Vec::new(),
         };
         let required = if held.is_empty() { listeners.kept() } else { held };
-        let instance = self.start(&pre);
-        self.swap = Some(Swap::starting(instance, pre, required, &listeners));
+        let instance = self.start(&guest);
+        self.swap = Some(Swap::starting(instance, guest, required, &listeners));
     }
 
-    /// The new instance listens everywhere: it is the current one; the
-    /// old one (if any) serves only the clients it has.
-    fn took_over(&mut self, new: Instance, pre: CommandPre<GuestState>) {
-        self.shared.sandbox.listeners.retire_through(new.tenant.id - 1);
+    /// The new instance listens everywhere: it is the current one, and its
+    /// guest (and settings) are what runs from now on; the old one (if any)
+    /// serves only the clients it has.
+    fn took_over(&mut self, new: Instance, guest: Guest) {
+        self.guest.shared.sandbox.listeners.retire_through(new.tenant.id - 1);
+        let timeout = self.guest.shared.sandbox.settings.drain_timeout;
         let old = std::mem::replace(&mut self.current, Current::Running(new));
         if let Current::Running(old) = old {
-            let timeout = self.shared.sandbox.settings.drain_timeout;
             self.draining.spawn(swap::drain(old, timeout, "swap"));
         }
-        (self.pre, self.swap) = (pre, None);
+        (self.guest, self.swap) = (guest, None);
+        let current = std::mem::replace(&mut self.current, Current::Restarting(Instant::now()));
+        self.set_current(current);
+        self.notifier.reloaded(Ok(()));
     }
 
-    fn swap_failed(&mut self) -> Option<Result<ExitCode>> {
+    fn swap_failed(&mut self, why: &str) -> Option<Result<ExitCode>> {
         self.swap = None;
+        self.notifier.reloaded(Err(why));
         let Current::AfterSwap(_) = &self.current else { return None };
         let Current::AfterSwap(decision) =
             std::mem::replace(&mut self.current, Current::Restarting(Instant::now()))
@@ -304,16 +363,17 @@ impl Supervisor {
         self.carry_out(decision)
     }
 
-    /// SIGQUIT: no new clients for anyone; every instance (the current one,
-    /// one a swap was starting, and those still draining after a swap)
-    /// serves the clients it has until they leave or --drain-timeout
-    /// passes; then the host exits (with the error it was going to exit
-    /// with after a swap, if any). SIGINT or SIGTERM meanwhile stop it at
-    /// once; SIGHUP and another SIGQUIT change nothing.
+    /// SIGQUIT: no new clients for anyone (the host's listeners close);
+    /// every instance (the current one, one a swap was starting, and those
+    /// still draining after a swap) serves the clients it has until they
+    /// leave or --drain-timeout passes; then the host exits (with the error
+    /// it was going to exit with after a swap, if any).
     async fn stop_gracefully(&mut self, signals: &mut Signals) -> Result<ExitCode> {
         tracing::info!(event = "stop", "SIGQUIT received: taking no new clients");
-        self.shared.sandbox.listeners.stop_offering();
-        let timeout = self.shared.sandbox.settings.drain_timeout;
+        self.notifier.stopping("SIGQUIT received: serving the connected clients, then stopping");
+        self.serving.store(false, Ordering::SeqCst);
+        self.guest.shared.sandbox.listeners.stop_offering();
+        let timeout = self.guest.shared.sandbox.settings.drain_timeout;
         if let Some(Swap::Starting { instance, .. }) = self.swap.take() {
             self.draining.spawn(swap::drain(instance, timeout, "stop"));
         }
@@ -325,6 +385,16 @@ impl Supervisor {
             Current::AfterSwap(Decision::Exit(after_swap)) => exit = after_swap,
             _ => {}
         }
+        self.drain_all(signals, exit).await
+    }
+
+    /// Waits for every drain; SIGINT or SIGTERM meanwhile stop at once;
+    /// SIGHUP and another SIGQUIT change nothing.
+    async fn drain_all(
+        &mut self,
+        signals: &mut Signals,
+        exit: Result<ExitCode>,
+    ) -> Result<ExitCode> {
         loop {
             tokio::select! {
                 drained = self.draining.join_next() => match drained {
@@ -345,6 +415,18 @@ impl Supervisor {
                 },
             }
         }
+    }
+}
+
+/// Ready: a guest instance runs (not restarting, the host not stopping),
+/// and one has the turn on every granted address.
+fn ready(listeners: &Listeners, serving: &AtomicBool) -> Result<(), String> {
+    if !serving.load(Ordering::SeqCst) {
+        return Err("no guest instance runs now (starting, restarting, or stopping)".into());
+    }
+    match listeners.unserved() {
+        Some(addr) => Err(format!("no guest listens on {addr} yet")),
+        None => Ok(()),
     }
 }
 

@@ -28,7 +28,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Descriptors the host keeps for itself under the process's open-file limit.
-const HOST_DESCRIPTORS: usize = 64;
+pub(crate) const HOST_DESCRIPTORS: usize = 64;
 
 /// What the host runs, and with what.
 #[derive(Debug)]
@@ -48,6 +48,18 @@ pub struct Settings {
     pub cache_dir: Option<PathBuf>,
     /// `--nagle`: leave TCP_NODELAY off on the guest's connections.
     pub nagle: bool,
+    /// `--metrics ADDR:PORT`: where the host serves its metrics and health.
+    pub metrics: Option<SocketAddr>,
+    /// Where these settings came from, to read them again (SIGHUP).
+    pub source: Option<Source>,
+}
+
+/// The policy file and the command line a `Settings` was made from.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub policy: Option<PathBuf>,
+    pub flags: Choices,
+    pub run: Run,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +97,7 @@ pub enum LogFormat {
 
 /// What the operator chose, from the policy file or from the command line:
 /// the same names in both places.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Choices {
     #[serde(default)]
@@ -117,10 +129,11 @@ pub struct Choices {
     #[serde(default, with = "duration_text")]
     pub drain_timeout: Option<Duration>,
     pub restart: Option<Restart>,
+    pub metrics: Option<SocketAddr>,
 }
 
 /// What runs, besides the grants and limits.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Run {
     pub guest: Option<PathBuf>,
     pub guest_args: Vec<String>,
@@ -135,6 +148,7 @@ impl Settings {
     /// The policy file's choices combined with the command line's (`flags`),
     /// the one way the module documentation gives.
     pub fn new(run: Run, file: Choices, flags: Choices) -> Result<Settings> {
+        let limits = limits(&file, &flags)?;
         let listen =
             listen_grants(&run, file.listen, flags.listen, file.no_listen || flags.no_listen)?;
         let mut env = file.env;
@@ -148,30 +162,18 @@ impl Settings {
                 );
             }
         }
+        let metrics = flags.metrics.or(file.metrics);
+        if let Some(own) = metrics {
+            refuse_metrics_where_the_guest_listens(own, &listen)?;
+        }
         let grants = Grants {
             listen,
             connect: [file.allow_connect, flags.allow_connect].concat(),
             clients: [file.allow_client, flags.allow_client].concat(),
             udp: file.allow_udp || flags.allow_udp,
             dns: file.allow_dns || flags.allow_dns,
+            host_only: metrics,
         };
-        let limits = Limits {
-            max_memory: flags.max_memory.or(file.max_memory).unwrap_or(DEFAULT_MAX_MEMORY),
-            max_connections: flags
-                .max_connections
-                .or(file.max_connections)
-                .unwrap_or_else(default_max_connections),
-            cpu_budget: flags.cpu_budget.or(file.cpu_budget),
-            idle_timeout: flags.idle_timeout.or(file.idle_timeout),
-            send_timeout: flags.send_timeout.or(file.send_timeout).unwrap_or(DEFAULT_SEND_TIMEOUT),
-        };
-        // Zero would close every client at once, or reset every connection
-        // a guest closes with bytes still on their way.
-        for (name, value) in [("idle", limits.idle_timeout), ("send", Some(limits.send_timeout))] {
-            if value == Some(Duration::ZERO) {
-                bail!("`{name}-timeout` must be longer than 0");
-            }
-        }
         Ok(Settings {
             guest: run.guest,
             guest_args: run.guest_args,
@@ -187,7 +189,52 @@ impl Settings {
             trace: run.trace,
             cache_dir: run.cache_dir,
             nagle: file.nagle || flags.nagle,
+            metrics,
+            source: None,
         })
+    }
+
+    /// The settings as the policy file says now (with the same command
+    /// line): what SIGHUP applies to the next guest instance. Fails, with
+    /// the reason, if the file is wrong or asks for what only a restart
+    /// can change: the listen addresses, the socket cap, the metrics
+    /// address.
+    pub fn reloaded(&self) -> Result<Settings> {
+        let Some(source) = &self.source else { return Ok(self.clone_for_reload(None)) };
+        let file = match &source.policy {
+            Some(path) => read_policy(path)?,
+            None => Choices::default(),
+        };
+        let mut new = Settings::new(source.run.clone(), file, source.flags.clone())?;
+        let unchanged = |what: &str, same: bool| match same {
+            true => Ok(()),
+            false => Err(anyhow::anyhow!("the policy file changes {what}, which needs a restart")),
+        };
+        unchanged("the listen addresses", new.grants.listen == self.grants.listen)?;
+        let cap = new.limits.max_connections == self.limits.max_connections;
+        unchanged("max-connections (one socket cap for the whole host)", cap)?;
+        unchanged("the metrics address", new.metrics == self.metrics)?;
+        new.source = Some(source.clone());
+        Ok(new)
+    }
+
+    /// A copy (settings made without a source: nothing to read again).
+    fn clone_for_reload(&self, source: Option<Source>) -> Settings {
+        Settings {
+            guest: self.guest.clone(),
+            guest_args: self.guest_args.clone(),
+            grants: self.grants.clone(),
+            env: self.env.clone(),
+            dirs: self.dirs.clone(),
+            limits: self.limits,
+            restart: self.restart,
+            drain_timeout: self.drain_timeout,
+            trace: self.trace,
+            cache_dir: self.cache_dir.clone(),
+            nagle: self.nagle,
+            metrics: self.metrics,
+            source,
+        }
     }
 
     /// The guest's environment: LISTEN_ADDR (the granted addresses, if any), then
@@ -257,6 +304,44 @@ fn open_file_limit() -> Option<usize> {
         return None;
     }
     usize::try_from(limit.rlim_cur).ok()
+}
+
+/// The limits, flag over file over default.
+fn limits(file: &Choices, flags: &Choices) -> Result<Limits> {
+    let limits = Limits {
+        max_memory: flags.max_memory.or(file.max_memory).unwrap_or(DEFAULT_MAX_MEMORY),
+        max_connections: flags
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or_else(default_max_connections),
+        cpu_budget: flags.cpu_budget.or(file.cpu_budget),
+        idle_timeout: flags.idle_timeout.or(file.idle_timeout),
+        send_timeout: flags.send_timeout.or(file.send_timeout).unwrap_or(DEFAULT_SEND_TIMEOUT),
+    };
+    // Zero would close every client at once, or reset every connection a
+    // guest closes with bytes still on their way.
+    for (name, value) in [("idle", limits.idle_timeout), ("send", Some(limits.send_timeout))] {
+        if value == Some(Duration::ZERO) {
+            bail!("`{name}-timeout` must be longer than 0");
+        }
+    }
+    Ok(limits)
+}
+
+/// The metrics address is the host's alone: never one the guest may
+/// listen on. (Port 0 on either side: the system picks different ports.)
+fn refuse_metrics_where_the_guest_listens(own: SocketAddr, listen: &[SocketAddr]) -> Result<()> {
+    let overlaps = |grant: &&SocketAddr| {
+        grant.port() == own.port()
+            && own.port() != 0
+            && (grant.ip() == own.ip() || grant.ip().is_unspecified() || own.ip().is_unspecified())
+    };
+    match listen.iter().find(overlaps) {
+        Some(grant) => {
+            bail!("--metrics {own} is where the guest listens too ({grant}): choose another port")
+        }
+        None => Ok(()),
+    }
 }
 
 /// One line at start-up when `--max-connections` allows more sockets than

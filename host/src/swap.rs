@@ -1,8 +1,10 @@
 //! SIGHUP: swap the guest for a freshly loaded one without closing the
 //! port (the signal nginx and systemd's `ExecReload` use).
 //!
-//! 1. The guest file is loaded again, compiled off the serving thread; the
-//!    running instance serves meanwhile.
+//! 1. The policy file is read again (what it says applies to the new
+//!    instance; what only a restart can change is refused), and the guest
+//!    file is loaded again, compiled off the serving thread; the running
+//!    instance serves meanwhile.
 //! 2. A new instance starts beside it. As it binds the granted addresses it
 //!    is lent the same listeners; from then on the old instance is offered
 //!    no new clients (`Listeners::lend`).
@@ -18,27 +20,65 @@
 //! swap fails is served all the same (one the new instance had accepted
 //! goes with it). Each step is an audit event (`swap`).
 
-use crate::instance::Instance;
-use crate::instance::Shared;
+use crate::instance::{command_pre, Instance, Shared};
 use crate::metrics::{self, DrainOutcome, SwapOutcome};
-use crate::sandbox::GuestState;
-use crate::sockets::Listeners;
+use crate::sandbox::{self, GuestState, Sandbox};
+use crate::settings::Settings;
+use crate::sockets::{Listeners, SocketCap};
 use anyhow::Result;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use wasmtime::component::Component;
+use wasmtime::Engine;
 use wasmtime_wasi::p2::bindings::CommandPre;
 
 /// How long a new instance has to listen where the old one did.
 const LISTEN_WITHIN: Duration = Duration::from_secs(10);
 
+/// What runs: the settings and sandbox, and the guest linked for them.
+pub struct Guest {
+    pub shared: Arc<Shared>,
+    pub pre: CommandPre<GuestState>,
+}
+
+impl Guest {
+    /// `component`, linked for `settings`, with the host's engine, its
+    /// listeners and its one socket cap.
+    pub fn new(
+        engine: &Engine,
+        (listeners, cap): (&Arc<Listeners>, &Arc<SocketCap>),
+        settings: Settings,
+        component: &Component,
+    ) -> Result<Guest> {
+        let linker = sandbox::linker(engine, &settings)?;
+        let pre = command_pre(&linker, component)?;
+        let name = crate::guest::name(settings.guest.as_deref());
+        let argv = std::iter::once(name).chain(settings.guest_args.iter().cloned()).collect();
+        let sandbox = Sandbox {
+            grants: Arc::new(settings.grants.clone()),
+            settings: Arc::new(settings),
+            listeners: Arc::clone(listeners),
+            cap: Arc::clone(cap),
+            argv,
+        };
+        let shared = Arc::new(Shared { engine: engine.clone(), sandbox });
+        Ok(Guest { shared, pre })
+    }
+
+    /// Another guest, with new settings, in the same host.
+    pub fn next(&self, settings: Settings, component: &Component) -> Result<Guest> {
+        let Shared { engine, sandbox } = &*self.shared;
+        Guest::new(engine, (&sandbox.listeners, &sandbox.cap), settings, component)
+    }
+}
+
 pub enum Swap {
-    Loading(JoinHandle<Result<Component>>),
+    Loading(JoinHandle<Result<(Component, Settings)>>),
     Starting {
         instance: Instance,
-        pre: CommandPre<GuestState>,
+        guest: Guest,
         /// The places (kept listeners) the old instance held.
         required: Vec<usize>,
         listeners: Arc<Listeners>,
@@ -47,31 +87,34 @@ pub enum Swap {
 }
 
 pub enum SwapStep {
-    Loaded(Component),
-    TookOver(Instance, CommandPre<GuestState>),
-    Failed,
+    Loaded(Component, Settings),
+    TookOver(Instance, Guest),
+    Failed(String),
 }
 
 impl Swap {
+    /// Reads the policy file again and loads the guest file again.
     pub fn load(shared: &Arc<Shared>) -> Swap {
         let settings = &shared.sandbox.settings;
         let name = crate::guest::name(settings.guest.as_deref());
         tracing::info!(event = "swap", "SIGHUP received: loading {name} again, to swap it in");
-        let engine = shared.engine.clone();
-        let (path, cache) = (settings.guest.clone(), settings.cache_dir.clone());
+        let (engine, settings) = (shared.engine.clone(), Arc::clone(settings));
         Swap::Loading(tokio::spawn(async move {
-            crate::guest::load_in_background(&engine, path.as_deref(), cache.as_deref()).await
+            let new = settings.reloaded()?;
+            let (path, cache) = (new.guest.as_deref(), new.cache_dir.as_deref());
+            let component = crate::guest::load_in_background(&engine, path, cache).await?;
+            Ok((component, new))
         }))
     }
 
     pub fn starting(
         instance: Instance,
-        pre: CommandPre<GuestState>,
+        guest: Guest,
         required: Vec<usize>,
         listeners: &Arc<Listeners>,
     ) -> Swap {
         let (listeners, deadline) = (Arc::clone(listeners), Instant::now() + LISTEN_WITHIN);
-        Swap::Starting { instance, pre, required, listeners, deadline }
+        Swap::Starting { instance, guest, required, listeners, deadline }
     }
 }
 
@@ -80,7 +123,7 @@ pub async fn step(swap: &mut Option<Swap>) -> SwapStep {
     match swap {
         None => std::future::pending().await,
         Some(Swap::Loading(task)) => match task.await {
-            Ok(Ok(component)) => SwapStep::Loaded(component),
+            Ok(Ok((component, settings))) => SwapStep::Loaded(component, settings),
             Ok(Err(e)) => fail(&format!("{e:#}")),
             Err(e) => fail(&format!("loading the guest: {e}")),
         },
@@ -110,7 +153,7 @@ pub async fn step(swap: &mut Option<Swap>) -> SwapStep {
                     }
                 }
             }
-            let Some(Swap::Starting { instance, pre, .. }) = swap.take() else {
+            let Some(Swap::Starting { instance, guest, .. }) = swap.take() else {
                 unreachable!("matched above")
             };
             metrics::swapped(SwapOutcome::TookOver);
@@ -119,7 +162,7 @@ pub async fn step(swap: &mut Option<Swap>) -> SwapStep {
                 "swap: the new guest instance #{} listens on {where_} and takes every new client",
                 instance.tenant.id
             );
-            SwapStep::TookOver(instance, pre)
+            SwapStep::TookOver(instance, guest)
         }
     }
 }
@@ -132,7 +175,7 @@ pub fn failed(why: &str) {
 
 fn fail(why: &str) -> SwapStep {
     failed(why);
-    SwapStep::Failed
+    SwapStep::Failed(why.to_string())
 }
 
 /// How an old instance's drain ended.

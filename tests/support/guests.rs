@@ -107,3 +107,38 @@ pub fn find_tool(name: &str, var: &str) -> Option<PathBuf> {
     });
     from_env.or(prepared.is_file().then_some(prepared)).or(on_path)
 }
+
+/// The test's end of a guest's control connection (`swap-window`,
+/// `crash-on-bang`): a guest connects to it and waits until the test
+/// closes the connection.
+pub struct Control {
+    listener: std::net::TcpListener,
+}
+
+impl Control {
+    pub fn new() -> Control {
+        Control { listener: std::net::TcpListener::bind("127.0.0.1:0").unwrap() }
+    }
+
+    pub fn addr(&self) -> String {
+        self.listener.local_addr().unwrap().to_string()
+    }
+
+    /// Waits for the guest to connect (where the guest is then, its own
+    /// comment says).
+    pub fn accept(&self) -> std::net::TcpStream {
+        crate::support::harness::waiting_for(|| "the guest's control connection".to_string());
+        let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+        self.listener.set_nonblocking(true).unwrap();
+        loop {
+            match self.listener.accept() {
+                Ok((control, _)) => return control,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(std::time::Instant::now() < deadline, "the guest never connected");
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => panic!("accepting the control connection: {e}"),
+            }
+        }
+    }
+}

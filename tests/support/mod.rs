@@ -301,7 +301,9 @@ impl Host {
                 return line.clone();
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            // Every pipe closed: nothing more will come.
+            let ended = lines.iter().filter(|l| *l == EOF_MARK).count() == self.pipes;
+            if left.is_zero() || (ended && needle != EOF_MARK) {
                 drop(lines);
                 panic!("never saw {needle:?} (x{n})\n{}", self.report());
             }
@@ -433,6 +435,34 @@ pub fn reserved_addr() -> Reserved {
     holder.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
     let addr = holder.local_addr().unwrap().as_socket().unwrap();
     Reserved { _holder: holder, addr }
+}
+
+/// `GET path` over HTTP/1.1 (one request, then the connection closes):
+/// the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    harness::waiting_for(|| format!("an answer to GET {path} from {addr}"));
+    let mut stream = connect(addr);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    (status, body.to_string())
+}
+
+/// The value of one sample in a Prometheus exposition (`name` or
+/// `name{labels}` exactly as written).
+pub fn sample(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+impl Host {
+    /// The address the host serves metrics on, from its log.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let line = self.wait_for("serving metrics and health on http://");
+        line.rsplit("http://").next().unwrap().parse().unwrap()
+    }
 }
 
 /// A client that gives up reading or writing after PATIENCE.

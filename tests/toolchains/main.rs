@@ -1,7 +1,8 @@
 //! The tests that need something from outside Rust: the wasmtime CLI,
 //! componentize-py and componentize-js (guests from other toolchains),
-//! systemd's tools, kubernetes-validate, podman and the static host (the
-//! deployment files), root (a network namespace for the container image).
+//! Prometheus and promtool (the metrics), systemd's tools,
+//! kubernetes-validate, podman and the static host (the deployment files),
+//! root (a network namespace for the container image).
 //!
 //! A test whose needs are missing is shown as ignored, saying what it
 //! needs, and counted in the summary (`cargo test` prints "N ignored");
@@ -16,6 +17,7 @@ mod support;
 mod activation;
 mod deploy;
 mod elsewhere;
+mod observe;
 
 use libtest_mimic::{Arguments, Trial};
 use std::path::PathBuf;
@@ -60,6 +62,16 @@ fn main() {
             "activation::systemd_socket_activate_starts_the_host_on_the_first_client",
             [tool("systemd-socket-activate", "SYSTEMD_SOCKET_ACTIVATE")],
             |[a]| activation::systemd_socket_activate_starts_the_host_on_the_first_client(&a),
+        ),
+        trial(
+            "observe::prometheus_scrapes_the_host_and_promtool_accepts_its_metrics",
+            [tool("prometheus", "PROMETHEUS"), tool("promtool", "PROMTOOL")],
+            |[prometheus, promtool]| {
+                observe::prometheus_scrapes_the_host_and_promtool_accepts_its_metrics(
+                    &prometheus,
+                    &promtool,
+                )
+            },
         ),
         trial("deploy::the_systemd_units_verify_clean", [analyze()], |[a]| {
             deploy::the_systemd_units_verify_clean(&a)

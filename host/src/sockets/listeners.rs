@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{ready, Context as TaskContext, Poll, Waker};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
+use tokio::sync::watch;
 
 /// A bound TCP socket that is, or is about to be, listening.
 pub struct Listener {
@@ -115,6 +116,13 @@ impl Listener {
         reset
     }
 
+    /// Stops listening: the clients waiting are reset, new ones refused.
+    /// (The socket stays bound, so that nothing else takes the address
+    /// while the host finishes.)
+    pub fn close(&self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Read);
+    }
+
     /// Forgets that a client is waiting, until the system says so again:
     /// when none can be accepted for now (no descriptor left), so that the
     /// guest waits for the next event instead of finding its listener ready
@@ -135,11 +143,16 @@ pub struct Listeners {
     /// Instances with ids up to this one are offered no client again: they
     /// drain (after a swap), or the host stops gracefully.
     retired: AtomicU64,
+    /// Told whenever a turn changes (readiness may have).
+    turns: watch::Sender<()>,
 }
 
 struct Place {
     grant: SocketAddr,
     kept: Option<Arc<Listener>>,
+    /// Handed over by a service manager (socket activation): its socket
+    /// outlives the host, and queues clients while the host is away.
+    handed: bool,
     /// The guest instances holding a lease on it, oldest first.
     holders: Vec<Holder>,
     turn: Arc<Turn>,
@@ -179,20 +192,24 @@ impl Turn {
         }
     }
 
-    fn set(&self, current: u64) {
-        if self.current.swap(current, Ordering::SeqCst) != current {
-            let waiting =
-                std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));
-            waiting.into_iter().for_each(Waker::wake);
+    /// Gives the turn to `current`; whether that changed it.
+    fn set(&self, current: u64) -> bool {
+        if self.current.swap(current, Ordering::SeqCst) == current {
+            return false;
         }
+        let waiting = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+        waiting.into_iter().for_each(Waker::wake);
+        true
     }
 }
 
 impl Place {
     /// Gives the turn to the newest holder that listens and is not retired.
-    fn pass_turn(&self, retired: u64) {
+    fn pass_turn(&self, retired: u64, turns: &watch::Sender<()>) {
         let newest = self.holders.iter().rev().find(|h| h.listening && h.id > retired);
-        self.turn.set(newest.map_or(0, |h| h.id));
+        if self.turn.set(newest.map_or(0, |h| h.id)) {
+            turns.send_replace(());
+        }
     }
 }
 
@@ -215,7 +232,8 @@ impl Listeners {
             };
             let kept = socket.map(Listener::new).transpose().context("registering a listener")?;
             let turn = Arc::new(Turn { current: AtomicU64::new(0), waiting: Mutex::default() });
-            places.push(Mutex::new(Place { grant, kept, holders: Vec::new(), turn }));
+            let handed = handed.is_some();
+            places.push(Mutex::new(Place { grant, kept, handed, holders: Vec::new(), turn }));
         }
         if let Some((addr, _)) = activated.first() {
             bail!(
@@ -224,7 +242,8 @@ impl Listeners {
             );
         }
         spare::reserve();
-        Ok(Arc::new(Listeners { places, retired: AtomicU64::new(0) }))
+        let turns = watch::Sender::new(());
+        Ok(Arc::new(Listeners { places, retired: AtomicU64::new(0), turns }))
     }
 
     /// At bind(addr) by guest instance `holder`: a kept listener for this
@@ -271,7 +290,7 @@ impl Listeners {
             if place.grant.port() == 0 && place.grant.ip() == local.ip() && place.kept.is_none() {
                 place.kept = Some(Arc::clone(&listener));
                 place.holders.push(Holder { id: holder, listening: true });
-                place.pass_turn(self.retired.load(Ordering::SeqCst));
+                place.pass_turn(self.retired.load(Ordering::SeqCst), &self.turns);
                 return self.lease(index, &place, listener, holder);
             }
         }
@@ -294,7 +313,7 @@ impl Listeners {
     fn update(&self, index: usize, change: impl FnOnce(&mut Vec<Holder>)) {
         let mut place = lock(&self.places[index]);
         change(&mut place.holders);
-        place.pass_turn(self.retired.load(Ordering::SeqCst));
+        place.pass_turn(self.retired.load(Ordering::SeqCst), &self.turns);
     }
 
     /// The places guest instance `holder` holds a lease on.
@@ -329,9 +348,32 @@ impl Listeners {
         }
     }
 
-    /// Offers no client to any guest instance from now on (a graceful stop).
+    /// A graceful stop: offers no client to any guest instance from now
+    /// on, and closes the listeners the host opened, so that new clients
+    /// are refused at once rather than left waiting (one a service manager
+    /// handed over stays open: it queues clients for the next start).
     pub fn stop_offering(&self) {
         self.retire_through(u64::MAX);
+        for place in &self.places {
+            let place = lock(place);
+            if let (Some(listener), false) = (&place.kept, place.handed) {
+                listener.close();
+            }
+        }
+    }
+
+    /// The first granted address no guest instance serves now (no listener
+    /// kept there yet, or none with its turn); None when all are served.
+    pub fn unserved(&self) -> Option<SocketAddr> {
+        self.places.iter().map(lock).find_map(|place| {
+            let served = place.kept.is_some() && place.turn.current.load(Ordering::SeqCst) != 0;
+            (!served).then_some(place.grant)
+        })
+    }
+
+    /// Changes whenever a turn does (so readiness may have).
+    pub fn turns(&self) -> watch::Receiver<()> {
+        self.turns.subscribe()
     }
 
     /// The granted address of a place, for log lines.

@@ -1,0 +1,131 @@
+//! `--metrics ADDR:PORT`: the host's own small HTTP server, for operators
+//! and their tools, on a listener no guest is granted or can reach:
+//!
+//! - `GET /metrics`: the metrics (`metrics.rs`), in OpenMetrics' text
+//!   format to a client that asks for it (Prometheus does), else in
+//!   Prometheus' classic text format (0.0.4, what `promtool check
+//!   metrics` and older tools read);
+//! - `GET /healthz`: 200 while the host runs;
+//! - `GET /readyz`: 200 while a guest serves every granted address and the
+//!   host is not stopping, else 503 and why (for a load balancer, or
+//!   Kubernetes' readiness probe).
+//!
+//! A scrape is answered from atomics, never by asking the guest. Each
+//! connection gets a few seconds to send its request; a handful are served
+//! at once, the rest closed.
+
+use crate::metrics::METRICS;
+use anyhow::{Context, Result};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Connections served at once; more are closed.
+const AT_ONCE: usize = 8;
+/// How long a connection has to send its request.
+const REQUEST_WITHIN: Duration = Duration::from_secs(5);
+
+/// Whether a guest serves: `Err` says why not.
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Binds the metrics address (an address in use is an error at start).
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot serve metrics on {addr} (--metrics)"))?;
+    listener.set_nonblocking(true).context("setting the metrics listener non-blocking")?;
+    Ok(listener)
+}
+
+/// Serves the endpoints until the host exits.
+pub async fn serve(listener: std::net::TcpListener, ready: Readiness) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => return tracing::error!("cannot serve metrics: {e}"),
+    };
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(event = "metrics", %addr, "serving metrics and health on http://{addr}");
+    }
+    let at_once = Arc::new(Semaphore::new(AT_ONCE));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok(permit) = Arc::clone(&at_once).try_acquire_owned() else { continue };
+        let ready = Arc::clone(&ready);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let response = respond(&request, &ready);
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(REQUEST_WITHIN)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            drop(permit);
+        });
+    }
+}
+
+fn respond(request: &Request<Incoming>, ready: &Readiness) -> Response<Full<Bytes>> {
+    match request.uri().path() {
+        "/metrics" => {
+            METRICS.ready.set(i64::from(ready().is_ok()));
+            METRICS.log_lines_dropped.set(crate::output::dropped_lines());
+            let text = METRICS.encode();
+            let accept = request.headers().get(hyper::header::ACCEPT);
+            match accept.and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("openmetrics")) {
+                true => reply(StatusCode::OK, OPENMETRICS, text),
+                false => reply(StatusCode::OK, CLASSIC, classic(&text)),
+            }
+        }
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => match ready() {
+            Ok(()) => reply(StatusCode::OK, "text/plain", "ready\n".into()),
+            Err(why) => {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {why}\n"))
+            }
+        },
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "the endpoints are /metrics, /healthz, /readyz\n".into(),
+        ),
+    }
+}
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// OpenMetrics' text as Prometheus' classic format: a counter's HELP and
+/// TYPE lines name its `_total` samples, and there is no `# EOF`.
+fn classic(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines().filter(|line| *line != "# EOF") {
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|comment| {
+            let rest = line.strip_prefix(comment)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(&name).then(|| format!("{comment}{name}_total {tail}"))
+        });
+        text += renamed.as_deref().unwrap_or(line);
+        text.push('\n');
+    }
+    text
+}
+
+fn reply(status: StatusCode, kind: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(kind));
+    response
+}

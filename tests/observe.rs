@@ -1,0 +1,407 @@
+//! What operators see and rely on: metrics and health over HTTP
+//! (`--metrics`), systemd's notifications and `wasi-tcp-host reload`, a
+//! policy file read again on SIGHUP, journal priorities, and a log that
+//! never stalls serving.
+
+use crate::support::clients::echo;
+use crate::support::guests::{default_guest, installed, test_guest, Control};
+use crate::support::{connect, http_get, prepare, sample, with_timeouts, Host, HOST_BIN, PATIENCE};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The host on loopback ports the system picks, with metrics; returns
+/// once the guest listens.
+fn observed(args: &[&str]) -> (Host, SocketAddr, SocketAddr) {
+    let host = start_observed(args);
+    let (addr, metrics) = (host.listen_addr(), host.metrics_addr());
+    (host, addr, metrics)
+}
+
+/// The same, at once: for a guest that does not listen (yet).
+fn start_observed(args: &[&str]) -> Host {
+    let mut all = vec!["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"];
+    all.extend(args);
+    Host::start(&all)
+}
+
+/// Polls `/metrics` until `name` reads `value` (a scrape is a snapshot:
+/// the host counts a client it accepts a moment after the client connects).
+fn wait_for_sample(metrics: SocketAddr, name: &str, value: f64) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, text) = http_get(metrics, "/metrics");
+        assert_eq!(status, 200, "{text}");
+        if sample(&text, name) == Some(value) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{name} never read {value}:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `/readyz` until it answers 200.
+fn wait_until_ready(metrics: SocketAddr, host: &Host) {
+    let deadline = Instant::now() + PATIENCE;
+    while http_get(metrics, "/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "never ready\n{}", host.report());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The metrics count what happens: clients open and accepted, those
+/// turned away by reason, bytes both ways, guest starts; with build info.
+fn the_metrics_count_clients_bytes_and_refusals() {
+    let (host, addr, metrics) = observed(&["--allow-client", "127.0.0.1/32"]);
+    let clients: Vec<TcpStream> = (0..3)
+        .map(|i| {
+            let mut client = connect(addr);
+            assert!(echo(&mut client, format!("client {i}").as_bytes()));
+            client
+        })
+        .collect();
+    let text = wait_for_sample(metrics, "wasi_tcp_host_connections_open", 3.0);
+    assert_eq!(sample(&text, "wasi_tcp_host_connections_accepted_total"), Some(3.0), "{text}");
+    assert_eq!(sample(&text, "wasi_tcp_host_received_bytes_total"), Some(24.0), "{text}");
+    assert_eq!(sample(&text, "wasi_tcp_host_sent_bytes_total"), Some(24.0), "{text}");
+    assert_eq!(sample(&text, "wasi_tcp_host_guest_starts_total"), Some(1.0), "{text}");
+    assert!(text.contains("wasi_tcp_host_build_info{version=\""), "{text}");
+    assert!(text.contains("wasi_version=\"0.2.12\""), "{text}");
+    drop(clients);
+    wait_for_sample(metrics, "wasi_tcp_host_connections_open", 0.0);
+    // From 127.0.0.2, which --allow-client does not name.
+    let outsider =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    outsider.bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into()).unwrap();
+    let _ = outsider.connect(&addr.into());
+    let not_allowed = "wasi_tcp_host_clients_turned_away_total{reason=\"not_allowed\"}";
+    wait_for_sample(metrics, not_allowed, 1.0);
+    drop(host);
+}
+
+/// /healthz while the host runs; /readyz while a guest serves, 503 (and
+/// why) from the moment SIGQUIT arrives, while the host drains.
+fn health_and_readiness_follow_the_guest_and_a_graceful_stop() {
+    let (host, addr, metrics) = observed(&["--drain-timeout", "5m"]);
+    assert_eq!(http_get(metrics, "/healthz"), (200, "ok\n".to_string()));
+    wait_until_ready(metrics, &host);
+    let mut client = connect(addr);
+    assert!(echo(&mut client, b"before"));
+    host.signal(libc::SIGQUIT);
+    host.wait_for("stop: guest instance #1 takes no new clients");
+    let (status, body) = http_get(metrics, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready: "), "{body}");
+    assert_eq!(http_get(metrics, "/healthz").0, 200, "alive while draining");
+    assert!(echo(&mut client, b"still served"), "{}", host.report());
+    assert_eq!(http_get(metrics, "/nowhere").0, 404);
+}
+
+/// A guest that never gets to listen (it traps at start, and is
+/// restarted): the host is alive, never ready.
+fn a_guest_that_keeps_failing_is_never_ready() {
+    let trap = test_guest("trap");
+    let host = start_observed(&["--restart", "on-failure", trap.to_str().unwrap()]);
+    let metrics = host.metrics_addr();
+    host.wait_for("restarting it in");
+    assert_eq!(http_get(metrics, "/healthz").0, 200);
+    let (status, body) = http_get(metrics, "/readyz");
+    assert_eq!(status, 503, "{body}\n{}", host.report());
+    let text = http_get(metrics, "/metrics").1;
+    assert!(
+        sample(&text, "wasi_tcp_host_guest_failures_total{kind=\"trap\"}") >= Some(1.0),
+        "{text}"
+    );
+    assert!(sample(&text, "wasi_tcp_host_guest_restarts_total") >= Some(1.0), "{text}");
+    assert_eq!(sample(&text, "wasi_tcp_host_ready"), Some(0.0), "{text}");
+}
+
+/// A guest that served, failed and was restarted: not ready from its
+/// failure until the restarted instance listens (it waits for the test
+/// before it binds, so the test sees it started and not yet listening),
+/// then ready again.
+fn a_restarted_guest_is_ready_only_once_it_listens_again() {
+    let control = Control::new();
+    let guest = test_guest("crash-on-bang");
+    let env = format!("CONTROL={}", control.addr());
+    let host = start_observed(&[
+        "--restart",
+        "on-failure",
+        "--allow-connect",
+        &control.addr(),
+        "--env",
+        &env,
+        guest.to_str().unwrap(),
+    ]);
+    drop(control.accept());
+    let (addr, metrics) = (host.listen_addr(), host.metrics_addr());
+    wait_until_ready(metrics, &host);
+    let mut bang = connect(addr);
+    std::io::Write::write_all(&mut bang, b"!").unwrap();
+    let restarted = control.accept();
+    let (status, body) = http_get(metrics, "/readyz");
+    assert_eq!(status, 503, "ready while no guest listens: {body}\n{}", host.report());
+    assert!(body.contains("no guest listens on 127.0.0.1:"), "{body}");
+    let text = http_get(metrics, "/metrics").1;
+    assert_eq!(sample(&text, "wasi_tcp_host_ready"), Some(0.0), "{text}");
+    assert_eq!(sample(&text, "wasi_tcp_host_guest_restarts_total"), Some(1.0), "{text}");
+    drop(restarted);
+    wait_until_ready(metrics, &host);
+    let mut client = connect(addr);
+    assert!(echo(&mut client, b"served again"), "{}", host.report());
+}
+
+/// The guest can never reach the metrics: a connect there is denied even
+/// when --allow-connect names every port; and --metrics where the guest
+/// listens is refused at start.
+fn the_metrics_address_is_the_hosts_alone() {
+    let reserved = crate::support::reserved_addr();
+    let own = reserved.addr.to_string();
+    let probe = test_guest("sandbox-probe");
+    let (status, output) = Host::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        &own,
+        "--allow-connect",
+        "127.0.0.1:*",
+        probe.to_str().unwrap(),
+        "--",
+        "127.0.0.1:9",
+        &own,
+        "/nowhere",
+        "HOME",
+        "localhost",
+    ])
+    .wait();
+    assert!(status.success(), "{output}");
+    assert!(output.contains(&format!("connect {own}: refused")), "{output}");
+    assert!(
+        output.contains("it is the host's own metrics address, which no grant reaches"),
+        "{output}"
+    );
+
+    let (status, output) = Host::start(&["--listen", &own, "--metrics", &own]).wait();
+    assert!(!status.success());
+    assert!(output.contains("is where the guest listens too"), "{output}");
+}
+
+/// `Type=notify`: READY=1 once the guest listens, RELOADING=1 then READY=1
+/// (with the outcome) for each swap, STOPPING=1 at the end.
+fn systemd_hears_ready_reloading_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    let next = || {
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let (_guest_dir, file) = installed(&default_guest());
+    let mut cmd = crate::support::host_command();
+    cmd.env("NOTIFY_SOCKET", &path).args(["--listen", "127.0.0.1:0", file.to_str().unwrap()]);
+    let host = Host::start_command(&mut cmd);
+    let ready = next();
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=serving; granted: listen on 127.0.0.1:0"),
+        "{ready}"
+    );
+    host.signal(libc::SIGHUP);
+    assert!(next().starts_with("RELOADING=1\nMONOTONIC_USEC="));
+    assert_eq!(next(), "READY=1\nSTATUS=the new guest serves");
+    std::fs::write(&file, b"not a component").unwrap();
+    host.signal(libc::SIGHUP);
+    assert!(next().starts_with("RELOADING=1"));
+    let failed = next();
+    assert!(failed.starts_with("READY=1\nSTATUS=swap failed: "), "{failed}");
+    host.signal(libc::SIGTERM);
+    assert!(next().starts_with("STOPPING=1"));
+}
+
+/// `wasi-tcp-host reload PID` (the unit's ExecReload=): exit status 0 when
+/// the new guest serves, 1 and why when the swap fails.
+fn reload_waits_for_the_swap_and_fails_when_it_does() {
+    let runtime = tempfile::tempdir().unwrap();
+    let (_guest_dir, file) = installed(&default_guest());
+    let mut cmd = crate::support::host_command();
+    cmd.env("RUNTIME_DIRECTORY", runtime.path()).args([
+        "--listen",
+        "127.0.0.1:0",
+        file.to_str().unwrap(),
+    ]);
+    let host = Host::start_command(&mut cmd);
+    host.listen_addr();
+    let reload = || {
+        let out = Command::new(HOST_BIN)
+            .env("RUNTIME_DIRECTORY", runtime.path())
+            .args(["reload", &host.pid().to_string()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = reload();
+    assert!(ok && text.contains("the new guest serves"), "{text}\n{}", host.report());
+    std::fs::write(&file, b"not a component").unwrap();
+    let (ok, text) = reload();
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("swap failed: ") && text.contains("is not a WebAssembly component"),
+        "{text}"
+    );
+}
+
+/// SIGHUP reads the policy file again: a changed grant applies to the new
+/// instance; a change only a restart can make is refused, and the running
+/// guest goes on as it was.
+fn sighup_applies_a_changed_policy_and_refuses_what_needs_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "listen = [\"127.0.0.1:0\"]\n").unwrap();
+    let host = Host::start(&["--policy", policy.to_str().unwrap(), "--drain-timeout", "1s"]);
+    let addr = host.listen_addr();
+    assert!(echo(&mut connect(addr), b"let in"));
+
+    std::fs::write(&policy, "listen = [\"127.0.0.1:0\"]\nallow-client = [\"10.0.0.0/8\"]\n")
+        .unwrap();
+    host.signal(libc::SIGHUP);
+    host.wait_for("swap: the new guest instance #2 listens on 127.0.0.1:");
+    let turned_away = crate::support::connect_unless_reset(addr);
+    host.wait_for("denied: TCP client from 127.0.0.1");
+    if let Ok(mut client) = turned_away {
+        assert!(!echo(&mut client, b"shut out"), "{}", host.report());
+    }
+
+    std::fs::write(&policy, "listen = [\"127.0.0.1:0\", \"127.0.0.2:0\"]\n").unwrap();
+    host.signal(libc::SIGHUP);
+    let failed = host.wait_for("swap failed:");
+    assert!(
+        failed.contains("the policy file changes the listen addresses, which needs a restart"),
+        "{failed}"
+    );
+    assert!(!host.output().contains("instance #3"), "{}", host.report());
+}
+
+/// Under systemd (stderr is the journal, as JOURNAL_STREAM says), each log
+/// line starts with its syslog priority (6 for information, 4 for a
+/// warning); elsewhere, none does.
+fn under_the_journal_each_line_carries_its_priority() {
+    let script = "JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec \"$0\" \"$@\"";
+    let mut cmd = Command::new("sh");
+    let args = ["--listen", "127.0.0.1:0", "--allow-client", "127.0.0.2/32"];
+    prepare(&mut cmd).args(["-c", script, HOST_BIN]).args(args);
+    let host = Host::start_command(&mut cmd);
+    let line = host.wait_for("guest listening on ");
+    assert!(line.starts_with("<6>"), "{line}");
+    let _denied = TcpStream::connect(host.listen_addr());
+    let line = host.wait_for("denied: ");
+    assert!(line.starts_with("<4>"), "a warning: {line}");
+    host.signal(libc::SIGTERM);
+    let (_, output) = host.wait();
+    assert!(
+        output.lines().filter(|l| l.contains(" INFO ")).all(|l| l.starts_with("<6>")),
+        "{output}"
+    );
+    // A stderr that is not the journal gets no prefix, whatever the variable says.
+    let mut cmd = crate::support::host_command();
+    cmd.env("JOURNAL_STREAM", "1:1").args(["--listen", "127.0.0.1:0"]);
+    let host = Host::start_command(&mut cmd);
+    assert!(!host.wait_for("guest listening on ").starts_with('<'));
+}
+
+/// A log nobody reads (a full pipe) never stalls serving: with --trace, an
+/// echo writes several lines; ten thousand echoes go on long after the
+/// pipe is full, and the lines that did not fit are counted.
+fn a_log_nobody_reads_never_stalls_serving() {
+    let mut cmd = Command::new(HOST_BIN);
+    cmd.args(["--listen", "127.0.0.1:0", "--trace", "--metrics", "127.0.0.1:0"])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let _unread = child.stderr.take().unwrap();
+    // The addresses, without reading the log: the guest's listener and the
+    // metrics are found where the host listens (its only two listeners).
+    let listening = listening_ports(child.id(), 2);
+    let mut echoed = 0;
+    let mut addr = None;
+    for port in &listening {
+        let candidate = SocketAddr::from(([127, 0, 0, 1], *port));
+        if let Ok(stream) = TcpStream::connect(candidate) {
+            let mut client = with_timeouts(stream);
+            if echo(&mut client, b"hello") {
+                addr = Some((candidate, client));
+            }
+        }
+    }
+    let (addr, mut client) = addr.expect("the guest's port");
+    for i in 0..10_000 {
+        assert!(echo(&mut client, format!("echo {i}").as_bytes()), "stalled after {i} echoes");
+        echoed += 1;
+    }
+    let metrics = listening
+        .iter()
+        .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+        .find(|a| *a != addr)
+        .unwrap();
+    let text = http_get(metrics, "/metrics").1;
+    let dropped = sample(&text, "wasi_tcp_host_log_lines_dropped").unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(echoed, 10_000);
+    assert!(dropped > 0.0, "no line was dropped: the pipe never filled?\n{text}");
+}
+
+/// The TCP ports process `pid` listens on (from /proc/net/tcp), once there
+/// are `n` of them.
+fn listening_ports(pid: u32, n: usize) -> Vec<u16> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|fds| {
+                fds.flatten()
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                    .filter_map(|l| {
+                        l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(String::from)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let ports: Vec<u16> = table
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let listening = fields.get(3) == Some(&"0A")
+                    && inodes.iter().any(|i| Some(&i.as_str()) == fields.get(9));
+                let port = fields.get(1)?.rsplit(':').next()?;
+                listening.then(|| u16::from_str_radix(port, 16).ok()).flatten()
+            })
+            .collect();
+        if ports.len() >= n {
+            return ports;
+        }
+        assert!(Instant::now() < deadline, "the host never listened on {n} ports: {ports:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    crate::tests![
+        the_metrics_count_clients_bytes_and_refusals,
+        health_and_readiness_follow_the_guest_and_a_graceful_stop,
+        a_guest_that_keeps_failing_is_never_ready,
+        a_restarted_guest_is_ready_only_once_it_listens_again,
+        the_metrics_address_is_the_hosts_alone,
+        systemd_hears_ready_reloading_and_stopping,
+        reload_waits_for_the_swap_and_fails_when_it_does,
+        sighup_applies_a_changed_policy_and_refuses_what_needs_a_restart,
+        under_the_journal_each_line_carries_its_priority,
+        a_log_nobody_reads_never_stalls_serving,
+    ]
+}

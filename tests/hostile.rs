@@ -1,11 +1,11 @@
 //! Guests that try to exhaust the machine, or to get past the grants, and
 //! what the host does about it.
 
+use crate::support::clients::assert_reset;
 use crate::support::guests::test_guest;
 use crate::support::traffic::reset;
 use crate::support::{assert_echoes, connect, host_command, Host};
-use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
+use std::io::{Read, Write};
 use std::time::Duration;
 
 fn guest(name: &str) -> String {
@@ -317,13 +317,6 @@ fn with_json_logs_connects_udp_binds_and_denials_name_their_address() {
 /// The host turned `client` away with a reset (before the guest saw it):
 /// reading fails with ConnectionReset. A read that times out instead (the
 /// client was left waiting, or served) fails the test.
-fn assert_reset(client: &mut TcpStream) {
-    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    match client.read(&mut [0u8; 1]) {
-        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
-        other => panic!("expected a reset, got {other:?}"),
-    }
-}
 
 pub fn tests() -> Vec<libtest_mimic::Trial> {
     use crate::support::need;

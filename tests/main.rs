@@ -18,6 +18,7 @@ mod meta;
 mod nodelay;
 mod observe;
 mod operate;
+mod per_client;
 mod sandbox;
 mod shutdown;
 mod sockets;
@@ -41,6 +42,7 @@ pub fn all() -> Vec<libtest_mimic::Trial> {
         nodelay::tests(),
         observe::tests(),
         operate::tests(),
+        per_client::tests(),
         sandbox::tests(),
         shutdown::tests(),
         sockets::tests(),

@@ -2,6 +2,7 @@
 //! guests written to get around it: sockets dropped with their streams
 //! kept, several memories, pollables without end, sends left behind.
 
+use crate::support::clients::assert_reset;
 use crate::support::guests::test_guest;
 use crate::support::{connect, connect_unless_reset, Host};
 use std::io::{ErrorKind, Read};
@@ -249,15 +250,6 @@ fn component_from_wat(wat: &str) -> tempfile::NamedTempFile {
     let file = tempfile::Builder::new().suffix(".wasm").tempfile().unwrap();
     std::fs::write(file.path(), bytes).unwrap();
     file
-}
-
-/// The host turned `client` away with a reset before the guest saw it.
-fn assert_reset(client: &mut TcpStream) {
-    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    match client.read(&mut [0u8; 1]) {
-        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
-        other => panic!("expected a reset, got {other:?}"),
-    }
 }
 
 /// Reads what was sent, until the reset that ends it.

@@ -145,6 +145,19 @@ pub struct Args {
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
 
+    /// One guest instance per client, the inetd way: the host accepts each
+    /// client itself and starts a fresh instance whose stdin reads from the
+    /// connection and whose stdout writes to it (REMOTE_ADDR and
+    /// REMOTE_PORT in its environment). Any command-line component serves;
+    /// it needs no sockets.
+    #[arg(long)]
+    pub per_client: bool,
+
+    /// The threads that run guest instances with --per-client [default:
+    /// the number of cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
     /// How the host writes its log lines to stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -195,6 +208,8 @@ impl Args {
             drain_timeout: self.drain_timeout.map(Into::into),
             restart: self.restart,
             metrics: self.metrics,
+            per_client: self.per_client,
+            threads: self.threads,
         };
         let source = Source { policy, flags: flags.clone(), run: run.clone() };
         let mut settings = Settings::new(run, file, flags)?;

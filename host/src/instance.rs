@@ -6,7 +6,7 @@ use crate::epoch::EPOCH_TICK;
 use crate::limits;
 use crate::log_limit::Kind;
 use crate::metrics::{self, Failure, METRICS};
-use crate::sandbox::{self, GuestState, Sandbox};
+use crate::sandbox::{self, GuestState, Sandbox, Stdio};
 use crate::sockets::Tenant;
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
@@ -33,7 +33,7 @@ impl Instance {
     /// Starts instance number `id` of `pre`.
     pub fn start(shared: &Arc<Shared>, pre: &CommandPre<GuestState>, id: u64) -> Instance {
         let tenant = Tenant::new(id);
-        let run = run_once(Arc::clone(shared), pre.clone(), Arc::clone(&tenant));
+        let run = run_once(Arc::clone(shared), pre.clone(), Arc::clone(&tenant), Stdio::Host);
         Instance { tenant, task: tokio::spawn(run) }
     }
 
@@ -56,14 +56,15 @@ impl Drop for Instance {
 }
 
 /// One instance of the guest, from instantiation to the end of `run`.
-async fn run_once(
+pub async fn run_once(
     shared: Arc<Shared>,
     pre: CommandPre<GuestState>,
     tenant: Arc<Tenant>,
+    stdio: Stdio,
 ) -> Result<()> {
     let Shared { engine, sandbox } = &*shared;
     let limits = sandbox.settings.limits;
-    let state = GuestState::new(sandbox, tenant)?;
+    let state = GuestState::new(sandbox, tenant, stdio)?;
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limits);
     // The guest's handles, of the host's resources and of its own
@@ -100,7 +101,7 @@ async fn run_once(
         Ok(Ok(())) => Ok(()),
         Ok(Err(())) => {
             metrics::guest_failed(Failure::Exit);
-            bail!("the guest exited with an error (its `run` returned `err`)")
+            Err(Exited(None).into())
         }
         Err(e) => match e.downcast_ref::<I32Exit>() {
             Some(I32Exit(0)) => Ok(()),
@@ -145,7 +146,7 @@ fn guest_failure(e: wasmtime::Error, state: &mut GuestState) -> anyhow::Error {
 
 fn describe_failure(e: wasmtime::Error, state: &mut GuestState) -> (Failure, anyhow::Error) {
     if let Some(exit) = e.downcast_ref::<I32Exit>() {
-        return (Failure::Exit, anyhow::anyhow!("the guest exited with status {}", exit.0));
+        return (Failure::Exit, Exited(Some(exit.0)).into());
     }
     if let Some(spent) = e.downcast_ref::<CpuBudgetSpent>() {
         let why =
@@ -228,6 +229,22 @@ fn table_full(state: &mut GuestState) -> anyhow::Error {
     }
     anyhow::anyhow!("the guest was stopped: {why}")
 }
+
+/// The guest ended on purpose, with a failure status: an exit status other
+/// than 0, or `run` returning `err`.
+#[derive(Debug)]
+pub struct Exited(Option<i32>);
+
+impl std::fmt::Display for Exited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(status) => write!(f, "the guest exited with status {status}"),
+            None => write!(f, "the guest exited with an error (its `run` returned `err`)"),
+        }
+    }
+}
+
+impl std::error::Error for Exited {}
 
 #[derive(Debug)]
 struct CpuBudgetSpent(Duration);

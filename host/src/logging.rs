@@ -45,7 +45,8 @@ pub fn init(format: LogFormat) -> Guards {
             .with(fmt.with_ansi(std::io::stderr().is_terminal()).fmt_fields(
                 tracing_subscriber::fmt::format::debug_fn(
                     |writer, field, value| match field.name() {
-                        "message" => write!(writer, "{value:?}"),
+                        // `client`: the span of a --per-client instance.
+                        "message" | "client" => write!(writer, "{value:?}"),
                         _ => Ok(()),
                     },
                 ),

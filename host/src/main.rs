@@ -22,6 +22,7 @@ mod metrics;
 mod notify;
 mod observe;
 mod output;
+mod per_client;
 mod policy;
 mod run;
 mod sandbox;
@@ -96,14 +97,26 @@ fn serve(args: cli::Args) -> anyhow::Result<ExitCode> {
     let handed = run::handed_sockets()?;
     let handed_addrs: Vec<_> = handed.iter().map(|h| h.addr).collect();
     let settings = args.into_settings(&handed_addrs)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .on_thread_park(epoch::runtime_parks)
-        .on_thread_unpark(epoch::runtime_wakes)
-        .build();
+    let runtime = match settings.per_client {
+        // Many instances, on every core. The epoch ticker ticks throughout:
+        // one thread parking says nothing of the others.
+        true => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(settings.threads)
+            .enable_all()
+            .build(),
+        // One instance at a time runs, on this thread.
+        false => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .on_thread_park(epoch::runtime_parks)
+            .on_thread_unpark(epoch::runtime_wakes)
+            .build(),
+    };
     let runtime =
         runtime.map_err(|e| anyhow::Error::new(e).context("starting the async runtime"))?;
-    let result = runtime.block_on(run::run(settings, handed));
+    let result = match settings.per_client {
+        true => runtime.block_on(per_client::run(settings, handed)),
+        false => runtime.block_on(run::run(settings, handed)),
+    };
     // Do not wait for stray blocking I/O (say, a write to a closed terminal).
     runtime.shutdown_timeout(Duration::from_millis(100));
     result

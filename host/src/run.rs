@@ -77,7 +77,7 @@ pub async fn run(settings: Settings, handed: Vec<Handed>) -> Result<ExitCode> {
     supervisor.serve(signals).await
 }
 
-fn stopped(signal: &str) -> ExitCode {
+pub(crate) fn stopped(signal: &str) -> ExitCode {
     // Returning drops every instance (cancelling it wherever it is) and its
     // store, which closes its sockets.
     tracing::info!(event = "stop", "{signal} received: stopping the guest");

@@ -27,9 +27,11 @@ use crate::trace::Tracer;
 use crate::wasi_version::versioned;
 use anyhow::{Context, Result};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use wasmtime::component::{Linker, Resource, ResourceTable, ResourceType};
 use wasmtime::{Engine, StoreContextMut};
+use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p2::bindings::filesystem::types::Descriptor;
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::ResolveAddressStream;
 use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddressFamily, Network};
@@ -63,9 +65,20 @@ pub struct Sandbox {
     pub argv: Vec<String>,
 }
 
+/// Where an instance's stdin and stdout lead.
+pub enum Stdio {
+    /// An empty stdin; stdout the host's (`guest_output.rs`).
+    Host,
+    /// One client's connection (`--per-client`): stdin reads from it,
+    /// stdout writes to it; REMOTE_ADDR and REMOTE_PORT name it.
+    Client { stdin: AsyncStdinStream, stdout: AsyncStdoutStream, peer: SocketAddr },
+}
+
 /// Everything the host keeps per guest instance.
 pub struct GuestState {
     wasi: WasiCtx,
+    /// What `get-environment` answers.
+    env: Vec<(String, String)>,
     table: ResourceTable,
     pub limits: GuestLimits,
     sockets: SocketsCtx,
@@ -90,11 +103,24 @@ impl GuestState {
     /// A fresh instance's view of the world: `argv`, its environment, its
     /// directories, the network its grants allow, and the listeners the
     /// host keeps for it.
-    pub fn new(sandbox: &Sandbox, tenant: Arc<Tenant>) -> Result<Self> {
+    pub fn new(sandbox: &Sandbox, tenant: Arc<Tenant>, stdio: Stdio) -> Result<Self> {
         let Sandbox { settings, grants, listeners, cap, argv } = sandbox;
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(GuestOutput::stdout(tenant.id)).stderr(GuestOutput::stderr(tenant.id));
-        wasi.args(argv).envs(&settings.guest_env());
+        let mut env = settings.guest_env();
+        match stdio {
+            Stdio::Host => {
+                wasi.stdout(GuestOutput::stdout(tenant.id));
+                wasi.stderr(GuestOutput::stderr(tenant.id));
+            }
+            Stdio::Client { stdin, stdout, peer } => {
+                // Its stderr's lines name the client: the instance runs in its span.
+                wasi.stdin(stdin).stdout(stdout).stderr(GuestOutput::stderr(tenant.id));
+                // The names systemd gives an `Accept=yes` service.
+                env.push(("REMOTE_ADDR".to_string(), peer.ip().to_string()));
+                env.push(("REMOTE_PORT".to_string(), peer.port().to_string()));
+            }
+        }
+        wasi.args(argv).envs(&env);
         for dir in &settings.dirs {
             let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
             wasi.preopened_dir(&dir.host, &dir.guest, perms)
@@ -130,6 +156,7 @@ impl GuestState {
         table.set_max_capacity(table_capacity(settings.limits.max_connections));
         Ok(GuestState {
             wasi: wasi.build(),
+            env,
             table,
             limits: GuestLimits::new(settings.limits.max_memory),
             sockets,
@@ -161,16 +188,18 @@ pub fn linker(engine: &Engine, settings: &Settings) -> Result<Linker<GuestState>
     }
 
     // The guest sees only the variables the host set for it.
-    let env = settings.guest_env();
-    let shown = match env.is_empty() {
-        true => "no variables".to_string(),
-        false => env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ") + " only",
-    };
     linker.instance(&versioned("wasi:cli/environment"))?.func_wrap(
         "get-environment",
-        move |_, ()| {
+        move |store: StoreContextMut<GuestState>, ()| {
             static READ: Kind = Kind::info("reads of the environment");
+            let env = &store.data().env;
             if READ.admit() {
+                let shown = match env.is_empty() {
+                    true => "no variables".to_string(),
+                    false => {
+                        env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ") + " only"
+                    }
+                };
                 tracing::info!(
                     event = "environment",
                     "guest read its environment: it sees {shown}; the host's variables are not shared"

@@ -4,10 +4,11 @@
 //! - lists (`listen`, `allow-connect`, `allow-client`, `env`, `dir`): the
 //!   file's entries, then the command line's (an `env` key given on the
 //!   command line replaces the file's);
-//! - switches (`no-listen`, `allow-udp`, `allow-dns`, `nagle`): on if either
-//!   turns them on (`no-listen` with a `listen` address anywhere is an error);
+//! - switches (`no-listen`, `allow-udp`, `allow-dns`, `nagle`,
+//!   `per-client`): on if either turns them on (`no-listen` with a `listen` address anywhere is an error);
 //! - single values (`max-memory`, `max-connections`, `cpu-budget`,
-//!   `idle-timeout`, `send-timeout`, `drain-timeout`, `restart`): the
+//!   `idle-timeout`, `send-timeout`, `drain-timeout`, `restart`, `metrics`,
+//!   `threads`): the
 //!   command line over the file, the file over the default.
 //!
 //! An unknown key in the file is an error, never ignored.
@@ -50,6 +51,11 @@ pub struct Settings {
     pub nagle: bool,
     /// `--metrics ADDR:PORT`: where the host serves its metrics and health.
     pub metrics: Option<SocketAddr>,
+    /// `--per-client`: one guest instance per client, the connection its
+    /// stdin and stdout (`per_client/`).
+    pub per_client: bool,
+    /// `--threads N`: the async runtime's threads in `--per-client` mode.
+    pub threads: usize,
     /// Where these settings came from, to read them again (SIGHUP).
     pub source: Option<Source>,
 }
@@ -130,6 +136,9 @@ pub struct Choices {
     pub drain_timeout: Option<Duration>,
     pub restart: Option<Restart>,
     pub metrics: Option<SocketAddr>,
+    #[serde(default)]
+    pub per_client: bool,
+    pub threads: Option<usize>,
 }
 
 /// What runs, besides the grants and limits.
@@ -149,6 +158,8 @@ impl Settings {
     /// the one way the module documentation gives.
     pub fn new(run: Run, file: Choices, flags: Choices) -> Result<Settings> {
         let limits = limits(&file, &flags)?;
+        let per_client = file.per_client || flags.per_client;
+        let threads = threads(&file, &flags, per_client)?;
         let listen =
             listen_grants(&run, file.listen, flags.listen, file.no_listen || flags.no_listen)?;
         let mut env = file.env;
@@ -161,6 +172,11 @@ impl Settings {
                     dir.host.display()
                 );
             }
+        }
+        if per_client && listen.is_empty() {
+            bail!(
+                "`per-client` serves the clients of a listen address, but `no-listen` grants none"
+            );
         }
         let metrics = flags.metrics.or(file.metrics);
         if let Some(own) = metrics {
@@ -190,6 +206,8 @@ impl Settings {
             cache_dir: run.cache_dir,
             nagle: file.nagle || flags.nagle,
             metrics,
+            per_client,
+            threads,
             source: None,
         })
     }
@@ -214,8 +232,18 @@ impl Settings {
         let cap = new.limits.max_connections == self.limits.max_connections;
         unchanged("max-connections (one socket cap for the whole host)", cap)?;
         unchanged("the metrics address", new.metrics == self.metrics)?;
+        unchanged("per-client", new.per_client == self.per_client)?;
+        unchanged("threads", new.threads == self.threads)?;
         new.source = Some(source.clone());
         Ok(new)
+    }
+
+    /// What an instance per client (`--per-client`) is granted: the same,
+    /// less the listen addresses, which the host listens on itself.
+    pub fn for_each_client(&self) -> Settings {
+        let mut settings = self.clone_for_reload(self.source.clone());
+        settings.grants.listen.clear();
+        settings
     }
 
     /// A copy (settings made without a source: nothing to read again).
@@ -233,6 +261,8 @@ impl Settings {
             cache_dir: self.cache_dir.clone(),
             nagle: self.nagle,
             metrics: self.metrics,
+            per_client: self.per_client,
+            threads: self.threads,
             source,
         }
     }
@@ -304,6 +334,20 @@ fn open_file_limit() -> Option<usize> {
         return None;
     }
     usize::try_from(limit.rlim_cur).ok()
+}
+
+/// The runtime's threads, flag over file over the number of cores.
+/// (One guest instance runs on one thread, so only `per-client` uses more.)
+fn threads(file: &Choices, flags: &Choices, per_client: bool) -> Result<usize> {
+    let cores = || std::thread::available_parallelism().map_or(1, |n| n.get());
+    match flags.threads.or(file.threads) {
+        Some(_) if !per_client => {
+            bail!("`threads` applies to `per-client` only: one guest instance runs on one thread")
+        }
+        Some(0) => bail!("`threads` must be at least 1"),
+        Some(n) => Ok(n),
+        None => Ok(cores()),
+    }
 }
 
 /// The limits, flag over file over default.

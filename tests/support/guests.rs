@@ -64,6 +64,8 @@ fn build_test_guests() -> PathBuf {
             "lesson-exercises",
             "--package",
             "guest-rust-std",
+            "--package",
+            "guest-per-client",
         ])
         .env("CARGO_TARGET_DIR", &target_dir)
         .env_remove("RUSTFLAGS")

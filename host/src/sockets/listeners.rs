@@ -458,7 +458,7 @@ fn lock(place: &Mutex<Place>) -> MutexGuard<'_, Place> {
 /// Binds, without listening, an address the host will keep: the port is
 /// reserved from now on, and a client connecting before the guest listens
 /// is refused (and may retry) rather than queued.
-fn bind_reserved(addr: SocketAddr) -> anyhow::Result<Socket> {
+pub fn bind_reserved(addr: SocketAddr) -> anyhow::Result<Socket> {
     let socket = new_socket(addr).context("creating a socket for a listen address")?;
     match socket.bind(&SockAddr::from(addr)) {
         Ok(()) => Ok(socket),

@@ -37,14 +37,14 @@ mod listeners;
 mod options;
 mod poll;
 mod send;
-mod spare;
+pub mod spare;
 mod streams;
 mod tcp;
 mod tenant;
 
 pub use cap::{Asker, Place, SocketCap};
 pub use connection::Timeouts;
-pub use listeners::Listeners;
+pub use listeners::{bind_reserved, Listeners};
 pub use tcp::TcpSocket;
 pub use tenant::Tenant;
 

@@ -1,0 +1,213 @@
+//! `--per-client`: one guest instance per client, the inetd way.
+//!
+//! The host listens on each `--listen` address itself. For every client it
+//! accepts (after `--allow-client`) it starts a fresh instance of the
+//! guest, whose stdin reads from the connection and whose stdout writes to
+//! it (`stdio.rs`, `client.rs`). Any `wasi:cli` command serves, sockets or
+//! not: `cat` is an echo server.
+//!
+//! - Isolation: instances share nothing but the compiled code; a trap or a
+//!   memory bomb costs one client. `--max-memory` and `--cpu-budget` apply
+//!   to each instance.
+//! - `--max-connections` caps the instances alive at once. A client beyond
+//!   it is not accepted: it waits in the listen backlog for a place,
+//!   rather than being turned away.
+//! - Instances come from wasmtime's pooling allocator (`pool.rs`), on a
+//!   runtime with `--threads` threads: one instance runs on one thread at
+//!   a time, and many instances use every core.
+//! - SIGHUP loads the guest (and the policy) again: new clients get the
+//!   new guest, and the instances running finish with the old one.
+//!   SIGQUIT closes the listeners and waits up to `--drain-timeout` for
+//!   the instances running; SIGINT and SIGTERM stop them all at once.
+
+mod client;
+mod listen;
+mod pool;
+mod stdio;
+
+use crate::epoch::EpochTicker;
+use crate::notify::Notifier;
+use crate::observe;
+use crate::run::Handed;
+use crate::settings::Settings;
+use crate::signals::{Received, Signals};
+use crate::sockets::{Listeners, SocketCap};
+use crate::swap::Guest;
+use anyhow::{Context, Result};
+use client::Clients;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+use wasmtime::component::Component;
+use wasmtime::Engine;
+
+pub async fn run(settings: Settings, handed: Vec<Handed>) -> Result<ExitCode> {
+    let mut signals = Signals::install()?;
+    let listeners = listen::open(&settings.grants.listen, handed)?;
+    let metrics = settings.metrics.map(observe::bind).transpose()?;
+    let limits = settings.limits;
+    crate::settings::warn_if_the_cap_exceeds_the_descriptors(limits.max_connections);
+    let config = pool::config(limits.max_connections, limits.max_memory.0);
+    let engine = Engine::new(&config)
+        .map_err(anyhow::Error::from)
+        .context("reserving the pool of guest instances")?;
+    let (path, cache) = (settings.guest.as_deref(), settings.cache_dir.as_deref());
+    let component = tokio::select! {
+        loaded = crate::guest::load_in_background(&engine, path, cache) => loaded?,
+        signal = signals.stop() => return Ok(crate::run::stopped(signal)),
+    };
+    let _ticker = EpochTicker::start(&engine)?;
+    let name = crate::guest::name(settings.guest.as_deref());
+    let settings = Arc::new(settings);
+    let guest = link(&engine, &settings, &component, SocketCap::new(limits.max_connections))?;
+    let clients = Clients::new(guest, &settings);
+    tracing::info!(
+        "running {name}, one instance per client ({} threads); granted: {}; everything else is \
+         denied",
+        settings.threads,
+        settings.grants.summary()
+    );
+    let accepting: Vec<JoinHandle<()>> =
+        listeners.into_iter().map(|l| tokio::spawn(Arc::clone(&clients).accept(l))).collect();
+    let stopping = Arc::new(AtomicBool::new(false));
+    if let Some(metrics) = metrics {
+        let stopping = Arc::clone(&stopping);
+        let ready: observe::Readiness = Arc::new(move || match stopping.load(Ordering::SeqCst) {
+            true => Err("stopping: no new clients".to_string()),
+            false => Ok(()),
+        });
+        tokio::spawn(observe::serve(metrics, ready));
+    }
+    let mut server = Server { engine, settings, clients, accepting, stopping };
+    server.serve(signals).await
+}
+
+/// `component` linked for an instance per client: the host's sandbox, with
+/// no listen address of its own (the host listens) and nothing to lend.
+/// The one socket cap (`cap`) counts the clients' connections and the
+/// sockets the instances open, whichever guest they run.
+fn link(
+    engine: &Engine,
+    settings: &Settings,
+    component: &Component,
+    cap: Arc<SocketCap>,
+) -> Result<Guest> {
+    let none = Listeners::open(&[], Vec::new())?;
+    Guest::new(engine, (&none, &cap), settings.for_each_client(), component)
+}
+
+struct Server {
+    engine: Engine,
+    settings: Arc<Settings>,
+    clients: Arc<Clients>,
+    accepting: Vec<JoinHandle<()>>,
+    /// For `/readyz`: false from SIGQUIT on.
+    stopping: Arc<AtomicBool>,
+}
+
+/// SIGHUP: the guest and the policy, loading.
+type Loading = JoinHandle<Result<(Guest, Arc<Settings>)>>;
+
+enum Event {
+    Signal(Received),
+    Loaded(Result<(Guest, Arc<Settings>)>),
+}
+
+async fn loaded(loading: &mut Option<Loading>) -> Event {
+    let Some(handle) = loading else { return std::future::pending().await };
+    let outcome = handle.await.context("loading the guest").and_then(|loaded| loaded);
+    *loading = None;
+    Event::Loaded(outcome)
+}
+
+impl Server {
+    async fn serve(&mut self, mut signals: Signals) -> Result<ExitCode> {
+        let mut notifier = Notifier::from_env();
+        notifier.readiness(true, &self.settings.grants.summary());
+        let mut loading: Option<Loading> = None;
+        loop {
+            let event = tokio::select! {
+                received = signals.next() => Event::Signal(received),
+                event = loaded(&mut loading) => event,
+            };
+            match event {
+                Event::Signal(Received::Stop(signal)) => {
+                    notifier.stopping(&format!("{signal} received: stopping"));
+                    return Ok(crate::run::stopped(signal));
+                }
+                Event::Signal(Received::Quit) => {
+                    notifier.stopping("SIGQUIT received: serving the clients connected");
+                    return Ok(self.stop_gracefully(&mut signals).await);
+                }
+                Event::Signal(Received::Hangup) if loading.is_some() => tracing::warn!(
+                    event = "swap",
+                    "SIGHUP received while a swap is under way; ignored"
+                ),
+                Event::Signal(Received::Hangup) => {
+                    notifier.reloading();
+                    loading = Some(self.load_again());
+                }
+                Event::Loaded(Ok((guest, settings))) => {
+                    self.clients.swap(guest);
+                    self.settings = settings;
+                    notifier.reloaded(Ok(()));
+                }
+                Event::Loaded(Err(e)) => {
+                    let why = format!("{e:#}");
+                    crate::swap::failed(&why);
+                    notifier.reloaded(Err(&why));
+                }
+            }
+        }
+    }
+
+    /// SIGHUP: the policy file and the guest file, read again, off the
+    /// serving threads.
+    fn load_again(&self) -> Loading {
+        let name = crate::guest::name(self.settings.guest.as_deref());
+        tracing::info!(event = "swap", "SIGHUP received: loading {name} again, for new clients");
+        let (engine, settings) = (self.engine.clone(), Arc::clone(&self.settings));
+        let cap = self.clients.cap();
+        tokio::spawn(async move {
+            let new = settings.reloaded()?;
+            let (path, cache) = (new.guest.as_deref(), new.cache_dir.as_deref());
+            let component = crate::guest::load_in_background(&engine, path, cache).await?;
+            let guest = link(&engine, &new, &component, cap)?;
+            Ok((guest, Arc::new(new)))
+        })
+    }
+
+    /// SIGQUIT: no new clients (the listeners close), and those connected
+    /// are served until they leave or `--drain-timeout` passes.
+    async fn stop_gracefully(&mut self, signals: &mut Signals) -> ExitCode {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.accepting.iter().for_each(JoinHandle::abort);
+        for accepting in self.accepting.drain(..) {
+            let _ = accepting.await;
+        }
+        let (open, timeout) = (self.clients.open(), self.settings.drain_timeout);
+        tracing::info!(
+            event = "stop",
+            "SIGQUIT received: the listeners are closed; serving the {open} clients connected \
+             until they leave (at most {})",
+            humantime::format_duration(timeout)
+        );
+        let ended = tokio::select! {
+            ended = tokio::time::timeout(timeout, self.clients.all_left()) => ended.is_ok(),
+            signal = signals.stop() => {
+                tracing::info!(event = "stop", "{signal} received: stopping every instance");
+                return ExitCode::SUCCESS;
+            }
+        };
+        match ended {
+            true => tracing::info!(event = "stop", "stop: every client has left; stopped"),
+            false => tracing::warn!(
+                event = "stop",
+                "stop: --drain-timeout passed with {} clients connected; stopping their instances",
+                self.clients.open()
+            ),
+        }
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,87 @@
+//! A guest for `--per-client`: echoes stdin to stdout, and on a command
+//! letter in what it reads, does what a broken or hostile guest would:
+//!
+//! - `!` traps (a panic); `M` allocates until the memory limit stops it;
+//!   `S` spins for ever (the CPU budget stops it); `X` exits with a failure status (WASI 0.2 has only
+//!   success and failure: the host sees 1);
+//! - `E` writes `REMOTE_ADDR=... REMOTE_PORT=... VARS=<names>` and a newline;
+//! - `K` keeps what follows it in a static; `R` writes back what this
+//!   instance keeps (`(nothing)` in a fresh one): one client's instance
+//!   must never see another's memory.
+//!
+//! With the argument `work=N` it computes N thousand rounds of a
+//! multiply-add before echoing each read (a fixed amount of CPU, not of
+//! time: for the benchmark's threads figure).
+
+use std::io::{Read, Write};
+use std::sync::Mutex;
+
+static KEPT: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+fn main() {
+    let work = std::env::args()
+        .find_map(|a| a.strip_prefix("work=").and_then(|n| n.parse::<u64>().ok()))
+        .unwrap_or(0);
+    let (mut input, mut output) = (std::io::stdin().lock(), std::io::stdout().lock());
+    let mut buffer = [0u8; 4096];
+    loop {
+        let n = match input.read(&mut buffer) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let got = &buffer[..n];
+        if let Some(at) = got.iter().position(|&b| b == b'K') {
+            *KEPT.lock().unwrap() = got[at + 1..].to_vec();
+        }
+        let reply: Vec<u8> = match got {
+            _ if got.contains(&b'!') => panic!("this guest traps on '!'"),
+            _ if got.contains(&b'M') => allocate_for_ever(),
+            _ if got.contains(&b'S') => spin(),
+            _ if got.contains(&b'X') => std::process::exit(3),
+            _ if got.contains(&b'E') => environment().into_bytes(),
+            _ if got.contains(&b'R') => match KEPT.lock().unwrap().clone() {
+                kept if kept.is_empty() => b"(nothing)".to_vec(),
+                kept => kept,
+            },
+            _ => {
+                busy(work);
+                got.to_vec()
+            }
+        };
+        if output.write_all(&reply).and_then(|()| output.flush()).is_err() {
+            return;
+        }
+    }
+}
+
+fn environment() -> String {
+    let get = |name: &str| std::env::var(name).unwrap_or_default();
+    let names: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+    format!(
+        "REMOTE_ADDR={} REMOTE_PORT={} VARS={}\n",
+        get("REMOTE_ADDR"),
+        get("REMOTE_PORT"),
+        names.join(",")
+    )
+}
+
+fn allocate_for_ever() -> ! {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hoard.push(vec![1u8; 1 << 20]);
+    }
+}
+
+fn spin() -> ! {
+    let mut x: u64 = 0;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+}
+
+fn busy(thousands: u64) {
+    let mut x: u64 = 0;
+    for _ in 0..thousands * 1000 {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+}

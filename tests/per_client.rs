@@ -1,0 +1,247 @@
+//! `--per-client`: one guest instance per client, the connection its stdin
+//! and stdout. The lesson's guest, a guest that misbehaves on command
+//! (`stdio-tricks`), and the limits, each per instance.
+
+use crate::support::clients::{assert_reset, echo};
+use crate::support::guests::{install, installed, test_guest};
+use crate::support::{assert_echoes, connect, pattern, Host};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+/// A host serving `guest` one instance per client, and its address.
+fn per_client(guest: &str, args: &[&str]) -> (Host, SocketAddr) {
+    let guest = test_guest(guest).display().to_string();
+    let mut all = vec!["--per-client", "--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    all.push(&guest);
+    let host = Host::start(&all);
+    let addr = listening_on(&host, 1);
+    (host, addr)
+}
+
+/// The address from the n-th "per-client: listening on ADDR" line.
+fn listening_on(host: &Host, n: usize) -> SocketAddr {
+    let line = host.wait_for_nth("per-client: listening on ", n);
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// One line of text back from one write.
+fn ask(client: &mut TcpStream, question: &[u8]) -> String {
+    client.write_all(question).unwrap();
+    let mut answer = vec![0; 256];
+    let n = client.read(&mut answer).unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+/// The lesson's guest, a plain stdin-to-stdout loop, echoes three clients
+/// at once, 100 kB each, to the byte and to the end of the stream; its
+/// stderr reaches the log, each line marked with the client's instance.
+fn the_lesson_guest_echoes_every_client_through_stdin_and_stdout() {
+    let (host, addr) = per_client("echo-stdio", &[]);
+    let clients: Vec<_> = (0..3)
+        .map(|seed| std::thread::spawn(move || assert_echoes(addr, &pattern(100_000, seed))))
+        .collect();
+    clients.into_iter().for_each(|c| c.join().unwrap());
+    let first = connect(addr);
+    let peer = first.local_addr().unwrap();
+    let line = host.wait_for(&format!("{peer}}}: serving 127.0.0.1"));
+    assert!(line.contains("instance{#4 "), "the fourth client's instance is #4: {line}");
+    drop(first);
+    host.wait_for(&format!("{peer}}}: 127.0.0.1 left"));
+}
+
+/// The instance's environment: REMOTE_ADDR and REMOTE_PORT name its
+/// client, beside the operator's --env, and nothing else (no LISTEN_ADDR:
+/// the guest listens nowhere).
+fn the_environment_names_the_client() {
+    let (_host, addr) = per_client("stdio-tricks", &["--env", "GREETING=hello"]);
+    let mut client = connect(addr);
+    let port = client.local_addr().unwrap().port();
+    let expected =
+        format!("REMOTE_ADDR=127.0.0.1 REMOTE_PORT={port} VARS=GREETING,REMOTE_ADDR,REMOTE_PORT\n");
+    assert_eq!(ask(&mut client, b"E"), expected);
+}
+
+/// Nothing is shared between instances but the compiled code: what one
+/// client's instance keeps in memory, another's cannot read.
+fn one_clients_instance_never_sees_anothers_memory() {
+    let (_host, addr) = per_client("stdio-tricks", &[]);
+    let mut first = connect(addr);
+    assert_eq!(ask(&mut first, b"Ksecret of the first"), "Ksecret of the first");
+    assert_eq!(ask(&mut first, b"R"), "secret of the first", "an instance keeps its own");
+    let mut second = connect(addr);
+    assert_eq!(ask(&mut second, b"R"), "(nothing)", "another client's instance is fresh");
+}
+
+/// A guest that traps on one client's input costs that client alone: it
+/// is reset, one line names it, and 100 other clients connected at the
+/// same time all echo, before and after.
+fn a_trap_costs_only_its_own_client() {
+    let (host, addr) = per_client("stdio-tricks", &[]);
+    let mut others: Vec<TcpStream> = (0..100).map(|_| connect(addr)).collect();
+    for (i, client) in others.iter_mut().enumerate() {
+        assert!(echo(client, format!("before {i}").as_bytes()), "{}", host.report());
+    }
+    let mut victim = connect(addr);
+    let peer = victim.local_addr().unwrap();
+    victim.write_all(b"!").unwrap();
+    assert_reset(&mut victim);
+    let line = host.wait_for(&format!("its client {peer} was reset"));
+    assert!(line.contains("the guest trapped"), "{line}");
+    for (i, client) in others.iter_mut().enumerate() {
+        assert!(echo(client, format!("after {i}").as_bytes()), "{}", host.report());
+    }
+}
+
+/// --max-memory and --cpu-budget bound each instance: a client whose
+/// instance allocates without end, and one whose instance spins, are
+/// reset, each with the limit named; a third client's instance, started
+/// before both, echoes throughout.
+fn memory_and_cpu_limits_apply_to_each_instance() {
+    let (host, addr) = per_client("stdio-tricks", &["--max-memory", "32MiB", "--cpu-budget", "1s"]);
+    let mut bystander = connect(addr);
+    assert!(echo(&mut bystander, b"before"));
+    let mut hoarder = connect(addr);
+    hoarder.write_all(b"M").unwrap();
+    assert_reset(&mut hoarder);
+    host.wait_for("after reaching its memory limit of 32MiB (--max-memory)");
+    let mut spinner = connect(addr);
+    spinner.write_all(b"S").unwrap();
+    assert_reset(&mut spinner);
+    host.wait_for("used up its CPU budget of 1s (--cpu-budget)");
+    assert!(echo(&mut bystander, b"after"), "{}", host.report());
+}
+
+/// A guest that exits with a failure status closes its client's
+/// connection the ordinary way (a FIN, not a reset), after what it wrote.
+fn an_exit_closes_the_connection_after_what_the_guest_wrote() {
+    let (host, addr) = per_client("stdio-tricks", &[]);
+    let mut client = connect(addr);
+    assert!(echo(&mut client, b"some bytes"));
+    client.write_all(b"X").unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).expect("end of stream, not a reset");
+    assert!(rest.is_empty(), "{rest:?}");
+    host.wait_for("the guest exited with status 1; closing the connection");
+}
+
+/// --max-connections caps the instances alive at once. The client beyond
+/// it is not turned away: it waits in the listen backlog (the system's
+/// own queue shows it there), and is served as soon as a place frees.
+fn a_client_beyond_the_cap_waits_in_the_backlog_until_a_place_frees() {
+    let (host, addr) = per_client("echo-stdio", &["--max-connections", "2"]);
+    let mut first = connect(addr);
+    let mut second = connect(addr);
+    assert!(echo(&mut first, b"one") && echo(&mut second, b"two"));
+    let mut third = connect(addr);
+    third.write_all(b"three").unwrap();
+    wait_for_accept_queue(addr, 1);
+    drop(first);
+    let mut back = [0u8; 5];
+    third.read_exact(&mut back).expect("the waiting client is served, not reset");
+    assert_eq!(&back, b"three", "{}", host.report());
+    assert!(echo(&mut second, b"still two"));
+}
+
+/// Waits until `n` connections wait to be accepted on the listener at
+/// `addr` (Linux shows them as the listener's receive queue).
+fn wait_for_accept_queue(addr: SocketAddr, n: usize) {
+    crate::support::harness::waiting_for(|| format!("{n} clients in the backlog of {addr}"));
+    let local = format!("{:08X}:{:04X}", u32::from_le_bytes([127, 0, 0, 1]), addr.port());
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let queued = table.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local address, state 0A (LISTEN), then tx_queue:rx_queue.
+            (fields[1] == local && fields[3] == "0A")
+                .then(|| usize::from_str_radix(fields[4].split(':').nth(1).unwrap(), 16).unwrap())
+        });
+        if queued == Some(n) {
+            return;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// --allow-client turns a client away before any instance starts for it.
+fn a_client_not_allowed_gets_no_instance() {
+    let (host, addr) = per_client("echo-stdio", &["--allow-client", "10.0.0.0/8"]);
+    let mut client = connect(addr);
+    let peer = client.local_addr().unwrap();
+    host.wait_for(&format!("denied: TCP client from {peer}"));
+    assert_reset(&mut client);
+    assert!(!host.output().contains("serving"), "{}", host.report());
+}
+
+/// --trace shows each read from stdin and write to stdout as the recv and
+/// send they are, every line marked with the client's instance.
+fn trace_marks_every_line_with_the_clients_instance() {
+    let (host, addr) = per_client("echo-stdio", &["--trace-data"]);
+    let mut client = connect(addr);
+    let peer = client.local_addr().unwrap();
+    assert!(echo(&mut client, b"hello"));
+    host.wait_for(&format!("instance{{#1 {peer}}}: trace: recv() -> 5 bytes"));
+    host.wait_for(&format!("instance{{#1 {peer}}}: trace: send(5) -> 5 bytes"));
+    host.wait_for("stdout \"hello\"");
+}
+
+/// SIGHUP: new clients get the guest file as it is now; a client already
+/// connected keeps the instance it has, of the old guest.
+fn sighup_gives_new_clients_the_new_guest() {
+    let (_dir, file) = installed(&test_guest("echo-stdio"));
+    let host = Host::start(&["--per-client", "--listen", "127.0.0.1:0", file.to_str().unwrap()]);
+    let addr = listening_on(&host, 1);
+    let mut old = connect(addr);
+    assert!(echo(&mut old, b"E"), "the old guest echoes everything");
+    install(&test_guest("stdio-tricks"), &file);
+    host.signal(libc::SIGHUP);
+    host.wait_for("swap: new clients get the new guest; the 1 instances running finish");
+    let mut new = connect(addr);
+    assert!(ask(&mut new, b"E").starts_with("REMOTE_ADDR=127.0.0.1"), "{}", host.report());
+    assert!(echo(&mut old, b"E"), "the connected client keeps the old guest");
+}
+
+/// SIGQUIT: the listener closes at once (a new client is refused), and
+/// the clients connected are served until they leave; then the host exits.
+fn sigquit_refuses_new_clients_and_serves_those_connected() {
+    let (host, addr) = per_client("echo-stdio", &["--drain-timeout", "5m"]);
+    let mut client = connect(addr);
+    assert!(echo(&mut client, b"before"));
+    host.signal(libc::SIGQUIT);
+    host.wait_for("SIGQUIT received: the listeners are closed; serving the 1 clients connected");
+    match TcpStream::connect(addr) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        other => panic!("a client after SIGQUIT got {other:?}\n{}", host.report()),
+    }
+    assert!(echo(&mut client, b"still served"), "{}", host.report());
+    drop(client);
+    let (status, output) = host.wait();
+    assert!(status.success(), "{output}");
+    assert!(output.contains("stop: every client has left; stopped"), "{output}");
+}
+
+/// Options that make no sense together are refused with one line.
+fn threads_without_per_client_is_refused() {
+    let host = Host::start(&["--threads", "2", "--listen", "127.0.0.1:0"]);
+    let (status, output) = host.wait();
+    assert!(!status.success());
+    assert!(output.contains("`threads` applies to `per-client` only"), "{output}");
+}
+
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    crate::tests![
+        the_lesson_guest_echoes_every_client_through_stdin_and_stdout,
+        the_environment_names_the_client,
+        one_clients_instance_never_sees_anothers_memory,
+        a_trap_costs_only_its_own_client,
+        memory_and_cpu_limits_apply_to_each_instance,
+        an_exit_closes_the_connection_after_what_the_guest_wrote,
+        #[cfg(target_os = "linux")]
+        a_client_beyond_the_cap_waits_in_the_backlog_until_a_place_frees,
+        a_client_not_allowed_gets_no_instance,
+        trace_marks_every_line_with_the_clients_instance,
+        sighup_gives_new_clients_the_new_guest,
+        sigquit_refuses_new_clients_and_serves_those_connected,
+        threads_without_per_client_is_refused,
+    ]
+}

@@ -125,6 +125,17 @@ fn an_exit_closes_the_connection_after_what_the_guest_wrote() {
     host.wait_for("the guest exited with status 1; closing the connection");
 }
 
+/// What the guest wrote before `run` returned reaches the client before
+/// the connection closes, even when the guest never flushed it.
+fn what_the_guest_wrote_is_sent_before_the_connection_closes() {
+    let (host, addr) = per_client("stdio-tricks", &[]);
+    let mut client = connect(addr);
+    client.write_all(b"W").unwrap();
+    let mut back = Vec::new();
+    client.read_to_end(&mut back).expect("the bytes, then end of stream");
+    assert_eq!(back.len(), 60_000, "{}", host.report());
+}
+
 /// --max-connections caps the instances alive at once. The client beyond
 /// it is not turned away: it waits in the listen backlog (the system's
 /// own queue shows it there), and is served as soon as a place frees.
@@ -236,6 +247,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         a_trap_costs_only_its_own_client,
         memory_and_cpu_limits_apply_to_each_instance,
         an_exit_closes_the_connection_after_what_the_guest_wrote,
+        what_the_guest_wrote_is_sent_before_the_connection_closes,
         #[cfg(target_os = "linux")]
         a_client_beyond_the_cap_waits_in_the_backlog_until_a_place_frees,
         a_client_not_allowed_gets_no_instance,

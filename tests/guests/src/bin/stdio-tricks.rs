@@ -4,6 +4,8 @@
 //! - `!` traps (a panic); `M` allocates until the memory limit stops it;
 //!   `S` spins for ever (the CPU budget stops it); `X` exits with a failure status (WASI 0.2 has only
 //!   success and failure: the host sees 1);
+//! - `W` writes 60 000 bytes in one non-blocking write, no flush, and
+//!   returns at once: the host must still send them before it closes;
 //! - `E` writes `REMOTE_ADDR=... REMOTE_PORT=... VARS=<names>` and a newline;
 //! - `K` keeps what follows it in a static; `R` writes back what this
 //!   instance keeps (`(nothing)` in a fresh one): one client's instance
@@ -38,6 +40,7 @@ fn main() {
             _ if got.contains(&b'M') => allocate_for_ever(),
             _ if got.contains(&b'S') => spin(),
             _ if got.contains(&b'X') => std::process::exit(3),
+            _ if got.contains(&b'W') => return write_and_leave(),
             _ if got.contains(&b'E') => environment().into_bytes(),
             _ if got.contains(&b'R') => match KEPT.lock().unwrap().clone() {
                 kept if kept.is_empty() => b"(nothing)".to_vec(),
@@ -63,6 +66,14 @@ fn environment() -> String {
         get("REMOTE_PORT"),
         names.join(",")
     )
+}
+
+fn write_and_leave() {
+    let stdout = wasi::cli::stdout::get_stdout();
+    let bytes = vec![b'w'; 60_000];
+    stdout.subscribe().block();
+    assert!(stdout.check_write().unwrap() >= bytes.len() as u64);
+    stdout.write(&bytes).unwrap();
 }
 
 fn allocate_for_ever() -> ! {

@@ -37,6 +37,18 @@ fn a_std_guest_shows_every_capability_it_could_ask_for() {
     }
 }
 
+/// A command that reads stdin and opens no socket can serve one instance
+/// per client; the socket-serving default guest cannot (it listens itself).
+fn inspect_says_which_guests_serve_one_instance_per_client() {
+    let (ok, output) = inspect(&[test_guest("echo-stdio").to_str().unwrap()]);
+    assert!(ok, "{output}");
+    assert!(output.contains("one instance per client (--per-client): yes"), "{output}");
+    let (ok, output) = inspect(&["--json", default_guest().to_str().unwrap()]);
+    assert!(ok, "{output}");
+    let report: serde_json::Value = serde_json::from_str(&output).unwrap();
+    assert_eq!((&report["runnable"], &report["per_client"]), (&true.into(), &false.into()));
+}
+
 fn json_names_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("needs-more.wasm");
@@ -48,6 +60,7 @@ fn json_names_what_is_missing() {
     assert!(ok, "{output}");
     let report: serde_json::Value = serde_json::from_str(&output).unwrap();
     assert_eq!(report["runnable"], false);
+    assert_eq!(report["per_client"], false);
     assert_eq!(report["exports_run"], false);
     assert_eq!(report["missing"], serde_json::json!(["example:missing/api"]));
     assert_eq!(report["imports"]["example:missing"], serde_json::json!(["api"]));
@@ -68,6 +81,7 @@ fn a_core_module_is_named_as_such() {
 
 pub fn tests() -> Vec<libtest_mimic::Trial> {
     crate::tests![
+        inspect_says_which_guests_serve_one_instance_per_client,
         the_echo_guest_imports_only_what_an_echo_server_needs,
         a_std_guest_shows_every_capability_it_could_ask_for,
         json_names_what_is_missing,

@@ -53,11 +53,15 @@ const CAPABILITIES: &[(&str, &[&str], &str)] = &[
     ("UDP", &["wasi:sockets/udp", "wasi:sockets/udp-create-socket"], "denied unless --allow-udp"),
     ("name lookup", &["wasi:sockets/ip-name-lookup"], "denied unless --allow-dns"),
     ("files", &["wasi:filesystem/types", "wasi:filesystem/preopens"], "no directory unless --dir"),
-    ("environment variables", &["wasi:cli/environment"], "LISTEN_ADDR, plus each --env; never the host's own"),
+    (
+        "environment variables",
+        &["wasi:cli/environment"],
+        "LISTEN_ADDR (with --per-client: REMOTE_ADDR and REMOTE_PORT), plus each --env; never the host's own",
+    ),
     (
         "standard streams",
         &["wasi:cli/stdin", "wasi:cli/stdout", "wasi:cli/stderr"],
-        "stdout and stderr shown in the host's output; stdin empty",
+        "stdout and stderr shown in the host's output, stdin empty; with --per-client, stdin and stdout are the client's connection",
     ),
     ("clocks", &["wasi:clocks/monotonic-clock", "wasi:clocks/wall-clock"], "always available"),
     ("random numbers", &["wasi:random/random", "wasi:random/insecure", "wasi:random/insecure-seed"], "always available"),
@@ -74,6 +78,9 @@ pub struct Report {
     missing: Vec<String>,
     exports_run: bool,
     runnable: bool,
+    /// It can serve one instance per client (`--per-client`): it runs, and
+    /// does not open TCP sockets of its own (it would try to listen).
+    per_client: bool,
 }
 
 #[derive(Serialize)]
@@ -106,12 +113,15 @@ pub fn read(path: &Path) -> Result<Report> {
         })
         .map(|(name, _, grant)| Capability { name, grant })
         .collect();
+    let tcp = imports.iter().any(|name| unversioned(name) == "wasi:sockets/tcp-create-socket");
+    let runnable = missing.is_empty() && exports_run;
     Ok(Report {
         file: path.display().to_string(),
         imports: by_package(&imports),
         exports: by_package(&exports),
         capabilities,
-        runnable: missing.is_empty() && exports_run,
+        runnable,
+        per_client: runnable && !tcp,
         missing,
         exports_run,
     })
@@ -198,6 +208,14 @@ impl Report {
                 }
                 why
             }
+        };
+        out += "\none instance per client (--per-client): ";
+        out += match (self.per_client, self.runnable) {
+            (true, _) => "yes: each client's connection is its stdin and stdout",
+            (false, true) => {
+                "no: it opens TCP sockets, so it serves clients itself; run it without --per-client"
+            }
+            (false, false) => "no: this host cannot run it",
         };
         out + "\n"
     }

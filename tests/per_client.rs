@@ -15,14 +15,8 @@ fn per_client(guest: &str, args: &[&str]) -> (Host, SocketAddr) {
     all.extend_from_slice(args);
     all.push(&guest);
     let host = Host::start(&all);
-    let addr = listening_on(&host, 1);
+    let addr = host.per_client_addr(1);
     (host, addr)
-}
-
-/// The address from the n-th "per-client: listening on ADDR" line.
-fn listening_on(host: &Host, n: usize) -> SocketAddr {
-    let line = host.wait_for_nth("per-client: listening on ", n);
-    line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 /// One line of text back from one write.
@@ -201,7 +195,7 @@ fn trace_marks_every_line_with_the_clients_instance() {
 fn sighup_gives_new_clients_the_new_guest() {
     let (_dir, file) = installed(&test_guest("echo-stdio"));
     let host = Host::start(&["--per-client", "--listen", "127.0.0.1:0", file.to_str().unwrap()]);
-    let addr = listening_on(&host, 1);
+    let addr = host.per_client_addr(1);
     let mut old = connect(addr);
     assert!(echo(&mut old, b"E"), "the old guest echoes everything");
     install(&test_guest("stdio-tricks"), &file);

@@ -1,5 +1,7 @@
 // Builds the JavaScript echo guest into a component:
 //   node guests/js/build.mjs OUT.wasm
+// or, with --per-client, the one instance per client (stdin to stdout):
+//   node guests/js/build.mjs --per-client OUT.wasm
 // Needs the pinned @bytecodealliance/componentize-js (`npm ci` here).
 // package.json also names @bytecodealliance/preview2-shim: componentize-js
 // imports it without declaring it, so a clean install would miss it.
@@ -15,7 +17,12 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const out = resolve(process.argv[2] ?? join(here, 'echo-js.wasm'));
+const perClient = process.argv[2] === '--per-client';
+const args = process.argv.slice(perClient ? 3 : 2);
+const [guest, world, name] = perClient
+  ? ['stdio.js', 'echo-stdio', 'echo-stdio-js.wasm']
+  : ['echo.js', 'echo-server', 'echo-js.wasm'];
+const out = resolve(args[0] ?? join(here, name));
 
 const MARK = '/* echo: declare method-less resource classes */';
 const source = fileURLToPath(import.meta.resolve('@bytecodealliance/componentize-js'));
@@ -30,9 +37,9 @@ if (!original.includes(MARK)) {
 
 const { componentize } = await import('@bytecodealliance/componentize-js');
 const { component } = await componentize({
-  sourcePath: join(here, 'echo.js'),
+  sourcePath: join(here, guest),
   witPath: join(here, '../../wit'),
-  worldName: 'echo-server',
+  worldName: world,
   // Only what the world needs: no HTTP, no fetch event.
   disableFeatures: ['http', 'fetch-event'],
 });

@@ -140,6 +140,13 @@ impl Host {
         addr.parse().unwrap_or_else(|_| panic!("no address in {line:?}"))
     }
 
+    /// The address from the n-th "per-client: listening on ADDR" line
+    /// (`--per-client`: the host listens itself).
+    pub fn per_client_addr(&self, n: usize) -> SocketAddr {
+        let line = self.wait_for_nth("per-client: listening on ", n);
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
     /// The same, from `--log-format json` output.
     pub fn listen_addr_json(&self) -> SocketAddr {
         let line = self.wait_for("\"event\":\"listen\"");

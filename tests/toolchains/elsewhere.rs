@@ -4,7 +4,7 @@
 
 use crate::support::guests::{default_guest, test_guest};
 use crate::support::traffic::{every_traffic_shape, reset};
-use crate::support::{assert_echoes, connect, Host};
+use crate::support::{assert_echoes, connect, pattern, Host};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,18 +20,38 @@ fn root() -> PathBuf {
 /// one.
 fn python_guest(componentize_py: &Path) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            build_atomically("echo-python.wasm", |out| {
-                Command::new("bash")
-                    .arg(root().join("guests/python/build.sh"))
-                    .arg(out)
-                    .env("COMPONENTIZE_PY", componentize_py)
-                    .status()
-                    .expect("running guests/python/build.sh")
-            })
-        })
-        .clone()
+    BUILT.get_or_init(|| build_python("echo-python.wasm", &[], componentize_py)).clone()
+}
+
+fn build_python(name: &str, args: &[&str], componentize_py: &Path) -> PathBuf {
+    build_atomically(name, |out| {
+        Command::new("bash")
+            .arg(root().join("guests/python/build.sh"))
+            .args(args)
+            .arg(out)
+            .env("COMPONENTIZE_PY", componentize_py)
+            .status()
+            .expect("running guests/python/build.sh")
+    })
+}
+
+/// `guest` one instance per client: every traffic shape, and three
+/// clients at once, each served by its own instance.
+fn serves_each_client_in_an_instance_of_its_own(guest: &Path) {
+    let host = Host::start(&["--per-client", "--listen", "127.0.0.1:0", guest.to_str().unwrap()]);
+    let addr = host.per_client_addr(1);
+    every_traffic_shape(addr);
+    let clients: Vec<_> = (0..3)
+        .map(|seed| std::thread::spawn(move || assert_echoes(addr, &pattern(50_000, seed))))
+        .collect();
+    clients.into_iter().for_each(|c| c.join().unwrap());
+    host.wait_for("}: [");
+}
+
+/// The Python guest written for --per-client (stdin to stdout).
+pub fn the_python_stdio_guest_serves_one_instance_per_client(componentize_py: &Path) {
+    let guest = build_python("echo-stdio-python.wasm", &["--per-client"], componentize_py);
+    serves_each_client_in_an_instance_of_its_own(&guest);
 }
 
 /// Builds target/guests/`name` with `build`, which writes the file it is
@@ -75,15 +95,26 @@ pub fn componentize_js() -> Option<PathBuf> {
     dir.is_dir().then_some(dir)
 }
 
-/// Builds `guests/js` with componentize-js into target/guests.
-pub fn the_javascript_guest_echoes(node: &Path) {
-    let guest = build_atomically("echo-js.wasm", |out| {
+fn build_js(name: &str, args: &[&str], node: &Path) -> PathBuf {
+    build_atomically(name, |out| {
         Command::new(node)
             .arg(root().join("guests/js/build.mjs"))
+            .args(args)
             .arg(out)
             .status()
             .expect("running guests/js/build.mjs")
-    });
+    })
+}
+
+/// The JavaScript guest written for --per-client (stdin to stdout).
+pub fn the_javascript_stdio_guest_serves_one_instance_per_client(node: &Path) {
+    let guest = build_js("echo-stdio-js.wasm", &["--per-client"], node);
+    serves_each_client_in_an_instance_of_its_own(&guest);
+}
+
+/// Builds `guests/js` with componentize-js into target/guests.
+pub fn the_javascript_guest_echoes(node: &Path) {
+    let guest = build_js("echo-js.wasm", &[], node);
     let (_host, addr) = Host::serve(Some(&guest));
     every_traffic_shape(addr);
     reset(connect(addr));
@@ -127,4 +158,26 @@ pub fn our_guests_run_unchanged_on_the_wasmtime_cli(wasmtime: &Path) {
         let cli = WasmtimeCli::start(wasmtime, &guest);
         every_traffic_shape(cli.addr);
     }
+}
+
+/// The lesson's per-client guest is a plain command: the wasmtime CLI runs
+/// it with a pipe for stdin, and it copies the pipe to stdout.
+pub fn the_per_client_guest_is_a_plain_command_on_the_wasmtime_cli(wasmtime: &Path) {
+    use std::io::Write;
+    let input = pattern(100_000, 7);
+    let mut child = Command::new(wasmtime)
+        .arg("run")
+        .arg(test_guest("echo-stdio"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting wasmtime");
+    let mut stdin = child.stdin.take().unwrap();
+    let sent = input.clone();
+    let writer = std::thread::spawn(move || stdin.write_all(&sent).unwrap());
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(output.status.success());
+    assert!(output.stdout == input, "wasmtime's stdout differs from its stdin");
 }

@@ -54,6 +54,21 @@ fn main() {
             |[node, _]| elsewhere::the_javascript_guest_echoes(&node),
         ),
         trial(
+            "elsewhere::the_python_stdio_guest_serves_one_instance_per_client",
+            [python()],
+            |[p]| elsewhere::the_python_stdio_guest_serves_one_instance_per_client(&p),
+        ),
+        trial(
+            "elsewhere::the_javascript_stdio_guest_serves_one_instance_per_client",
+            [tool("node", "NODE"), js()],
+            |[node, _]| elsewhere::the_javascript_stdio_guest_serves_one_instance_per_client(&node),
+        ),
+        trial(
+            "elsewhere::the_per_client_guest_is_a_plain_command_on_the_wasmtime_cli",
+            [tool("wasmtime", "WASMTIME")],
+            |[w]| elsewhere::the_per_client_guest_is_a_plain_command_on_the_wasmtime_cli(&w),
+        ),
+        trial(
             "elsewhere::our_guests_run_unchanged_on_the_wasmtime_cli",
             [tool("wasmtime", "WASMTIME")],
             |[w]| elsewhere::our_guests_run_unchanged_on_the_wasmtime_cli(&w),

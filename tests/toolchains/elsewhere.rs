@@ -181,3 +181,40 @@ pub fn the_per_client_guest_is_a_plain_command_on_the_wasmtime_cli(wasmtime: &Pa
     assert!(output.status.success());
     assert!(output.stdout == input, "wasmtime's stdout differs from its stdin");
 }
+
+/// A component the project did not write: K&R's `cat` (1.5.1), compiled
+/// as the book prints it by Debian's clang with wasi-libc (WASI preview 1)
+/// and wrapped into a component with wasmtime's own preview 1 adapter.
+/// Served one instance per client, it echoes: stdio buffers, so each
+/// client gets its bytes when it closes its side, as under inetd.
+pub fn a_textbook_cat_in_c_serves_unchanged(clang: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let core = dir.path().join("kr-cat.core.wasm");
+    let compiled = Command::new(clang)
+        .args(["--target=wasm32-wasi", "-O2", "-w", "-o"])
+        .arg(&core)
+        .arg(root().join("tests/guests/c/kr-cat.c"))
+        .status()
+        .expect("running clang");
+    assert!(compiled.success(), "clang could not compile kr-cat.c for wasm32-wasi");
+    let component = wit_component::ComponentEncoder::default()
+        .module(&std::fs::read(&core).unwrap())
+        .unwrap()
+        .adapter(
+            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
+            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+        )
+        .unwrap()
+        .validate(true)
+        .encode()
+        .expect("wrapping the core module into a component");
+    let guest = dir.path().join("kr-cat.wasm");
+    std::fs::write(&guest, component).unwrap();
+    let host = Host::start(&["--per-client", "--listen", "127.0.0.1:0", guest.to_str().unwrap()]);
+    let addr = host.per_client_addr(1);
+    let clients: Vec<_> = (0..3)
+        .map(|seed| std::thread::spawn(move || assert_echoes(addr, &pattern(100_000, seed))))
+        .collect();
+    clients.into_iter().for_each(|c| c.join().unwrap());
+    assert_echoes(addr, b"hello, world\n");
+}

@@ -40,6 +40,11 @@ fn main() {
             .ok_or("the static host (cargo build --target x86_64-unknown-linux-musl -p host)")
     };
     let program = |name: &'static str| need::on_path(name).ok_or(name);
+    // clang that can build for WASI: Debian's clang, lld and wasi-libc.
+    let wasi_clang = || match std::path::Path::new("/usr/include/wasm32-wasi/stdio.h").exists() {
+        true => tool("clang", "CLANG"),
+        false => Err("clang with wasi-libc (Debian: clang lld wasi-libc)"),
+    };
     let root = || need::root().map(|()| PathBuf::new()).map_err(|_| "root");
     let trials = vec![
         trial("elsewhere::the_python_guest_echoes", [python()], |[p]| {
@@ -68,6 +73,9 @@ fn main() {
             [tool("wasmtime", "WASMTIME")],
             |[w]| elsewhere::the_per_client_guest_is_a_plain_command_on_the_wasmtime_cli(&w),
         ),
+        trial("elsewhere::a_textbook_cat_in_c_serves_unchanged", [wasi_clang()], |[clang]| {
+            elsewhere::a_textbook_cat_in_c_serves_unchanged(&clang)
+        }),
         trial(
             "elsewhere::our_guests_run_unchanged_on_the_wasmtime_cli",
             [tool("wasmtime", "WASMTIME")],

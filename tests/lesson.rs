@@ -526,6 +526,55 @@ fn tcp_joins_and_splits_what_was_sent() {
     assert_eq!(&back, b"hello\n");
 }
 
+/// Section 7: the per-client chapter's command serves two clients at
+/// once, each by an instance of its own, and prints the lines the lesson
+/// shows (its addresses and ports standing for the real ones); its code
+/// excerpt is the guest's own, in both languages.
+fn one_instance_per_client_serves_two_clients_at_once() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap();
+    let (english, korean) = (read("docs/lesson.md"), read("docs/lesson.ko.md"));
+    let chapter = |doc: &str| -> Vec<String> {
+        let start = doc.find("## 7. ").unwrap();
+        let end = start + doc[start..].find("## 8. ").unwrap();
+        doc[start..end].split("```").skip(1).step_by(2).map(str::to_string).collect()
+    };
+    let blocks = chapter(&english);
+    assert_eq!(blocks, chapter(&korean), "the two lessons' chapter 7 code differs");
+    let source = read("guests/lesson/per-client/src/main.rs");
+    let source: Vec<&str> = source.lines().map(str::trim).collect();
+    let code: Vec<&str> = blocks[0].lines().skip(1).map(str::trim).collect();
+    assert!(source.windows(code.len()).any(|w| w == code.as_slice()), "{code:?}");
+    let command = blocks[1].lines().nth(2).unwrap();
+    assert_eq!(
+        command,
+        "cargo run -p host -- --per-client target/wasm32-wasip2/release/echo-stdio.wasm"
+    );
+
+    let guest = test_guest("echo-stdio").display().to_string();
+    let host = Host::start(&["--per-client", "--listen", "127.0.0.1:0", &guest]);
+    let addr = host.per_client_addr(1);
+    let mut first = connect(addr);
+    assert!(crate::support::clients::echo(&mut first, b"one"));
+    let mut second = connect(addr);
+    assert!(crate::support::clients::echo(&mut second, b"two"));
+    let (one, two) = (first.local_addr().unwrap(), second.local_addr().unwrap());
+    drop(first);
+    host.wait_for(&format!("{one}}}: 127.0.0.1 left"));
+    let shown: Vec<String> = blocks[2]
+        .lines()
+        .skip(1)
+        .map(|line| {
+            line.strip_prefix("INFO ")
+                .unwrap()
+                .replace("0.0.0.0:9000", &addr.to_string())
+                .replace("127.0.0.1:50312", &one.to_string())
+                .replace("127.0.0.1:50318", &two.to_string())
+        })
+        .collect();
+    assert_in_order(&host.output(), &shown);
+}
+
 pub fn tests() -> Vec<libtest_mimic::Trial> {
     use crate::support::need;
     crate::tests![
@@ -549,5 +598,6 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         exercise_3_a_half_closing_client_gets_every_byte_then_the_end,
         exercise_4_the_step_1_guest_serves_ipv6 [needs need::ipv6()],
         tcp_joins_and_splits_what_was_sent,
+        one_instance_per_client_serves_two_clients_at_once,
     ]
 }

@@ -137,3 +137,37 @@ fn fill(buf: &mut [u8], rng: &mut u64) {
         *byte = (*rng >> 24) as u8;
     }
 }
+
+/// `clients` at once, each connecting, doing one round trip of `size`
+/// bytes, half-closing and closing, again and again for `how_long`;
+/// returns how many connections were served. Any error fails it.
+pub async fn short_connections(
+    addr: SocketAddr,
+    clients: usize,
+    size: usize,
+    how_long: Duration,
+) -> Result<u64> {
+    let deadline = Instant::now() + how_long;
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| {
+            tokio::spawn(async move {
+                let (mut rng, mut served) = ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1, 0);
+                let (mut out, mut back) = (vec![0u8; size], vec![0u8; size]);
+                while Instant::now() < deadline {
+                    let mut stream = TcpStream::connect(addr).await?;
+                    stream.set_nodelay(true)?;
+                    fill(&mut out, &mut rng);
+                    one_round_trip(&mut stream, &out, &mut back).await?;
+                    stream.shutdown().await?;
+                    served += 1;
+                }
+                anyhow::Ok(served)
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for task in tasks {
+        served += task.await??;
+    }
+    Ok(served)
+}

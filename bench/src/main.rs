@@ -9,6 +9,7 @@
 //! ```
 
 mod load;
+mod per_client;
 mod servers;
 
 use anyhow::{bail, Context, Result};
@@ -34,6 +35,10 @@ struct Args {
     /// and skip the start-up, memory and held-connections measures.
     #[arg(long, value_name = "TEXT")]
     only: Option<String>,
+    /// Measure one guest instance per client (`--per-client`) instead:
+    /// short connections, idle clients' memory, threads.
+    #[arg(long)]
+    per_client: bool,
     /// Another build of the host (an earlier commit's, say), run as
     /// "host (baseline)" in the same interleaved rounds: paired runs of two
     /// builds, compared in a "host / baseline" column.
@@ -50,16 +55,22 @@ const SCENARIOS: [Scenario; 4] = [
 
 /// Medians per (measure, server).
 #[derive(Default)]
-struct Results(BTreeMap<(String, &'static str), Vec<f64>>);
+struct Results(BTreeMap<(String, String), Vec<f64>>);
 
 impl Results {
-    fn add(&mut self, measure: &str, server: &'static str, value: f64) {
-        self.0.entry((measure.to_string(), server)).or_default().push(value);
+    fn add(&mut self, measure: &str, server: &str, value: f64) {
+        self.0.entry((measure.to_string(), server.to_string())).or_default().push(value);
     }
-    fn median(&self, measure: &str, server: &'static str) -> Option<f64> {
-        let mut values = self.0.get(&(measure.to_string(), server))?.clone();
+    fn median(&self, measure: &str, server: &str) -> Option<f64> {
+        let mut values = self.0.get(&(measure.to_string(), server.to_string()))?.clone();
         values.sort_by(f64::total_cmp);
         Some(values[values.len() / 2])
+    }
+    /// The measures, each once, in order.
+    fn measures(&self) -> Vec<String> {
+        let mut measures: Vec<String> = self.0.keys().map(|(m, _)| m.clone()).collect();
+        measures.dedup();
+        measures
     }
 }
 
@@ -69,6 +80,9 @@ fn main() -> Result<()> {
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let raised = raise_fd_limit()?;
     let bin_dir = std::env::current_exe()?.parent().context("no exe dir")?.to_path_buf();
+    if args.per_client {
+        return per_client::run(&runtime, &bin_dir, args.rounds);
+    }
     let guest = bin_dir.join("../guests/wasm32-wasip2/release/guest.wasm");
 
     let mut servers =
@@ -220,10 +234,8 @@ fn print_table(results: &Results, servers: &[Server]) {
     }
     println!("\n| {} |", header.join(" | "));
     println!("|{}", " --- |".repeat(header.len()));
-    let mut measures: Vec<&String> = results.0.keys().map(|(m, _)| m).collect();
-    measures.dedup();
-    for measure in measures {
-        let values: Vec<Option<f64>> = names.iter().map(|n| results.median(measure, n)).collect();
+    for measure in results.measures() {
+        let values: Vec<Option<f64>> = names.iter().map(|n| results.median(&measure, n)).collect();
         let mut row = vec![measure.clone()];
         row.extend(values.iter().map(|v| v.map_or("-".into(), format_value)));
         let native = values[0];

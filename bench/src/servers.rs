@@ -59,6 +59,23 @@ impl Server {
         }
     }
 
+    /// Any server: `program` with `args` ("{addr}" the listen address).
+    pub fn custom(name: &'static str, program: &Path, args: Vec<String>) -> Server {
+        Server { name, program: program.to_path_buf(), args }
+    }
+
+    /// A process per connection: systemd-socket-activate accepting each
+    /// client and running `cat` with the connection as stdin and stdout
+    /// (inetd's way), if installed.
+    pub fn inetd_cat(name: &'static str) -> Option<Server> {
+        let found = Command::new("systemd-socket-activate").arg("--version").output().ok()?;
+        if !found.status.success() {
+            return None;
+        }
+        let args = ["--accept", "--inetd", "-l", "{addr}", "cat"].map(Into::into).to_vec();
+        Some(Server { name, program: "systemd-socket-activate".into(), args })
+    }
+
     /// The official wasmtime CLI running the same guest, if installed.
     pub fn wasmtime_cli(guest: &Path) -> Option<Server> {
         let found = Command::new("wasmtime").arg("--version").output().ok()?;
@@ -91,7 +108,12 @@ impl Server {
 
     /// Starts it on a free loopback port; returns once it echoes.
     pub fn start(&self) -> Result<Running> {
-        let running = self.spawn()?;
+        self.start_with_args(&[])
+    }
+
+    /// The same, with more arguments at the end.
+    pub fn start_with_args(&self, extra: &[&str]) -> Result<Running> {
+        let running = self.spawn(extra)?;
         first_echo(running.addr).with_context(|| format!("{} did not start echoing", self.name))?;
         Ok(running)
     }
@@ -99,15 +121,16 @@ impl Server {
     /// Time from exec to the first byte echoed back, on a fresh process.
     pub fn time_to_first_echo(&self) -> Result<Duration> {
         let started = Instant::now();
-        let running = self.spawn()?;
+        let running = self.spawn(&[])?;
         first_echo(running.addr)?;
         Ok(started.elapsed())
     }
 
-    fn spawn(&self) -> Result<Running> {
+    fn spawn(&self, extra: &[&str]) -> Result<Running> {
         let addr = free_port()?;
         let child = Command::new(&self.program)
             .args(self.args.iter().map(|a| a.replace("{addr}", &addr.to_string())))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -154,7 +177,8 @@ impl std::ops::Sub for Cpu {
 }
 
 impl Running {
-    /// The CPU time the server process has used so far.
+    /// The CPU time the server process has used so far, with that of the
+    /// children it has waited for (a process per connection).
     pub fn cpu(&self) -> Result<Cpu> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
         // Fields after the command name, which is in parentheses.
@@ -165,7 +189,8 @@ impl Running {
         let time = |field: &str| -> Result<Duration> {
             Ok(Duration::from_millis(field.parse::<u64>()? * 1000 / per_second))
         };
-        Ok(Cpu { user: time(fields[11])?, system: time(fields[12])? })
+        let (user, system) = (time(fields[11])? + time(fields[13])?, time(fields[12])? + time(fields[14])?);
+        Ok(Cpu { user, system })
     }
 }
 

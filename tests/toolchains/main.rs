@@ -43,7 +43,7 @@ fn main() {
     // clang that can build for WASI: Debian's clang, lld and wasi-libc.
     let wasi_clang = || match std::path::Path::new("/usr/include/wasm32-wasi/stdio.h").exists() {
         true => tool("clang", "CLANG"),
-        false => Err("clang with wasi-libc (Debian: clang lld wasi-libc)"),
+        false => Err("clang for WASI (Debian: clang lld wasi-libc libclang-rt-dev-wasm32)"),
     };
     let root = || need::root().map(|()| PathBuf::new()).map_err(|_| "root");
     let trials = vec![

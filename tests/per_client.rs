@@ -185,9 +185,10 @@ fn trace_marks_every_line_with_the_clients_instance() {
     let mut client = connect(addr);
     let peer = client.local_addr().unwrap();
     assert!(echo(&mut client, b"hello"));
-    host.wait_for(&format!("instance{{#1 {peer}}}: trace: recv() -> 5 bytes"));
-    host.wait_for(&format!("instance{{#1 {peer}}}: trace: send(5) -> 5 bytes"));
-    host.wait_for("stdout \"hello\"");
+    let recv = host.wait_for(&format!("instance{{#1 {peer}}}: trace: recv("));
+    assert!(recv.contains("= stdin.read(") && recv.ends_with(") -> 5 bytes \"hello\""), "{recv}");
+    let send = host.wait_for(&format!("instance{{#1 {peer}}}: trace: send(5) "));
+    assert!(send.ends_with("= stdout.write(5 bytes) -> ok \"hello\""), "{send}");
 }
 
 /// SIGHUP: new clients get the guest file as it is now; a client already

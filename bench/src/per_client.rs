@@ -27,7 +27,7 @@ const CLIENTS: usize = 50;
 /// How long each short-connection measure runs.
 const SHORT_FOR: Duration = Duration::from_secs(3);
 /// The computing guest's work per message (thousands of multiply-adds).
-const WORK: &str = "work=400";
+const WORK: &str = "work=800";
 
 pub fn run(runtime: &Runtime, bin_dir: &Path, rounds: usize) -> Result<()> {
     let guests = bin_dir.join("../guests/wasm32-wasip2/release");
@@ -50,7 +50,9 @@ pub fn run(runtime: &Runtime, bin_dir: &Path, rounds: usize) -> Result<()> {
     let mut servers = vec![Server::native(bin_dir), per_client(HOST, &echo, &[])];
     match Server::inetd_cat(INETD) {
         Some(inetd) => servers.push(inetd),
-        None => eprintln!("note: systemd-socket-activate is not on PATH; leaving out the process per connection"),
+        None => eprintln!(
+            "note: systemd-socket-activate is not on PATH; leaving out the process per connection"
+        ),
     }
     for server in &servers {
         server.check()?;
@@ -96,12 +98,8 @@ pub fn run(runtime: &Runtime, bin_dir: &Path, rounds: usize) -> Result<()> {
     let mut threads = Results::default();
     for _ in 0..rounds {
         for (server, run) in computing.iter().zip(&computing_runs) {
-            let scenario = load::Scenario {
-                name: "computing",
-                conns: 8,
-                size: 64,
-                round_trips_per_conn: 100,
-            };
+            let scenario =
+                load::Scenario { name: "computing", conns: 8, size: 64, round_trips_per_conn: 100 };
             let outcome = runtime.block_on(load::ping_pong(run.addr, scenario))?;
             threads.add("computing guest: messages/s", server.name, outcome.round_trips_per_s);
             threads.add("computing guest: p50 (ms)", server.name, outcome.p50.as_secs_f64() * 1e3);

@@ -189,7 +189,8 @@ impl Running {
         let time = |field: &str| -> Result<Duration> {
             Ok(Duration::from_millis(field.parse::<u64>()? * 1000 / per_second))
         };
-        let (user, system) = (time(fields[11])? + time(fields[13])?, time(fields[12])? + time(fields[14])?);
+        let (user, system) =
+            (time(fields[11])? + time(fields[13])?, time(fields[12])? + time(fields[14])?);
         Ok(Cpu { user, system })
     }
 }

@@ -281,6 +281,26 @@ mod tests {
     }
 
     #[test]
+    fn per_client_and_threads_combine_as_switch_and_single_value() {
+        let s = settings(Some("per-client = true\nthreads = 3"), &["--threads", "5"]).unwrap();
+        assert!(s.per_client);
+        assert_eq!(s.threads, 5, "the flag over the file");
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(settings(None, &["--per-client"]).unwrap().threads, cores);
+        let message = |r: Result<Settings>| r.unwrap_err().to_string();
+        let refused = message(settings(Some("threads = 2"), &[]));
+        assert!(refused.contains("`threads` applies to `per-client` only"), "{refused}");
+        let refused = message(settings(None, &["--per-client", "--threads", "0"]));
+        assert!(refused.contains("at least 1"), "{refused}");
+        let refused = message(settings(None, &["--per-client", "--no-listen"]));
+        assert!(refused.contains("`no-listen` grants none"), "{refused}");
+        let instance = settings(None, &["--per-client", "--listen", "127.0.0.1:0"]).unwrap();
+        let each = instance.for_each_client();
+        assert!(each.grants.listen.is_empty(), "the instances listen nowhere");
+        assert!(!each.guest_env().iter().any(|(k, _)| k == "LISTEN_ADDR"));
+    }
+
+    #[test]
     fn file_and_flags_combine_predictably() {
         let file = r#"
             listen = ["0.0.0.0:9000"]

@@ -31,7 +31,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use wasmtime::component::{Linker, Resource, ResourceTable, ResourceType};
 use wasmtime::{Engine, StoreContextMut};
-use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p2::bindings::filesystem::types::Descriptor;
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::ResolveAddressStream;
 use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddressFamily, Network};
@@ -71,7 +70,7 @@ pub enum Stdio {
     Host,
     /// One client's connection (`--per-client`): stdin reads from it,
     /// stdout writes to it; REMOTE_ADDR and REMOTE_PORT name it.
-    Client { stdin: AsyncStdinStream, stdout: AsyncStdoutStream, peer: SocketAddr },
+    Client { connection: crate::per_client::Connection, peer: SocketAddr },
 }
 
 /// Everything the host keeps per guest instance.
@@ -112,9 +111,10 @@ impl GuestState {
                 wasi.stdout(GuestOutput::stdout(tenant.id));
                 wasi.stderr(GuestOutput::stderr(tenant.id));
             }
-            Stdio::Client { stdin, stdout, peer } => {
+            Stdio::Client { connection, peer } => {
                 // Its stderr's lines name the client: the instance runs in its span.
-                wasi.stdin(stdin).stdout(stdout).stderr(GuestOutput::stderr(tenant.id));
+                wasi.stdin(connection.clone()).stdout(connection);
+                wasi.stderr(GuestOutput::stderr(tenant.id));
                 // The names systemd gives an `Accept=yes` service.
                 env.push(("REMOTE_ADDR".to_string(), peer.ip().to_string()));
                 env.push(("REMOTE_PORT".to_string(), peer.port().to_string()));

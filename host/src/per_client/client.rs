@@ -4,7 +4,7 @@
 //! closes with a FIN (after what the guest wrote has been sent); when the
 //! instance traps, with a reset and one line naming the client.
 
-use super::stdio::{Side, WRITE_BUDGET};
+use super::stdio;
 use crate::instance::{run_once, Exited};
 use crate::log_limit::Kind;
 use crate::metrics::{self, TurnedAway};
@@ -22,7 +22,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
-use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream, StdoutStream};
 use wasmtime_wasi::p2::OutputStream;
 use wasmtime_wasi::sockets::SocketAddrUse;
 
@@ -139,12 +138,11 @@ async fn serve(
     let settings = Arc::clone(&guest.shared.sandbox.settings);
     let tracer = settings.trace.map(|detail| Tracer::new(detail == TraceDetail::Data));
     let stream = Arc::new(stream);
-    let stdout = AsyncStdoutStream::new(WRITE_BUDGET, Side::new(&stream, tracer));
-    let output = stdout.p2_stream();
-    let stdin = AsyncStdinStream::new(Side::new(&stream, tracer));
+    let connection = stdio::Connection::new(&stream, tracer);
+    let output = connection.output();
     let tenant = Tenant::new(id);
     let _client = tenant.client();
-    let stdio = Stdio::Client { stdin, stdout, peer };
+    let stdio = Stdio::Client { connection, peer };
     let ended = run_once(Arc::clone(&guest.shared), guest.pre.clone(), tenant, stdio).await;
     let socket = SockRef::from(&*stream);
     match ended {

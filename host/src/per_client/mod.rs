@@ -38,6 +38,7 @@ use client::Clients;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+pub use stdio::Connection;
 use tokio::task::JoinHandle;
 use wasmtime::component::Component;
 use wasmtime::Engine;

@@ -1,102 +1,201 @@
 //! A client's connection as an instance's stdin and stdout: what inetd
-//! does with descriptors 0 and 1, done with wasmtime-wasi's async stdio
-//! streams over the two directions of one `TcpStream`.
+//! does with descriptors 0 and 1, as wasi:io streams over one `TcpStream`.
 //!
-//! Both directions share the stream (an `Arc`), and so does the task that
-//! serves the client: when the instance ends it can still flush what the
-//! guest wrote and close the connection, with a FIN after a clean end or a
-//! reset after a trap.
+//! Every stdin or stdout handle the guest opens (a Rust program opens one
+//! per call) shares the connection, and so does the task serving the
+//! client, which flushes what is left once the instance ends (`client.rs`).
+//! The streams ask the system directly, on the instance's own task: a read
+//! is one recv(), a write one send(), and only what the system does not
+//! take at once waits here, for the stream's pollable to send it.
 
 use crate::metrics::METRICS;
 use crate::trace::Tracer;
-use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{Bytes, BytesMut};
+use std::io::ErrorKind;
+use std::sync::{Arc, Mutex};
 use tokio::net::TcpStream;
+use wasmtime_wasi::cli::{IsTerminal, StdinStream, StdoutStream};
+use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
 
-/// How much the guest may write before its stdout waits for the client
-/// (wasmtime-wasi's write budget: what `check-write` allows at once).
-pub const WRITE_BUDGET: usize = 64 * 1024;
+/// The most one read returns, and what check-write grants.
+pub const CHUNK: usize = 64 * 1024;
 
-/// One direction of a client's connection.
-pub struct Side {
+/// One client's connection, for the instance serving it.
+#[derive(Clone)]
+pub struct Connection(Arc<Shared>);
+
+struct Shared {
     stream: Arc<TcpStream>,
     tracer: Option<Tracer>,
-    /// The instance's span: wasmtime-wasi reads and writes in tasks of its
-    /// own, and the trace lines must still name the client.
-    span: tracing::Span,
+    /// What the guest wrote and the system has not taken yet.
+    unsent: Mutex<Unsent>,
 }
 
-impl Side {
-    pub fn new(stream: &Arc<TcpStream>, tracer: Option<Tracer>) -> Side {
-        Side { stream: Arc::clone(stream), tracer, span: tracing::Span::current() }
+#[derive(Default)]
+struct Unsent {
+    bytes: BytesMut,
+    /// A send failed (the client reset, say): every later write fails.
+    failed: bool,
+}
+
+impl Connection {
+    pub fn new(stream: &Arc<TcpStream>, tracer: Option<Tracer>) -> Connection {
+        let unsent = Mutex::new(Unsent::default());
+        Connection(Arc::new(Shared { stream: Arc::clone(stream), tracer, unsent }))
+    }
+
+    /// An output stream on the connection, for the host's own last flush.
+    pub fn output(&self) -> Box<dyn OutputStream> {
+        Box::new(Output(Arc::clone(&self.0)))
+    }
+}
+
+/// A stdin handle.
+struct Input(Arc<Shared>);
+
+/// A stdout handle.
+struct Output(Arc<Shared>);
+
+impl IsTerminal for Connection {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdinStream for Connection {
+    fn p2_stream(&self) -> Box<dyn InputStream> {
+        Box::new(Input(Arc::clone(&self.0)))
+    }
+
+    /// For WASI 0.3, which the host does not offer.
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncRead + Send + Sync> {
+        Box::new(tokio::io::empty())
+    }
+}
+
+impl StdoutStream for Connection {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(Output(Arc::clone(&self.0)))
+    }
+
+    /// For WASI 0.3, which the host does not offer.
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(tokio::io::sink())
     }
 }
 
 /// stdin: recv() on the connection.
-impl AsyncRead for Side {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            match self.stream.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    METRICS.received_bytes.inc_by(n as u64);
-                    if let Some(tracer) = self.tracer {
-                        let _in = self.span.enter();
-                        let shown = tracer.bytes(&buf.filled()[buf.filled().len() - n..]);
-                        tracer.line(format!("recv() -> {n} bytes"), format!("stdin{shown}"));
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
+#[async_trait::async_trait]
+impl InputStream for Input {
+    fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        let Shared { stream, tracer, .. } = &*self.0;
+        let mut buf = BytesMut::with_capacity(size.min(CHUNK));
+        let result = match stream.try_read_buf(&mut buf) {
+            Ok(0) if size > 0 => Err(StreamError::Closed),
+            Ok(n) => {
+                METRICS.received_bytes.inc_by(n as u64);
+                Ok(buf.freeze())
             }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(Bytes::new()),
+            Err(e) => Err(StreamError::LastOperationFailed(e.into())),
+        };
+        if let Some(tracer) = tracer {
+            let outcome = match &result {
+                Ok(bytes) if bytes.is_empty() => "0 bytes (nothing yet: wait)".into(),
+                Ok(bytes) => format!("{} bytes{}", bytes.len(), tracer.bytes(bytes)),
+                Err(StreamError::Closed) => "closed (the client closed its side)".into(),
+                Err(e) => format!("failed: {e}"),
+            };
+            tracer.line(format!("recv({size})"), format!("stdin.read({size}) -> {outcome}"));
+        }
+        result
+    }
+}
+
+/// Ready once the connection has something to read, or has ended.
+#[async_trait::async_trait]
+impl Pollable for Input {
+    async fn ready(&mut self) {
+        let _ = self.0.stream.readable().await;
+    }
+}
+
+/// Ready once nothing waits to be sent (or sending failed).
+#[async_trait::async_trait]
+impl Pollable for Output {
+    async fn ready(&mut self) {
+        loop {
+            {
+                let mut unsent = self.0.unsent.lock().unwrap_or_else(|e| e.into_inner());
+                self.0.send_unsent(&mut unsent);
+                if unsent.bytes.is_empty() || unsent.failed {
+                    return;
+                }
+            }
+            let _ = self.0.stream.writable().await;
         }
     }
 }
 
 /// stdout: send() on the connection.
-impl AsyncWrite for Side {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bytes: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.stream.poll_write_ready(cx))?;
-            match self.stream.try_write(bytes) {
-                Ok(n) => {
-                    METRICS.sent_bytes.inc_by(n as u64);
-                    if let Some(tracer) = self.tracer {
-                        let _in = self.span.enter();
-                        let shown = tracer.bytes(&bytes[..n]);
-                        tracer.line(
-                            format!("send({}) -> {n} bytes", bytes.len()),
-                            format!("stdout{shown}"),
-                        );
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+#[async_trait::async_trait]
+impl OutputStream for Output {
+    fn check_write(&mut self) -> StreamResult<usize> {
+        let mut unsent = self.0.unsent.lock().unwrap_or_else(|e| e.into_inner());
+        self.0.send_unsent(&mut unsent);
+        match (unsent.failed, unsent.bytes.is_empty()) {
+            (true, _) => Err(send_failed()),
+            (false, true) => Ok(CHUNK),
+            (false, false) => Ok(0),
         }
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Nothing is kept here: what `try_write` took, the system has.
-        Poll::Ready(Ok(()))
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        let mut unsent = self.0.unsent.lock().unwrap_or_else(|e| e.into_inner());
+        if unsent.failed {
+            return Err(send_failed());
+        }
+        unsent.bytes.extend_from_slice(&bytes);
+        self.0.send_unsent(&mut unsent);
+        if let Some(tracer) = self.0.tracer {
+            let outcome = if unsent.failed { "failed" } else { "ok" };
+            let len = bytes.len();
+            let shown = tracer.bytes(&bytes);
+            tracer.line(
+                format!("send({len})"),
+                format!("stdout.write({len} bytes) -> {outcome}{shown}"),
+            );
+        }
+        match unsent.failed {
+            true => Err(send_failed()),
+            false => Ok(()),
+        }
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // The connection closes when the client's task says how (`mod.rs`).
-        Poll::Ready(Ok(()))
+    /// What was written is with the system, or will be once the stream's
+    /// pollable is ready (check-write answers 0 until then).
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
     }
+}
+
+impl Shared {
+    /// Hands the system what it takes now of what waits.
+    fn send_unsent(&self, unsent: &mut Unsent) {
+        while !unsent.bytes.is_empty() && !unsent.failed {
+            match self.stream.try_write(&unsent.bytes) {
+                Ok(n) => {
+                    METRICS.sent_bytes.inc_by(n as u64);
+                    let _ = unsent.bytes.split_to(n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => unsent.failed = true,
+            }
+        }
+    }
+}
+
+/// A write after a send failed (the client reset the connection, say).
+fn send_failed() -> StreamError {
+    StreamError::LastOperationFailed(std::io::Error::from(ErrorKind::BrokenPipe).into())
 }

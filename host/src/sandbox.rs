@@ -21,7 +21,7 @@ use crate::log_limit::Kind;
 use crate::policy::Grants;
 use crate::settings::{Settings, TraceDetail};
 use crate::sockets::{
-    self, Asker, HasTcp, Listeners, Place, SocketCap, SocketsCtx, SocketsView, Tenant,
+    self, Asker, ClientStdio, HasTcp, Listeners, Place, SocketCap, SocketsCtx, SocketsView, Tenant,
 };
 use crate::trace::Tracer;
 use crate::wasi_version::versioned;
@@ -70,7 +70,7 @@ pub enum Stdio {
     Host,
     /// One client's connection (`--per-client`): stdin reads from it,
     /// stdout writes to it; REMOTE_ADDR and REMOTE_PORT name it.
-    Client { connection: crate::per_client::Connection, peer: SocketAddr },
+    Client { connection: ClientStdio, peer: SocketAddr },
 }
 
 /// Everything the host keeps per guest instance.

@@ -4,14 +4,13 @@
 //! closes with a FIN (after what the guest wrote has been sent); when the
 //! instance traps, with a reset and one line naming the client.
 
-use super::stdio;
 use crate::instance::{run_once, Exited};
 use crate::log_limit::Kind;
 use crate::metrics::{self, TurnedAway};
 use crate::run::split_first_line;
 use crate::sandbox::Stdio;
 use crate::settings::{Settings, TraceDetail};
-use crate::sockets::{spare, Asker, Place, SocketCap, Tenant};
+use crate::sockets::{spare, Asker, ClientStdio, Place, SocketCap, Tenant};
 use crate::swap::Guest;
 use crate::trace::Tracer;
 use socket2::SockRef;
@@ -138,7 +137,7 @@ async fn serve(
     let settings = Arc::clone(&guest.shared.sandbox.settings);
     let tracer = settings.trace.map(|detail| Tracer::new(detail == TraceDetail::Data));
     let stream = Arc::new(stream);
-    let connection = stdio::Connection::new(&stream, tracer);
+    let connection = ClientStdio::new(&stream, tracer);
     let output = connection.output();
     let tenant = Tenant::new(id);
     let _client = tenant.client();

@@ -1,7 +1,7 @@
 //! listen() on each granted address, by the host itself: with an instance
 //! per client the guest never sees a listener.
 
-use crate::run::Handed;
+use crate::sockets::activation::Handed;
 use crate::sockets::bind_reserved;
 use anyhow::{bail, Context, Result};
 use socket2::Socket;

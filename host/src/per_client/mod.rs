@@ -3,7 +3,7 @@
 //! The host listens on each `--listen` address itself. For every client it
 //! accepts (after `--allow-client`) it starts a fresh instance of the
 //! guest, whose stdin reads from the connection and whose stdout writes to
-//! it (`stdio.rs`, `client.rs`). Any `wasi:cli` command serves, sockets or
+//! it (`client.rs`, `sockets/stdio.rs`). Any `wasi:cli` command serves, sockets or
 //! not: `cat` is an echo server.
 //!
 //! - Isolation: instances share nothing but the compiled code; a trap or a
@@ -23,14 +23,13 @@
 mod client;
 mod listen;
 mod pool;
-mod stdio;
 
 use crate::epoch::EpochTicker;
 use crate::notify::Notifier;
 use crate::observe;
-use crate::run::Handed;
 use crate::settings::Settings;
 use crate::signals::{Received, Signals};
+use crate::sockets::activation::Handed;
 use crate::sockets::{Listeners, SocketCap};
 use crate::swap::Guest;
 use anyhow::{Context, Result};
@@ -38,7 +37,6 @@ use client::Clients;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-pub use stdio::Connection;
 use tokio::task::JoinHandle;
 use wasmtime::component::Component;
 use wasmtime::Engine;

@@ -38,6 +38,7 @@ mod options;
 mod poll;
 mod send;
 pub mod spare;
+mod stdio;
 mod streams;
 mod tcp;
 mod tenant;
@@ -45,6 +46,7 @@ mod tenant;
 pub use cap::{Asker, Place, SocketCap};
 pub use connection::Timeouts;
 pub use listeners::{bind_reserved, Listeners};
+pub use stdio::Connection as ClientStdio;
 pub use tcp::TcpSocket;
 pub use tenant::Tenant;
 

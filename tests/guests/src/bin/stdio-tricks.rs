@@ -29,8 +29,11 @@ fn main() {
     let mut buffer = [0u8; 4096];
     loop {
         let n = match input.read(&mut buffer) {
-            Ok(0) | Err(_) => return,
+            // The client closed its side: done.
+            Ok(0) => return,
             Ok(n) => n,
+            // The connection failed (a reset): end with a failure status.
+            Err(_) => std::process::exit(1),
         };
         let got = &buffer[..n];
         if work > 0 {

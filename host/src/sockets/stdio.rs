@@ -1,9 +1,11 @@
-//! A client's connection as an instance's stdin and stdout: what inetd
-//! does with descriptors 0 and 1, as wasi:io streams over one `TcpStream`.
+//! A client's connection as an instance's stdin and stdout, for
+//! `--per-client`: what inetd does with descriptors 0 and 1, as wasi:io
+//! streams over one `TcpStream`.
 //!
 //! Every stdin or stdout handle the guest opens (a Rust program opens one
 //! per call) shares the connection, and so does the task serving the
-//! client, which flushes what is left once the instance ends (`client.rs`).
+//! client, which flushes what is left once the instance ends
+//! (`per_client/client.rs`).
 //! The streams ask the system directly, on the instance's own task: a read
 //! is one recv(), a write one send(), and only what the system does not
 //! take at once waits here, for the stream's pollable to send it.

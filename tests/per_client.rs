@@ -168,6 +168,23 @@ fn wait_for_accept_queue(addr: SocketAddr, n: usize) {
     }
 }
 
+/// --idle-timeout closes a client that sends nothing: its instance reads
+/// the end of its stdin and ends, and the client reads the end of the
+/// stream; the log says why.
+fn an_idle_client_is_closed_and_its_instance_ends() {
+    let (host, addr) = per_client("echo-stdio", &["--idle-timeout", "1s"]);
+    let mut idle = connect(addr);
+    let peer = idle.local_addr().unwrap();
+    assert!(echo(&mut idle, b"then nothing"));
+    let mut rest = Vec::new();
+    idle.read_to_end(&mut rest).expect("the end of the stream, not a reset");
+    assert!(rest.is_empty(), "{rest:?}");
+    host.wait_for(&format!(
+        "closed the connection of {peer}: nothing received or sent for 1s (--idle-timeout)"
+    ));
+    host.wait_for(&format!("{peer}}}: 127.0.0.1 left"));
+}
+
 /// --allow-client turns a client away before any instance starts for it.
 fn a_client_not_allowed_gets_no_instance() {
     let (host, addr) = per_client("echo-stdio", &["--allow-client", "10.0.0.0/8"]);
@@ -226,6 +243,16 @@ fn sigquit_refuses_new_clients_and_serves_those_connected() {
     assert!(output.contains("stop: every client has left; stopped"), "{output}");
 }
 
+/// A guest that serves clients itself (the built-in one opens sockets) is
+/// named at start: one instance per client is not for it.
+fn a_guest_that_serves_clients_itself_is_named_at_start() {
+    let host = Host::start(&["--per-client", "--listen", "127.0.0.1:0"]);
+    host.wait_for(
+        "echo-guest (built in) opens TCP sockets of its own, so it serves clients itself",
+    );
+    host.per_client_addr(1);
+}
+
 /// Options that make no sense together are refused with one line.
 fn threads_without_per_client_is_refused() {
     let host = Host::start(&["--threads", "2", "--listen", "127.0.0.1:0"]);
@@ -246,9 +273,11 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         #[cfg(target_os = "linux")]
         a_client_beyond_the_cap_waits_in_the_backlog_until_a_place_frees,
         a_client_not_allowed_gets_no_instance,
+        an_idle_client_is_closed_and_its_instance_ends,
         trace_marks_every_line_with_the_clients_instance,
         sighup_gives_new_clients_the_new_guest,
         sigquit_refuses_new_clients_and_serves_those_connected,
         threads_without_per_client_is_refused,
+        a_guest_that_serves_clients_itself_is_named_at_start,
     ]
 }

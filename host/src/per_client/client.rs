@@ -141,8 +141,19 @@ async fn serve(
     let output = connection.output();
     let tenant = Tenant::new(id);
     let _client = tenant.client();
+    let idle = settings.limits.idle_timeout.map(|t| (connection.clone(), t));
     let stdio = Stdio::Client { connection, peer };
-    let ended = run_once(Arc::clone(&guest.shared), guest.pre.clone(), tenant, stdio).await;
+    let run = run_once(Arc::clone(&guest.shared), guest.pre.clone(), tenant, stdio);
+    let ended = match idle {
+        None => run.await,
+        Some((connection, timeout)) => {
+            tokio::pin!(run);
+            tokio::select! {
+                ended = &mut run => ended,
+                () = connection.close_when_idle(timeout, peer) => run.await,
+            }
+        }
+    };
     let socket = SockRef::from(&*stream);
     match ended {
         Ok(()) => finish(output, &socket, settings.limits.send_timeout).await,

@@ -58,6 +58,7 @@ pub async fn run(settings: Settings, handed: Vec<Handed>) -> Result<ExitCode> {
     };
     let _ticker = EpochTicker::start(&engine)?;
     let name = crate::guest::name(settings.guest.as_deref());
+    warn_if_it_serves_clients_itself(&engine, &component, &name);
     let settings = Arc::new(settings);
     let guest = link(&engine, &settings, &component, SocketCap::new(limits.max_connections))?;
     let clients = Clients::new(guest, &settings);
@@ -94,6 +95,20 @@ fn link(
 ) -> Result<Guest> {
     let none = Listeners::open(&[], Vec::new())?;
     Guest::new(engine, (&none, &cap), settings.for_each_client(), component)
+}
+
+/// A guest that opens TCP sockets serves clients itself: one instance per
+/// client is not for it (it gets no listen address; each client's bytes
+/// wait on a stdin it never reads). It runs all the same, and fails.
+fn warn_if_it_serves_clients_itself(engine: &Engine, component: &Component, name: &str) {
+    let ty = component.component_type();
+    if ty.imports(engine).any(|(import, _)| import.starts_with("wasi:sockets/tcp-create-socket@")) {
+        tracing::warn!(
+            "{name} opens TCP sockets of its own, so it serves clients itself: with --per-client \
+             it gets no listen address, and each client's bytes come on its stdin \
+             (`wasi-tcp-host inspect` says which guests suit --per-client)"
+        );
+    }
 }
 
 struct Server {

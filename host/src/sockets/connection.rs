@@ -294,7 +294,7 @@ async fn close_when_idle(conn: Weak<Connection>, timeout: Duration, mut instance
 }
 
 /// Milliseconds since the first call: a clock an atomic can hold.
-fn since_epoch() -> u64 {
+pub(super) fn since_epoch() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }

@@ -10,11 +10,17 @@
 //! is one recv(), a write one send(), and only what the system does not
 //! take at once waits here, for the stream's pollable to send it.
 
-use crate::metrics::METRICS;
+use super::connection::since_epoch;
+use crate::log_limit::Kind;
+use crate::metrics::{self, Closed, METRICS};
 use crate::trace::Tracer;
 use bytes::{Bytes, BytesMut};
+use socket2::SockRef;
 use std::io::ErrorKind;
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::TcpStream;
 use wasmtime_wasi::cli::{IsTerminal, StdinStream, StdoutStream};
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
@@ -31,6 +37,8 @@ struct Shared {
     tracer: Option<Tracer>,
     /// What the guest wrote and the system has not taken yet.
     unsent: Mutex<Unsent>,
+    /// When a byte last moved (`--idle-timeout`), as `since_epoch` counts.
+    last_active: AtomicU64,
 }
 
 #[derive(Default)]
@@ -42,8 +50,32 @@ struct Unsent {
 
 impl Connection {
     pub fn new(stream: &Arc<TcpStream>, tracer: Option<Tracer>) -> Connection {
-        let unsent = Mutex::new(Unsent::default());
-        Connection(Arc::new(Shared { stream: Arc::clone(stream), tracer, unsent }))
+        let (unsent, last_active) = (Mutex::new(Unsent::default()), AtomicU64::new(since_epoch()));
+        Connection(Arc::new(Shared { stream: Arc::clone(stream), tracer, unsent, last_active }))
+    }
+
+    /// `--idle-timeout`: returns once nothing has been received or sent for
+    /// `timeout`, having shut the connection both ways, as the sockets do:
+    /// the guest reads the end of its stdin, and its writes fail.
+    pub async fn close_when_idle(&self, timeout: Duration, peer: SocketAddr) {
+        static CLOSED_IDLE: Kind = Kind::info("idle clients closed");
+        loop {
+            let last = self.0.last_active.load(SeqCst);
+            let idle = Duration::from_millis(since_epoch().saturating_sub(last));
+            if idle >= timeout {
+                break;
+            }
+            tokio::time::sleep(timeout - idle).await;
+        }
+        metrics::closed(Closed::IdleTimeout);
+        let _ = SockRef::from(&*self.0.stream).shutdown(Shutdown::Both);
+        if CLOSED_IDLE.admit() {
+            tracing::info!(
+                event = "idle",
+                "closed the connection of {peer}: nothing received or sent for {timeout:?} \
+                 (--idle-timeout)"
+            );
+        }
     }
 
     /// An output stream on the connection, for the host's own last flush.
@@ -96,6 +128,7 @@ impl InputStream for Input {
             Ok(0) if size > 0 => Err(StreamError::Closed),
             Ok(n) => {
                 METRICS.received_bytes.inc_by(n as u64);
+                self.0.last_active.store(since_epoch(), SeqCst);
                 Ok(buf.freeze())
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(Bytes::new()),
@@ -188,6 +221,7 @@ impl Shared {
             match self.stream.try_write(&unsent.bytes) {
                 Ok(n) => {
                     METRICS.sent_bytes.inc_by(n as u64);
+                    self.last_active.store(since_epoch(), SeqCst);
                     let _ = unsent.bytes.split_to(n);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,

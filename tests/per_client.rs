@@ -244,13 +244,18 @@ fn sigquit_refuses_new_clients_and_serves_those_connected() {
 }
 
 /// A guest that serves clients itself (the built-in one opens sockets) is
-/// named at start: one instance per client is not for it.
+/// named at start: one instance per client is not for it. Its instances
+/// get no listen address: the bind each one tries is denied, and its
+/// client's connection closed.
 fn a_guest_that_serves_clients_itself_is_named_at_start() {
     let host = Host::start(&["--per-client", "--listen", "127.0.0.1:0"]);
     host.wait_for(
         "echo-guest (built in) opens TCP sockets of its own, so it serves clients itself",
     );
-    host.per_client_addr(1);
+    let mut client = connect(host.per_client_addr(1));
+    host.wait_for("denied: TCP bind to 0.0.0.0:9000 (no listen address is granted");
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).expect("the end of the stream");
 }
 
 /// Options that make no sense together are refused with one line.

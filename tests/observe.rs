@@ -28,7 +28,7 @@ fn start_observed(args: &[&str]) -> Host {
 
 /// Polls `/metrics` until `name` reads `value` (a scrape is a snapshot:
 /// the host counts a client it accepts a moment after the client connects).
-fn wait_for_sample(metrics: SocketAddr, name: &str, value: f64) -> String {
+pub fn wait_for_sample(metrics: SocketAddr, name: &str, value: f64) -> String {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let (status, text) = http_get(metrics, "/metrics");

@@ -2,9 +2,10 @@
 //! and stdout. The lesson's guest, a guest that misbehaves on command
 //! (`stdio-tricks`), and the limits, each per instance.
 
+use crate::observe::wait_for_sample;
 use crate::support::clients::{assert_reset, echo};
 use crate::support::guests::{install, installed, test_guest};
-use crate::support::{assert_echoes, connect, pattern, Host};
+use crate::support::{assert_echoes, connect, http_get, pattern, sample, Host};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
@@ -258,6 +259,33 @@ fn a_guest_that_serves_clients_itself_is_named_at_start() {
     client.read_to_end(&mut rest).expect("the end of the stream");
 }
 
+/// With --metrics: ready while serving, the clients and their instances
+/// counted (connections open back to 0 once they left), not ready from
+/// SIGQUIT on.
+fn metrics_count_the_clients_and_readiness_ends_with_sigquit() {
+    let (host, addr) =
+        per_client("echo-stdio", &["--metrics", "127.0.0.1:0", "--drain-timeout", "5m"]);
+    let metrics = host.metrics_addr();
+    assert_eq!(http_get(metrics, "/readyz").0, 200);
+    let mut clients: Vec<TcpStream> = (0..3).map(|_| connect(addr)).collect();
+    for client in &mut clients {
+        assert!(echo(client, b"counted"));
+    }
+    let text = wait_for_sample(metrics, "wasi_tcp_host_connections_open", 3.0);
+    assert_eq!(sample(&text, "wasi_tcp_host_connections_accepted_total"), Some(3.0), "{text}");
+    assert_eq!(sample(&text, "wasi_tcp_host_guest_starts_total"), Some(3.0), "{text}");
+    assert_eq!(sample(&text, "wasi_tcp_host_received_bytes_total"), Some(21.0), "{text}");
+    let last = clients.pop().unwrap();
+    drop(clients);
+    wait_for_sample(metrics, "wasi_tcp_host_connections_open", 1.0);
+    host.signal(libc::SIGQUIT);
+    host.wait_for("SIGQUIT received: the listeners are closed");
+    let (status, body) = http_get(metrics, "/readyz");
+    assert_eq!((status, body.as_str()), (503, "not ready: stopping: no new clients\n"));
+    drop(last);
+    assert!(host.wait().0.success());
+}
+
 /// Options that make no sense together are refused with one line.
 fn threads_without_per_client_is_refused() {
     let host = Host::start(&["--threads", "2", "--listen", "127.0.0.1:0"]);
@@ -284,5 +312,6 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         sigquit_refuses_new_clients_and_serves_those_connected,
         threads_without_per_client_is_refused,
         a_guest_that_serves_clients_itself_is_named_at_start,
+        metrics_count_the_clients_and_readiness_ends_with_sigquit,
     ]
 }

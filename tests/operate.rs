@@ -208,14 +208,27 @@ fn sigquit_serves_the_connected_clients_then_exits() {
 /// being refused. Here the test plays systemd: it holds the socket, and
 /// accepts the waiting client itself once the host has exited.
 fn sigquit_leaves_a_handed_socket_queueing_new_clients() {
+    let stopping = "stop: guest instance #1 takes no new clients";
+    sigquit_leaves_a_handed_socket_queueing(&[], "guest listening on", stopping);
+}
+
+/// The same with one instance per client.
+fn sigquit_leaves_a_handed_socket_queueing_with_per_client() {
+    let guest = crate::support::guests::test_guest("echo-stdio");
+    let args = ["--per-client", guest.to_str().unwrap()];
+    let stopping = "SIGQUIT received: the listeners are closed";
+    sigquit_leaves_a_handed_socket_queueing(&args, "per-client: listening on", stopping);
+}
+
+fn sigquit_leaves_a_handed_socket_queueing(args: &[&str], listening: &str, stopping: &str) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let host = handed(&listener, &["--drain-timeout", "5m"]);
-    host.wait_for(&format!("guest listening on {addr}"));
+    let host = handed(&listener, &[&["--drain-timeout", "5m"], args].concat());
+    host.wait_for(&format!("{listening} {addr}"));
     let mut served = connect(addr);
     assert!(echo(&mut served, b"before"), "{}", host.report());
     host.signal(libc::SIGQUIT);
-    host.wait_for("stop: guest instance #1 takes no new clients");
+    host.wait_for(stopping);
     let mut waiting = TcpStream::connect(addr)
         .unwrap_or_else(|e| panic!("a client after SIGQUIT was refused: {e}\n{}", host.report()));
     waiting.write_all(b"queued").unwrap();
@@ -254,6 +267,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         a_handed_socket_no_grant_covers_is_a_clear_error,
         sigquit_serves_the_connected_clients_then_exits,
         sigquit_leaves_a_handed_socket_queueing_new_clients,
+        sigquit_leaves_a_handed_socket_queueing_with_per_client,
         sigquit_stops_a_client_that_stays_after_the_drain_timeout,
     ]
 }

@@ -289,6 +289,18 @@ fn wait_for_time_wait(local: u16, remote: u16) {
 /// server binds its port again at once anyway.
 #[cfg(target_os = "linux")] // reads /proc/net/tcp
 fn time_wait_after_a_client_closes_and_the_server_binds_again_at_once() {
+    // Both lessons give these same two steps, each with its `ss` filter.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for doc in ["docs/lesson.md", "docs/lesson.ko.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        let start = text.find("### 5.5 ").unwrap();
+        let section = &text[start..start + text[start..].find("### 5.6 ").unwrap()];
+        for step in
+            ["( dport = :9000 )", "( sport = :9000 )", "Ctrl-C", "127.0.0.1:9000      127.0.0.1:"]
+        {
+            assert!(section.contains(step), "{doc} 5.5 lacks {step:?}:\n{section}");
+        }
+    }
     let (host, addr) = Host::serve(None);
     // The client closes first: its side goes to TIME_WAIT.
     let client = echo_once(addr, b"bye");

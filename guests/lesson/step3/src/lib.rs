@@ -14,7 +14,7 @@
 //! ```text
 //! cargo run -p host
 //! cargo build -p echo-client --release --target wasm32-wasip2
-//! cargo run -p host -- --listen 127.0.0.1:0 --allow-connect 127.0.0.1:9000 \
+//! cargo run -p host -- --no-listen --allow-connect 127.0.0.1:9000 \
 //!   target/wasm32-wasip2/release/echo_client.wasm -- hello "a longer message"
 //! ```
 

@@ -251,20 +251,24 @@ fn wait_for_row(local: u16, remote: u16, state: u8, queue: u32) {
     }
 }
 
+const ESTABLISHED: u8 = 0x01;
 const LISTEN: u8 = 0x0A;
 const CLOSE_WAIT: u8 = 0x08;
 
 /// Sections 5.6 and 5.7, and the life of a connection: a client waiting in
-/// the step-1 guest's backlog is the LISTEN socket's Recv-Q; one that
-/// closes while it waits is in CLOSE-WAIT until the guest accepts it.
+/// the step-1 guest's backlog is the LISTEN socket's Recv-Q, and its
+/// connection is already ESTABLISHED on the server's side (accept only
+/// takes it off the queue); one that closes while it waits is in
+/// CLOSE-WAIT until the guest accepts it.
 #[cfg(target_os = "linux")] // reads /proc/net/tcp
 fn the_backlog_shows_as_recv_q_and_a_client_that_gives_up_there_as_close_wait() {
     let (host, addr) = serve_iterative(&[]);
     let first = echo_once(addr, b"first\n");
     let waiting = connect(addr);
     wait_for_row(addr.port(), 0, LISTEN, 1);
-    waiting.shutdown(std::net::Shutdown::Write).unwrap();
     let waiting_port = waiting.local_addr().unwrap().port();
+    wait_for_row(addr.port(), waiting_port, ESTABLISHED, 0);
+    waiting.shutdown(std::net::Shutdown::Write).unwrap();
     // Its queue holds the FIN (one sequence number, still to be read).
     wait_for_row(addr.port(), waiting_port, CLOSE_WAIT, 1);
     // The first leaves: the guest accepts the second, reads 0, closes.

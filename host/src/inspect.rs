@@ -113,7 +113,7 @@ pub fn read(path: &Path) -> Result<Report> {
         })
         .map(|(name, _, grant)| Capability { name, grant })
         .collect();
-    let tcp = imports.iter().any(|name| unversioned(name) == "wasi:sockets/tcp-create-socket");
+    let tcp = serves_clients_itself(imports.iter().map(String::as_str));
     let runnable = missing.is_empty() && exports_run;
     Ok(Report {
         file: path.display().to_string(),
@@ -149,6 +149,12 @@ fn top_level_names(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>)> {
         }
     }
     Ok((imports, exports))
+}
+
+/// Whether a component with these imports opens TCP sockets of its own,
+/// and so serves its clients itself: not one for `--per-client`.
+pub fn serves_clients_itself<'a>(mut imports: impl Iterator<Item = &'a str>) -> bool {
+    imports.any(|name| unversioned(name) == "wasi:sockets/tcp-create-socket")
 }
 
 /// `wasi:sockets/tcp@0.2.12` -> `wasi:sockets/tcp`.

@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
+use wasmtime_wasi::cli::StdoutStream;
 use wasmtime_wasi::p2::OutputStream;
 use wasmtime_wasi::sockets::SocketAddrUse;
 
@@ -138,7 +139,8 @@ async fn serve(
     let tracer = settings.trace.map(|detail| Tracer::new(detail == TraceDetail::Data));
     let stream = Arc::new(stream);
     let connection = ClientStdio::new(&stream, tracer);
-    let output = connection.output();
+    // A stdout handle of the host's own, for the last flush.
+    let output = StdoutStream::p2_stream(&connection);
     let tenant = Tenant::new(id);
     let _client = tenant.client();
     let idle = settings.limits.idle_timeout.map(|t| (connection.clone(), t));

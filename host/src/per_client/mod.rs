@@ -102,7 +102,7 @@ fn link(
 /// wait on a stdin it never reads). It runs all the same, and fails.
 fn warn_if_it_serves_clients_itself(engine: &Engine, component: &Component, name: &str) {
     let ty = component.component_type();
-    if ty.imports(engine).any(|(import, _)| import.starts_with("wasi:sockets/tcp-create-socket@")) {
+    if crate::inspect::serves_clients_itself(ty.imports(engine).map(|(import, _)| import)) {
         tracing::warn!(
             "{name} opens TCP sockets of its own, so it serves clients itself: with --per-client \
              it gets no listen address, and each client's bytes come on its stdin \

@@ -77,11 +77,6 @@ impl Connection {
             );
         }
     }
-
-    /// An output stream on the connection, for the host's own last flush.
-    pub fn output(&self) -> Box<dyn OutputStream> {
-        Box::new(Output(Arc::clone(&self.0)))
-    }
 }
 
 /// A stdin handle.

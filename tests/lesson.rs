@@ -374,14 +374,28 @@ fn the_side_by_side_code_is_the_guests_own() {
     }
 }
 
-/// Both lessons (and the README) render as CommonMark with GitHub's tables:
-/// no `**` left over (a bold span that did not close, as happens when it
-/// ends in punctuation and a Korean particle follows), and no table row
-/// that fell out of its table.
+/// Both lessons, every other page of docs/ and the README render as
+/// CommonMark with GitHub's tables: no `**` left over (a bold span that
+/// did not close, as happens when it ends in punctuation and a Korean
+/// particle follows), and no table row that fell out of its table.
 fn the_lessons_render_cleanly_as_commonmark() {
     use pulldown_cmark::{html, Event, Options, Parser, Tag, TagEnd};
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for doc in ["docs/lesson.md", "docs/lesson.ko.md", "README.md"] {
+    let mut docs: Vec<String> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".md"))
+        .map(|name| format!("docs/{name}"))
+        .collect();
+    docs.sort();
+    let pages =
+        ["lesson", "lesson.ko", "host", "security", "guests", "deploy", "performance", "tests"];
+    for page in pages {
+        let page = format!("docs/{page}.md");
+        assert!(docs.contains(&page), "{page} is missing: {docs:?}");
+    }
+    docs.push("README.md".to_string());
+    for doc in &docs {
         let text = std::fs::read_to_string(root.join(doc)).unwrap();
         // The text outside code: code may hold any characters.
         let mut in_code = 0;

@@ -25,9 +25,10 @@ mod sockets;
 mod swap;
 mod swaps_and_drains;
 mod totals;
+mod watch;
 
-/// Every test of this target, registered (the README's meta-test reads
-/// this list too).
+/// Every test of this target, registered (the meta-test of the promise
+/// table in docs/tests.md reads this list too).
 pub fn all() -> Vec<libtest_mimic::Trial> {
     [
         concurrency::tests(),
@@ -49,6 +50,7 @@ pub fn all() -> Vec<libtest_mimic::Trial> {
         swap::tests(),
         swaps_and_drains::tests(),
         totals::tests(),
+        watch::tests(),
     ]
     .into_iter()
     .flatten()

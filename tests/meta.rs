@@ -1,7 +1,7 @@
-//! Tests of the tests: the README's table of promises names only tests
-//! that run, and the runner keeps its word (a skipped test fails when run
-//! anyway; a test that overruns its time limit fails, saying what it was
-//! waiting for).
+//! Tests of the tests: the table of promises (docs/tests.md) names only
+//! tests that run, and the runner keeps its word (a skipped test fails
+//! when run anyway; a test that overruns its time limit fails, saying
+//! what it was waiting for).
 
 use crate::support::harness;
 use libtest_mimic::{Arguments, Trial};
@@ -12,16 +12,16 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Each test the README's table of promises names is one that runs: a
-/// test of this target, registered with the runner (and, if ignored, only
-/// for a need this machine lacks); a trial the toolchains target
-/// registers; or a unit test of the host, marked `#[test]` and not
+/// Each test the table of promises in docs/tests.md names is one that
+/// runs: a test of this target, registered with the runner (and, if
+/// ignored, only for a need this machine lacks); a trial the toolchains
+/// target registers; or a unit test of the host, marked `#[test]` and not
 /// `#[ignore]`. A helper, an unregistered or ignored test, or a name that
 /// was changed, fails it.
-fn the_readme_names_only_tests_that_run() {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let table = &readme[readme.find("### Which test keeps which promise").unwrap()..];
-    let table = &table[..table.find("\n## ").unwrap()];
+fn the_promise_table_names_only_tests_that_run() {
+    let page = std::fs::read_to_string(root().join("docs/tests.md")).unwrap();
+    let table = &page[page.find("## Which test keeps which promise").unwrap()..];
+    let table = &table[..table.find("\n#").unwrap_or(table.len())];
     let named: Vec<&str> = table
         .lines()
         .filter(|line| line.starts_with("| ") && !line.starts_with("| Promise"))
@@ -35,7 +35,7 @@ fn the_readme_names_only_tests_that_run() {
     let runs =
         |name: &str| registered_here(name) || registered_in_toolchains(name) || unit_test(name);
     let missing: Vec<_> = named.into_iter().filter(|name| !runs(name)).collect();
-    assert!(missing.is_empty(), "the README names tests that do not run: {missing:?}");
+    assert!(missing.is_empty(), "docs/tests.md names tests that do not run: {missing:?}");
 }
 
 /// A test of this target by its full name (`module::function`) or its
@@ -139,7 +139,7 @@ pub fn tests() -> Vec<Trial> {
     crate::tests![
         only_require_toolchains_1_requires_them,
         the_output_collector_reads_past_bytes_that_are_not_utf8,
-        the_readme_names_only_tests_that_run,
+        the_promise_table_names_only_tests_that_run,
         a_skipped_test_fails_when_run_anyway,
         a_test_that_overruns_its_time_limit_fails_saying_what_it_waited_for,
     ]

@@ -6,12 +6,18 @@
 //! engine's settings, so a changed file or a different host never picks up
 //! stale code. Loading compiled code trusts it, so the directory is created
 //! private to the user (0700), and one that others may write to is not used.
+//!
+//! On Windows the directory is `%LOCALAPPDATA%\wasi-echo`, inside the
+//! user's profile, which Windows' default permissions let only the user,
+//! SYSTEM and administrators write to; the host checks that it is a real
+//! directory, not a link or junction that could lead elsewhere. (It does
+//! not read the directory's access list: a `--cache-dir` outside the
+//! profile is the operator's to keep private.)
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 use wasmtime::component::Component;
@@ -21,11 +27,16 @@ use wasmtime::Engine;
 const KEEP: usize = 16;
 
 /// Where compiled guests go unless `--cache-dir` says otherwise:
-/// `$XDG_CACHE_HOME/wasi-echo`, or `~/.cache/wasi-echo`.
+/// `$XDG_CACHE_HOME/wasi-echo` or `~/.cache/wasi-echo`; on macOS
+/// `~/Library/Caches/wasi-echo`; on Windows `%LOCALAPPDATA%\wasi-echo`.
 pub fn default_dir() -> Option<PathBuf> {
-    let base = match std::env::var_os("XDG_CACHE_HOME") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(std::env::var_os("HOME")?).join(".cache"),
+    let set = |var: &str| std::env::var_os(var).filter(|dir| !dir.is_empty()).map(PathBuf::from);
+    let base = if cfg!(windows) {
+        set("LOCALAPPDATA")?
+    } else if cfg!(target_os = "macos") {
+        set("HOME")?.join("Library/Caches")
+    } else {
+        set("XDG_CACHE_HOME").or_else(|| Some(set("HOME")?.join(".cache")))?
     };
     Some(base.join("wasi-echo"))
 }
@@ -57,7 +68,7 @@ pub fn compile(
         // `Component::serialize` in this host, into a directory private to
         // this user. wasmtime still checks the format, version and engine
         // settings, and refuses (it does not misbehave) on a mismatch.
-        match unsafe { Component::deserialize_file(engine, &entry) } {
+        match unsafe { load_entry(engine, &entry) } {
             Ok(component) => {
                 // Mark it recently used, so that pruning keeps it.
                 let now = SystemTime::now();
@@ -66,7 +77,7 @@ pub fn compile(
                 return Ok(component);
             }
             Err(e) => tracing::warn!(
-                "ignoring the compiled copy of {shown} in {}: {e}; compiling it again",
+                "ignoring the compiled copy of {shown} in {}: {e:#}; compiling it again",
                 entry.display()
             ),
         }
@@ -96,6 +107,20 @@ fn compile_timed(engine: &Engine, bytes: &[u8], shown: &str) -> Result<(Componen
     Ok((component, started.elapsed().as_secs_f64()))
 }
 
+/// Loads an entry: mapped from the file on Unix (processes running the
+/// same guest share its pages); read into memory on Windows, where Wine
+/// cannot change the protection of a file's mapped view (a copy costs a
+/// few milliseconds and works on every Windows).
+///
+/// # Safety
+/// As `Component::deserialize_file`: the entry must be code this host wrote.
+unsafe fn load_entry(engine: &Engine, entry: &Path) -> wasmtime::Result<Component> {
+    #[cfg(unix)]
+    return unsafe { Component::deserialize_file(engine, entry) };
+    #[cfg(windows)]
+    return unsafe { Component::deserialize(engine, std::fs::read(entry)?) };
+}
+
 /// Deletes all but the [`KEEP`] most recently used entries, so that the
 /// cache does not grow with every guest ever run. Best effort.
 fn prune(dir: &Path) {
@@ -115,7 +140,9 @@ fn prune(dir: &Path) {
 /// Compiled code is trusted when loaded, so the cache must be a directory
 /// only this user can write to (or one that does not exist yet: `store`
 /// creates it so).
+#[cfg(unix)]
 fn private(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::metadata(dir) else { return Ok(()) };
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
@@ -130,6 +157,32 @@ fn private(dir: &Path) -> Result<(), String> {
     }
 }
 
+/// On Windows: a real directory, not a link or junction (see the module's
+/// documentation for what that relies on).
+#[cfg(windows)]
+fn private(dir: &Path) -> Result<(), String> {
+    use std::os::windows::fs::MetadataExt;
+    const REPARSE_POINT: u32 = 0x400;
+    let Ok(meta) = std::fs::symlink_metadata(dir) else { return Ok(()) };
+    if meta.file_attributes() & REPARSE_POINT != 0 {
+        Err("it is a link or junction, not a directory of its own".into())
+    } else if !meta.is_dir() {
+        Err("it is not a directory".into())
+    } else {
+        Ok(())
+    }
+}
+
+/// Creates the cache directory, private to the user where the system
+/// says so with a mode.
+fn create_private(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
 /// `<sha-256 of the component>-<hash of the engine's settings>.cwasm`.
 fn entry_name(engine: &Engine, bytes: &[u8]) -> String {
     let content: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
@@ -141,11 +194,7 @@ fn entry_name(engine: &Engine, bytes: &[u8]) -> String {
 /// Writes the entry whole or not at all: a temporary file, then a rename,
 /// so a concurrent or interrupted start never sees half an entry.
 fn store(dir: &Path, entry: &Path, component: &Component) -> Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
+    create_private(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let code = component
         .serialize()
         .map_err(anyhow::Error::from)
@@ -252,6 +301,7 @@ mod tests {
     /// directory others may write to is never loaded, and nothing is
     /// cached there.
     #[test]
+    #[cfg(unix)]
     fn a_cache_others_may_write_to_is_not_used() {
         use std::os::unix::fs::PermissionsExt;
         let (engine, bytes) = (engine(), guest_bytes());

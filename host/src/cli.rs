@@ -131,9 +131,16 @@ pub struct Args {
 
     /// Where compiled guests are kept between runs, so that a guest file
     /// is compiled once, not at every start [default: $XDG_CACHE_HOME/wasi-echo
-    /// or ~/.cache/wasi-echo].
+    /// or ~/.cache/wasi-echo; ~/Library/Caches/wasi-echo on macOS;
+    /// %LOCALAPPDATA%\wasi-echo on Windows].
     #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
     pub cache_dir: Option<PathBuf>,
+
+    /// Swap the guest when its file is replaced (a rename over it, or a
+    /// write that completes), as SIGHUP does: on every platform, Windows
+    /// included. A file still being written is waited for, never loaded.
+    #[arg(long)]
+    pub watch: bool,
 
     /// Compile the guest file at every start; keep nothing on disk.
     #[arg(long)]
@@ -188,6 +195,7 @@ impl Args {
                 true => None,
                 false => self.cache_dir.or_else(crate::cache::default_dir),
             },
+            watch: self.watch,
             handed: handed.to_vec(),
         };
         let flags = Choices {

@@ -7,7 +7,8 @@ use std::path::Path;
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
-/// The default echo guest, compiled to machine code by `build.rs`.
+/// The default echo guest, compiled to machine code by `build.rs` (or,
+/// `default_guest_uncompiled`, the component itself).
 static DEFAULT_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest.cwasm"));
 
 /// The guest's name as the logs (and the guest's `argv[0]`) show it.
@@ -34,6 +35,21 @@ pub async fn load_in_background(
     loading.await.context("loading the guest")?
 }
 
+/// Loads a guest file from `bytes` read already (by `--watch`, which
+/// checked them whole), off the async runtime's thread likewise.
+pub async fn load_read_in_background(
+    engine: &Engine,
+    path: &Path,
+    bytes: std::sync::Arc<Vec<u8>>,
+    cache: Option<&Path>,
+) -> Result<Component> {
+    let engine = engine.clone();
+    let (path, cache) = (path.to_path_buf(), cache.map(Path::to_path_buf));
+    let loading =
+        tokio::task::spawn_blocking(move || compile_file(&engine, &path, &bytes, cache.as_deref()));
+    loading.await.context("loading the guest")?
+}
+
 /// Loads the guest to run. A file is compiled, or its compiled code is
 /// taken from `cache` (see `cache.rs`) when an earlier run left it there.
 pub fn load(engine: &Engine, path: Option<&Path>, cache: Option<&Path>) -> Result<Component> {
@@ -43,6 +59,7 @@ pub fn load(engine: &Engine, path: Option<&Path>, cache: Option<&Path>) -> Resul
     }
 }
 
+#[cfg(not(default_guest_uncompiled))]
 fn load_default(engine: &Engine) -> Result<Component> {
     // SAFETY: these bytes were written by `Engine::precompile_component` in
     // this crate's build script, with the configuration `engine` was made
@@ -53,11 +70,29 @@ fn load_default(engine: &Engine) -> Result<Component> {
         .context("loading the built-in echo guest (try `cargo clean -p host`)")
 }
 
+/// A host cross-built for an architecture the build machine's Cranelift
+/// does not know embeds the component itself (see `build.rs`).
+#[cfg(default_guest_uncompiled)]
+fn load_default(engine: &Engine) -> Result<Component> {
+    Component::from_binary(engine, DEFAULT_GUEST)
+        .map_err(anyhow::Error::from)
+        .context("compiling the built-in echo guest")
+}
+
 fn load_file(engine: &Engine, path: &Path, cache: Option<&Path>) -> Result<Component> {
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {shown}"))?;
-    check_is_component(path, &bytes)?;
-    crate::cache::compile(engine, &bytes, &shown, cache)
+    compile_file(engine, path, &bytes, cache)
+}
+
+fn compile_file(
+    engine: &Engine,
+    path: &Path,
+    bytes: &[u8],
+    cache: Option<&Path>,
+) -> Result<Component> {
+    check_is_component(path, bytes)?;
+    crate::cache::compile(engine, bytes, &path.display().to_string(), cache)
 }
 
 /// A clear word for the two ways a file is not a component at all.

@@ -67,7 +67,14 @@ fn queue(to: impl Write + Send + 'static, thread: &str) -> (NonBlocking, WorkerG
 
 /// systemd connects a service's stderr to the journal and says so in
 /// JOURNAL_STREAM (`DEVICE:INODE` of that stream); a redirected stderr
-/// is not the journal even if the variable was inherited.
+/// is not the journal even if the variable was inherited. (Windows has no
+/// journal.)
+#[cfg(windows)]
+fn stderr_is_the_journal() -> bool {
+    false
+}
+
+#[cfg(unix)]
 fn stderr_is_the_journal() -> bool {
     let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
     let Some((device, inode)) = stream.to_str().and_then(|s| s.split_once(':')) else {

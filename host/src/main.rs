@@ -32,6 +32,7 @@ mod sockets;
 mod swap;
 mod trace;
 mod wasi_version;
+mod watch;
 
 use clap::Parser;
 use settings::LogFormat;

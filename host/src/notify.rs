@@ -8,14 +8,23 @@
 //!   `RuntimeDirectory=`), where `wasi-tcp-host reload PID` (the unit's
 //!   `ExecReload=`) waits for it, so that a swap that fails makes
 //!   `systemctl reload` fail.
+//!
+//! Both are Unix (the first is systemd's, on Linux); on Windows there is no
+//! service manager to tell, and no SIGHUP to send (`--watch` swaps there).
 
-use anyhow::{bail, Context, Result};
-use std::os::unix::net::UnixDatagram;
+use anyhow::{bail, Result};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(unix)]
+use {anyhow::Context, std::time::Instant};
+
+#[cfg(unix)]
+type NotifySocket = (std::os::unix::net::UnixDatagram, std::os::unix::net::SocketAddr);
+#[cfg(windows)]
+type NotifySocket = std::convert::Infallible;
 
 pub struct Notifier {
-    socket: Option<(UnixDatagram, std::os::unix::net::SocketAddr)>,
+    socket: Option<NotifySocket>,
     outcomes: Option<PathBuf>,
     swaps: u64,
     ready: bool,
@@ -24,26 +33,20 @@ pub struct Notifier {
 impl Notifier {
     /// From the environment the service manager gave the host.
     pub fn from_env() -> Notifier {
-        let socket = std::env::var_os("NOTIFY_SOCKET").and_then(|path| {
-            let path = path.to_str()?.to_string();
-            let addr = match path.strip_prefix('@') {
-                Some(name) => {
-                    use std::os::linux::net::SocketAddrExt;
-                    std::os::unix::net::SocketAddr::from_abstract_name(name).ok()?
-                }
-                None => std::os::unix::net::SocketAddr::from_pathname(&path).ok()?,
-            };
-            Some((UnixDatagram::unbound().ok()?, addr))
-        });
+        let socket =
+            std::env::var_os("NOTIFY_SOCKET").and_then(|path| notify_socket(path.to_str()?));
         let outcomes =
             std::env::var_os("RUNTIME_DIRECTORY").map(|dir| PathBuf::from(dir).join("reload"));
         Notifier { socket, outcomes, swaps: 0, ready: false }
     }
 
     fn send(&self, state: &str) {
+        #[cfg(unix)]
         if let Some((socket, addr)) = &self.socket {
             let _ = socket.send_to_addr(state.as_bytes(), addr);
         }
+        #[cfg(windows)]
+        let _ = (&self.socket, state);
     }
 
     /// Readiness may have changed: READY=1 the first time it holds.
@@ -81,6 +84,34 @@ impl Notifier {
     }
 }
 
+/// NOTIFY_SOCKET: a path, or `@` and an abstract name (Linux's).
+#[cfg(unix)]
+fn notify_socket(path: &str) -> Option<NotifySocket> {
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let addr = match path.strip_prefix('@') {
+        #[cfg(target_os = "linux")]
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            SocketAddr::from_abstract_name(name).ok()?
+        }
+        #[cfg(not(target_os = "linux"))]
+        Some(_) => return None,
+        None => SocketAddr::from_pathname(path).ok()?,
+    };
+    Some((UnixDatagram::unbound().ok()?, addr))
+}
+
+#[cfg(windows)]
+fn notify_socket(_: &str) -> Option<NotifySocket> {
+    None
+}
+
+#[cfg(windows)]
+fn monotonic_usec() -> u64 {
+    0
+}
+
+#[cfg(unix)]
 fn monotonic_usec() -> u64 {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime only writes `now`.
@@ -89,6 +120,7 @@ fn monotonic_usec() -> u64 {
 }
 
 /// The last swap's outcome: its number, and the line.
+#[cfg_attr(windows, allow(dead_code))]
 fn last_outcome(path: &std::path::Path) -> (u64, String) {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let number = text.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
@@ -98,18 +130,14 @@ fn last_outcome(path: &std::path::Path) -> (u64, String) {
 /// `wasi-tcp-host reload PID`: asks the host running as PID to swap its
 /// guest (SIGHUP) and waits for the outcome: Ok if the new guest serves,
 /// an error saying why not.
+#[cfg(unix)]
 pub fn reload(pid: u32, within: Duration) -> Result<String> {
     let dir = std::env::var_os("RUNTIME_DIRECTORY").context(
         "RUNTIME_DIRECTORY is not set: the host reports swaps there (systemd's RuntimeDirectory=)",
     )?;
     let path = PathBuf::from(dir).join("reload");
     let (before, _) = last_outcome(&path);
-    let pid = libc::pid_t::try_from(pid).context("not a process id")?;
-    // SAFETY: kill(2) only sends a signal.
-    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
-        let e = std::io::Error::last_os_error();
-        bail!("cannot signal process {pid}: {e}");
-    }
+    hang_up(pid)?;
     let deadline = Instant::now() + within;
     loop {
         let (number, line) = last_outcome(&path);
@@ -126,4 +154,20 @@ pub fn reload(pid: u32, within: Duration) -> Result<String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[cfg(unix)]
+fn hang_up(pid: u32) -> Result<()> {
+    let pid = libc::pid_t::try_from(pid).context("not a process id")?;
+    // SAFETY: kill(2) only sends a signal.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        let e = std::io::Error::last_os_error();
+        bail!("cannot signal process {pid}: {e}");
+    }
+    Ok(())
+}
+
+#[cfg(windows)]
+pub fn reload(_: u32, _: Duration) -> Result<String> {
+    bail!("`reload` sends SIGHUP, which Windows does not have: run the host with --watch instead")
 }

@@ -1,5 +1,6 @@
 //! Supervises the guest: starts an instance; starts it again after a
-//! failure (`--restart on-failure`); on SIGHUP loads the guest file again
+//! failure (`--restart on-failure`); on SIGHUP (or, with `--watch`, when
+//! its file is replaced) loads the guest file again
 //! and swaps the new instance in while the old one drains (`swap.rs`); on
 //! SIGQUIT drains every instance and exits; on SIGINT or SIGTERM stops
 //! everything at once.
@@ -49,7 +50,7 @@ pub fn handed_sockets() -> Result<Vec<Handed>> {
 pub async fn run(settings: Settings, handed: Vec<Handed>) -> Result<ExitCode> {
     // Listen for the signals from the start, so that SIGINT and SIGTERM
     // always mean "stop gracefully" and never the default "die at once".
-    let mut signals = Signals::install()?;
+    let mut signals = Signals::install(watched(&settings))?;
     // Bound now, so that a port already in use is reported before the
     // guest loads; kept until the host exits, across guest instances.
     let handed = handed.into_iter().map(|h| h.socket).collect();
@@ -75,6 +76,11 @@ pub async fn run(settings: Settings, handed: Vec<Handed>) -> Result<ExitCode> {
         tokio::spawn(observe::serve(metrics, supervisor.readiness()));
     }
     supervisor.serve(signals).await
+}
+
+/// The guest file to watch, with `--watch`.
+pub(crate) fn watched(settings: &Settings) -> Option<&std::path::Path> {
+    settings.guest.as_deref().filter(|_| settings.watch)
 }
 
 pub(crate) fn stopped(signal: &str) -> ExitCode {
@@ -214,13 +220,17 @@ impl Supervisor {
     async fn handle(&mut self, event: Event, signals: &mut Signals) -> Option<Result<ExitCode>> {
         match event {
             Event::Signal(Received::Stop(signal)) => return Some(Ok(self.stop_now(signal))),
-            Event::Signal(Received::Quit) => return Some(self.stop_gracefully(signals).await),
-            Event::Signal(Received::Hangup) if self.swap.is_some() => {
-                tracing::warn!(event = "swap", "SIGHUP received while a swap is under way; ignored")
+            Event::Signal(Received::Quit(signal)) => {
+                return Some(self.stop_gracefully(signal, signals).await)
             }
-            Event::Signal(Received::Hangup) => {
+            Event::Signal(Received::Swap(asked)) if self.swap.is_some() => {
+                let said =
+                    asked.said(&guest::name(self.guest.shared.sandbox.settings.guest.as_deref()));
+                tracing::warn!(event = "swap", "{said} while a swap is under way; ignored")
+            }
+            Event::Signal(Received::Swap(asked)) => {
                 self.notifier.reloading();
-                self.swap = Some(Swap::load(&self.guest.shared));
+                self.swap = Some(Swap::load(&self.guest.shared, &asked));
             }
             Event::Ended(outcome) => return self.ended(outcome),
             Event::RestartDue => self.start_current(),
@@ -363,14 +373,15 @@ impl Supervisor {
         self.carry_out(decision)
     }
 
-    /// SIGQUIT: no new clients for anyone (the host's listeners close);
+    /// SIGQUIT (Ctrl-Break on Windows): no new clients for anyone (the host's listeners close);
     /// every instance (the current one, one a swap was starting, and those
     /// still draining after a swap) serves the clients it has until they
     /// leave or --drain-timeout passes; then the host exits (with the error
     /// it was going to exit with after a swap, if any).
-    async fn stop_gracefully(&mut self, signals: &mut Signals) -> Result<ExitCode> {
-        tracing::info!(event = "stop", "SIGQUIT received: taking no new clients");
-        self.notifier.stopping("SIGQUIT received: serving the connected clients, then stopping");
+    async fn stop_gracefully(&mut self, signal: &str, signals: &mut Signals) -> Result<ExitCode> {
+        tracing::info!(event = "stop", "{signal} received: taking no new clients");
+        self.notifier
+            .stopping(&format!("{signal} received: serving the connected clients, then stopping"));
         self.serving.store(false, Ordering::SeqCst);
         self.guest.shared.sandbox.listeners.stop_offering();
         let timeout = self.guest.shared.sandbox.settings.drain_timeout;
@@ -389,7 +400,7 @@ impl Supervisor {
     }
 
     /// Waits for every drain; SIGINT or SIGTERM meanwhile stop at once;
-    /// SIGHUP and another SIGQUIT change nothing.
+    /// a swap asked for and another SIGQUIT change nothing.
     async fn drain_all(
         &mut self,
         signals: &mut Signals,
@@ -404,13 +415,14 @@ impl Supervisor {
                 },
                 received = signals.next() => match received {
                     Received::Stop(signal) => return Ok(stopped(signal)),
-                    Received::Hangup => tracing::warn!(
+                    Received::Swap(asked) => {
+                        let name = guest::name(self.guest.shared.sandbox.settings.guest.as_deref());
+                        let said = asked.said(&name);
+                        tracing::warn!(event = "stop", "{said} while stopping gracefully; ignored")
+                    }
+                    Received::Quit(signal) => tracing::info!(
                         event = "stop",
-                        "SIGHUP received while stopping gracefully; ignored"
-                    ),
-                    Received::Quit => tracing::info!(
-                        event = "stop",
-                        "SIGQUIT received again; already stopping gracefully"
+                        "{signal} received again; already stopping gracefully"
                     ),
                 },
             }

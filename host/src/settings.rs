@@ -49,6 +49,8 @@ pub struct Settings {
     pub cache_dir: Option<PathBuf>,
     /// `--nagle`: leave TCP_NODELAY off on the guest's connections.
     pub nagle: bool,
+    /// `--watch`: swap the guest when its file is replaced (`watch.rs`).
+    pub watch: bool,
     /// `--metrics ADDR:PORT`: where the host serves its metrics and health.
     pub metrics: Option<SocketAddr>,
     /// `--per-client`: one guest instance per client, the connection its
@@ -148,6 +150,8 @@ pub struct Run {
     pub guest_args: Vec<String>,
     pub trace: Option<TraceDetail>,
     pub cache_dir: Option<PathBuf>,
+    /// `--watch`: swap the guest when its file is replaced.
+    pub watch: bool,
     /// Listening sockets a service manager passed (socket activation):
     /// with no `listen` chosen, their addresses are the grants.
     pub handed: Vec<SocketAddr>,
@@ -157,6 +161,9 @@ impl Settings {
     /// The policy file's choices combined with the command line's (`flags`),
     /// the one way the module documentation gives.
     pub fn new(run: Run, file: Choices, flags: Choices) -> Result<Settings> {
+        if run.watch && run.guest.is_none() {
+            bail!("--watch watches a guest file: name one (the built-in guest never changes)");
+        }
         let limits = limits(&file, &flags)?;
         let per_client = file.per_client || flags.per_client;
         let threads = threads(&file, &flags, per_client)?;
@@ -205,6 +212,7 @@ impl Settings {
             trace: run.trace,
             cache_dir: run.cache_dir,
             nagle: file.nagle || flags.nagle,
+            watch: run.watch,
             metrics,
             per_client,
             threads,
@@ -259,6 +267,7 @@ impl Settings {
             drain_timeout: self.drain_timeout,
             trace: self.trace,
             cache_dir: self.cache_dir.clone(),
+            watch: self.watch,
             nagle: self.nagle,
             metrics: self.metrics,
             per_client: self.per_client,
@@ -326,8 +335,17 @@ fn default_max_connections_for(limit: Option<usize>) -> usize {
     limit.map_or(usize::MAX, |limit| limit.saturating_sub(HOST_DESCRIPTORS).max(1))
 }
 
+/// The process's open-file limit (its soft limit), if it has one. Windows
+/// has none for sockets (they are kernel handles, limited by memory), so
+/// there the default cap is 1024.
+#[cfg(windows)]
+pub(crate) fn open_file_limit() -> Option<usize> {
+    None
+}
+
 /// The process's open-file limit (its soft limit), if it has one.
-fn open_file_limit() -> Option<usize> {
+#[cfg(unix)]
+pub(crate) fn open_file_limit() -> Option<usize> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit only writes `limit`.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {

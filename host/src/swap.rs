@@ -1,4 +1,4 @@
-//! SIGHUP: swap the guest for a freshly loaded one without closing the
+//! SIGHUP or `--watch`: swap the guest for a freshly loaded one without closing the
 //! port (the signal nginx and systemd's `ExecReload` use).
 //!
 //! 1. The policy file is read again (what it says applies to the new
@@ -24,6 +24,7 @@ use crate::instance::{command_pre, Instance, Shared};
 use crate::metrics::{self, DrainOutcome, SwapOutcome};
 use crate::sandbox::{self, GuestState, Sandbox};
 use crate::settings::Settings;
+use crate::signals::SwapAsked;
 use crate::sockets::{Listeners, SocketCap};
 use anyhow::Result;
 use std::sync::Arc;
@@ -33,6 +34,23 @@ use tokio::time::Instant;
 use wasmtime::component::Component;
 use wasmtime::Engine;
 use wasmtime_wasi::p2::bindings::CommandPre;
+
+/// The guest `new` settings name: from the bytes `--watch` read, when it
+/// is still the file watched (the policy may have named another).
+pub async fn load_guest(
+    engine: &Engine,
+    old: &Settings,
+    new: &Settings,
+    read: Option<Arc<Vec<u8>>>,
+) -> Result<Component> {
+    let cache = new.cache_dir.as_deref();
+    match (read, new.guest.as_deref()) {
+        (Some(bytes), Some(path)) if old.guest.as_deref() == Some(path) => {
+            crate::guest::load_read_in_background(engine, path, bytes, cache).await
+        }
+        (_, path) => crate::guest::load_in_background(engine, path, cache).await,
+    }
+}
 
 /// How long a new instance has to listen where the old one did.
 const LISTEN_WITHIN: Duration = Duration::from_secs(10);
@@ -93,16 +111,17 @@ pub enum SwapStep {
 }
 
 impl Swap {
-    /// Reads the policy file again and loads the guest file again.
-    pub fn load(shared: &Arc<Shared>) -> Swap {
+    /// Reads the policy file again and loads the guest file again (or
+    /// takes the bytes `--watch` read and checked).
+    pub fn load(shared: &Arc<Shared>, asked: &SwapAsked) -> Swap {
         let settings = &shared.sandbox.settings;
         let name = crate::guest::name(settings.guest.as_deref());
-        tracing::info!(event = "swap", "SIGHUP received: loading {name} again, to swap it in");
-        let (engine, settings) = (shared.engine.clone(), Arc::clone(settings));
+        let said = asked.said(&name);
+        tracing::info!(event = "swap", "{said}: loading {name} again, to swap it in");
+        let (engine, settings, read) = (shared.engine.clone(), Arc::clone(settings), asked.bytes());
         Swap::Loading(tokio::spawn(async move {
             let new = settings.reloaded()?;
-            let (path, cache) = (new.guest.as_deref(), new.cache_dir.as_deref());
-            let component = crate::guest::load_in_background(&engine, path, cache).await?;
+            let component = load_guest(&engine, &settings, &new, read).await?;
             Ok((component, new))
         }))
     }

@@ -1,6 +1,6 @@
 //! The deployment files in `deploy/`: systemd units that verify clean and
-//! rate as little exposed as the README says, and Kubernetes manifests
-//! valid for a named Kubernetes version.
+//! rate as little exposed as docs/deploy.md says, and Kubernetes manifests
+//! valid for the Kubernetes version it names.
 
 use crate::support::HOST_BIN;
 use std::path::{Path, PathBuf};
@@ -11,6 +11,13 @@ const KUBERNETES: &str = "1.33.0";
 
 fn deploy(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(path)
+}
+
+/// docs/deploy.md, the page that says how the deployment files are used
+/// and what they were checked against.
+fn deploy_page() -> String {
+    std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/deploy.md"))
+        .unwrap()
 }
 
 fn run(cmd: &mut Command) -> (bool, String) {
@@ -38,7 +45,7 @@ pub fn the_systemd_units_verify_clean(analyze: &Path) {
     assert!(ok && output.trim().is_empty(), "systemd-analyze verify:\n{output}");
 }
 
-pub fn the_service_is_exposed_no_more_than_the_readme_says_and_at_most_2(analyze: &Path) {
+pub fn the_service_is_exposed_no_more_than_the_docs_say_and_at_most_2(analyze: &Path) {
     let (ok, output) = run(Command::new(analyze)
         .args(["security", "--offline=true", "--no-pager"])
         .arg(deploy("systemd/wasi-tcp-host.service")));
@@ -49,11 +56,8 @@ pub fn the_service_is_exposed_no_more_than_the_readme_says_and_at_most_2(analyze
         .unwrap_or_else(|| panic!("{output}"));
     let level = line.split(": ").nth(1).and_then(|rest| rest.split(' ').next()).unwrap();
     assert!(level.parse::<f64>().unwrap() <= 2.0, "{line}");
-    let readme =
-        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-            .unwrap();
     let claim = format!("rates the service {level} ");
-    assert!(readme.contains(&claim), "the README should say {claim:?} ({line})");
+    assert!(deploy_page().contains(&claim), "docs/deploy.md should say {claim:?} ({line})");
 }
 
 pub fn the_kubernetes_manifests_are_valid_for_the_named_version(validate: &Path) {
@@ -69,13 +73,10 @@ pub fn the_kubernetes_manifests_are_valid_for_the_named_version(validate: &Path)
     for kind in ["deployment", "service", "configmap", "networkpolicy", "poddisruptionbudget"] {
         assert!(output.contains(&format!("passed for resource {kind}/")), "{kind}:\n{output}");
     }
-    let readme =
-        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-            .unwrap();
     let short = KUBERNETES.trim_end_matches(".0");
     assert!(
-        readme.contains(&format!("Kubernetes {short}")),
-        "the README should name Kubernetes {short}"
+        deploy_page().contains(&format!("Kubernetes {short}")),
+        "docs/deploy.md should name Kubernetes {short}"
     );
 }
 

@@ -2,7 +2,8 @@
 //! componentize-py and componentize-js (guests from other toolchains),
 //! Prometheus and promtool (the metrics), systemd's tools,
 //! kubernetes-validate, podman and the static host (the deployment files),
-//! root (a network namespace for the container image).
+//! root (a network namespace for the container image), Wine, MinGW and
+//! the host cross-built for Windows.
 //!
 //! A test whose needs are missing is shown as ignored, saying what it
 //! needs, and counted in the summary (`cargo test` prints "N ignored");
@@ -18,6 +19,7 @@ mod activation;
 mod deploy;
 mod elsewhere;
 mod observe;
+mod windows;
 
 use libtest_mimic::{Arguments, Trial};
 use std::path::PathBuf;
@@ -46,7 +48,16 @@ fn main() {
         false => Err("clang for WASI (Debian: clang lld wasi-libc libclang-rt-dev-wasm32)"),
     };
     let root = || need::root().map(|()| PathBuf::new()).map_err(|_| "root");
-    let trials = vec![
+    let windows = || {
+        [
+            windows::wine64().ok_or("wine64 (Debian: wine wine64)"),
+            windows::windows_host()
+                .ok_or("the Windows host (cargo build -p host --target x86_64-pc-windows-gnu)"),
+            tool("x86_64-w64-mingw32-gcc", "MINGW_GCC")
+                .map_err(|_| "x86_64-w64-mingw32-gcc (Debian: gcc-mingw-w64-x86-64)"),
+        ]
+    };
+    let mut trials = vec![
         trial("elsewhere::the_python_guest_echoes", [python()], |[p]| {
             elsewhere::the_python_guest_echoes(&p)
         }),
@@ -100,9 +111,9 @@ fn main() {
             deploy::the_systemd_units_verify_clean(&a)
         }),
         trial(
-            "deploy::the_service_is_exposed_no_more_than_the_readme_says_and_at_most_2",
+            "deploy::the_service_is_exposed_no_more_than_the_docs_say_and_at_most_2",
             [analyze()],
-            |[a]| deploy::the_service_is_exposed_no_more_than_the_readme_says_and_at_most_2(&a),
+            |[a]| deploy::the_service_is_exposed_no_more_than_the_docs_say_and_at_most_2(&a),
         ),
         trial(
             "deploy::the_kubernetes_manifests_are_valid_for_the_named_version",
@@ -126,6 +137,40 @@ fn main() {
             },
         ),
     ];
+    let on_windows: [(&str, fn(windows::Needs<'_>)); 8] = [
+        (
+            "windows::the_built_in_guest_echoes_and_ctrl_c_stops_it",
+            windows::the_built_in_guest_echoes_and_ctrl_c_stops_it,
+        ),
+        (
+            "windows::a_guest_file_is_cached_under_localappdata",
+            windows::a_guest_file_is_cached_under_localappdata,
+        ),
+        (
+            "windows::denied_bind_and_connect_and_the_lessons_step_1_and_3",
+            windows::denied_bind_and_connect_and_the_lessons_step_1_and_3,
+        ),
+        (
+            "windows::restart_on_failure_brings_a_crashing_guest_back",
+            windows::restart_on_failure_brings_a_crashing_guest_back,
+        ),
+        (
+            "windows::clients_outside_allow_client_are_reset",
+            windows::clients_outside_allow_client_are_reset,
+        ),
+        (
+            "windows::watch_swaps_the_guest_and_waits_for_a_whole_file",
+            windows::watch_swaps_the_guest_and_waits_for_a_whole_file,
+        ),
+        ("windows::listen_fds_is_refused_in_one_line", windows::listen_fds_is_refused_in_one_line),
+        (
+            "windows::a_second_host_on_the_same_port_is_refused",
+            windows::a_second_host_on_the_same_port_is_refused,
+        ),
+    ];
+    for (name, test) in on_windows {
+        trials.push(trial(name, windows(), move |[w, h, g]| test((&w, &h, &g))));
+    }
     libtest_mimic::run(&Arguments::from_args(), trials).exit();
 }
 

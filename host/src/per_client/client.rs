@@ -207,7 +207,7 @@ fn reset(stream: &TcpStream) {
 /// that it does not wait for ever), or a client gone before it was
 /// accepted (nothing to do).
 async fn accept_failed(listener: &TcpListener, e: &std::io::Error) {
-    let out_of_descriptors = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+    let out_of_descriptors = spare::out_of_descriptors(e);
     if out_of_descriptors && !spare::turn_away_one(&SockRef::from(listener)) {
         // Nothing was waiting after all: look again a little later rather
         // than spin on a listener the system keeps reporting ready.

@@ -28,7 +28,7 @@ use crate::epoch::EpochTicker;
 use crate::notify::Notifier;
 use crate::observe;
 use crate::settings::Settings;
-use crate::signals::{Received, Signals};
+use crate::signals::{Received, Signals, SwapAsked};
 use crate::sockets::activation::Handed;
 use crate::sockets::{Listeners, SocketCap};
 use crate::swap::Guest;
@@ -42,7 +42,7 @@ use wasmtime::component::Component;
 use wasmtime::Engine;
 
 pub async fn run(settings: Settings, handed: Vec<Handed>) -> Result<ExitCode> {
-    let mut signals = Signals::install()?;
+    let mut signals = Signals::install(crate::run::watched(&settings))?;
     let listeners = listen::open(&settings.grants.listen, handed)?;
     let metrics = settings.metrics.map(observe::bind).transpose()?;
     let limits = settings.limits;
@@ -150,17 +150,17 @@ impl Server {
                     notifier.stopping(&format!("{signal} received: stopping"));
                     return Ok(crate::run::stopped(signal));
                 }
-                Event::Signal(Received::Quit) => {
-                    notifier.stopping("SIGQUIT received: serving the clients connected");
-                    return Ok(self.stop_gracefully(&mut signals).await);
+                Event::Signal(Received::Quit(signal)) => {
+                    notifier.stopping(&format!("{signal} received: serving the clients connected"));
+                    return Ok(self.stop_gracefully(signal, &mut signals).await);
                 }
-                Event::Signal(Received::Hangup) if loading.is_some() => tracing::warn!(
-                    event = "swap",
-                    "SIGHUP received while a swap is under way; ignored"
-                ),
-                Event::Signal(Received::Hangup) => {
+                Event::Signal(Received::Swap(asked)) if loading.is_some() => {
+                    let said = asked.said(&crate::guest::name(self.settings.guest.as_deref()));
+                    tracing::warn!(event = "swap", "{said} while a swap is under way; ignored")
+                }
+                Event::Signal(Received::Swap(asked)) => {
                     notifier.reloading();
-                    loading = Some(self.load_again());
+                    loading = Some(self.load_again(&asked));
                 }
                 Event::Loaded(Ok((guest, settings))) => {
                     self.clients.swap(guest);
@@ -176,25 +176,25 @@ impl Server {
         }
     }
 
-    /// SIGHUP: the policy file and the guest file, read again, off the
-    /// serving threads.
-    fn load_again(&self) -> Loading {
+    /// SIGHUP or `--watch`: the policy file and the guest file, read
+    /// again, off the serving threads.
+    fn load_again(&self, asked: &SwapAsked) -> Loading {
         let name = crate::guest::name(self.settings.guest.as_deref());
-        tracing::info!(event = "swap", "SIGHUP received: loading {name} again, for new clients");
+        let said = asked.said(&name);
+        tracing::info!(event = "swap", "{said}: loading {name} again, for new clients");
         let (engine, settings) = (self.engine.clone(), Arc::clone(&self.settings));
-        let cap = self.clients.cap();
+        let (cap, read) = (self.clients.cap(), asked.bytes());
         tokio::spawn(async move {
             let new = settings.reloaded()?;
-            let (path, cache) = (new.guest.as_deref(), new.cache_dir.as_deref());
-            let component = crate::guest::load_in_background(&engine, path, cache).await?;
+            let component = crate::swap::load_guest(&engine, &settings, &new, read).await?;
             let guest = link(&engine, &new, &component, cap)?;
             Ok((guest, Arc::new(new)))
         })
     }
 
-    /// SIGQUIT: no new clients (the listeners close), and those connected
-    /// are served until they leave or `--drain-timeout` passes.
-    async fn stop_gracefully(&mut self, signals: &mut Signals) -> ExitCode {
+    /// SIGQUIT (Ctrl-Break): no new clients (the listeners close), and
+    /// those connected are served until they leave or `--drain-timeout`.
+    async fn stop_gracefully(&mut self, signal: &str, signals: &mut Signals) -> ExitCode {
         self.stopping.store(true, Ordering::SeqCst);
         self.accepting.iter().for_each(JoinHandle::abort);
         for accepting in self.accepting.drain(..) {
@@ -203,7 +203,7 @@ impl Server {
         let (open, timeout) = (self.clients.open(), self.settings.drain_timeout);
         tracing::info!(
             event = "stop",
-            "SIGQUIT received: the listeners are closed; serving the {open} clients connected \
+            "{signal} received: the listeners are closed; serving the {open} clients connected \
              until they leave (at most {})",
             humantime::format_duration(timeout)
         );

@@ -4,13 +4,21 @@
 //! (for which process) and LISTEN_FDNAMES (their names, `:`-separated).
 //! Each becomes the listener the host keeps for its address, so the host
 //! itself binds nothing and needs no right to bind a low port.
+//!
+//! A Unix protocol: on Windows, LISTEN_FDS is refused with one line.
 
-use anyhow::{bail, Context, Result};
-use socket2::{Domain, Socket, Type};
+use anyhow::{bail, Result};
+use socket2::Socket;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, RawFd};
+#[cfg(unix)]
+use {
+    anyhow::Context,
+    socket2::Type,
+    std::os::fd::{FromRawFd, RawFd},
+};
 
 /// The first descriptor passed (after stdin, stdout, stderr).
+#[cfg(unix)]
 const FIRST: RawFd = 3;
 
 /// A listening socket a service manager handed over.
@@ -19,9 +27,23 @@ pub struct Handed {
     pub socket: Socket,
 }
 
+/// Windows passes no descriptors this way: a service manager's LISTEN_FDS
+/// is a mistake to say, not to ignore (the host would bind the port itself).
+#[cfg(windows)]
+pub fn take() -> Result<Vec<Handed>> {
+    if std::env::var_os("LISTEN_FDS").is_some() {
+        bail!(
+            "LISTEN_FDS is set, but socket activation is a Unix protocol: on Windows the host \
+             binds its --listen addresses itself (unset LISTEN_FDS)"
+        );
+    }
+    Ok(Vec::new())
+}
+
 /// Takes the sockets passed to this process, if any, and removes the
 /// variables, as sd_listen_fds(unset=1) does. Call it before any thread
 /// starts (it changes the environment).
+#[cfg(unix)]
 pub fn take() -> Result<Vec<Handed>> {
     let Some(count) = std::env::var_os("LISTEN_FDS") else { return Ok(Vec::new()) };
     let pid = std::env::var("LISTEN_PID").ok().and_then(|pid| pid.parse::<u32>().ok());
@@ -41,6 +63,7 @@ pub fn take() -> Result<Vec<Handed>> {
     (0..count).map(|i| take_one(FIRST + i, names.get(i as usize).copied())).collect()
 }
 
+#[cfg(unix)]
 fn take_one(fd: RawFd, name: Option<&str>) -> Result<Handed> {
     let what = match name {
         Some(name) if !name.is_empty() => format!("descriptor {fd} (\"{name}\")"),
@@ -57,8 +80,8 @@ fn take_one(fd: RawFd, name: Option<&str>) -> Result<Handed> {
     // the host uses it.
     let socket = unsafe { Socket::from_raw_fd(fd) };
     let tcp = socket.r#type().is_ok_and(|t| t == Type::STREAM)
-        && socket.domain().is_ok_and(|d| d == Domain::IPV4 || d == Domain::IPV6)
-        && socket.is_listener().unwrap_or(false);
+        && socket.local_addr().is_ok_and(|a| a.is_ipv4() || a.is_ipv6())
+        && is_listener(&socket);
     if !tcp {
         std::mem::forget(socket);
         bail!("{what}, passed by the service manager, is not a listening TCP socket");
@@ -67,4 +90,29 @@ fn take_one(fd: RawFd, name: Option<&str>) -> Result<Handed> {
     let addr = socket.local_addr()?.as_socket();
     let addr = addr.with_context(|| format!("{what} has no IP address"))?;
     Ok(Handed { addr, socket })
+}
+
+/// SO_ACCEPTCONN: socket2 reads it on Linux only; the other Unixes have it
+/// too.
+#[cfg(target_os = "linux")]
+fn is_listener(socket: &Socket) -> bool {
+    socket.is_listener().unwrap_or(false)
+}
+
+#[cfg(all(unix, not(target_os = "linux")))]
+fn is_listener(socket: &Socket) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `value`.
+    let status = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    status == 0 && value != 0
 }

@@ -13,129 +13,15 @@
 //! on that IP; later binds of port 0 on that IP get it back while it is
 //! free, and a port of their own while it is lent.
 
+pub use super::listener::Listener;
 use super::{spare, ErrorCode};
 use anyhow::{bail, Context};
 use socket2::{Domain, SockAddr, Socket, Type};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::{ready, Context as TaskContext, Poll, Waker};
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context as TaskContext, Poll, Waker};
 use tokio::sync::watch;
-
-/// A bound TCP socket that is, or is about to be, listening.
-pub struct Listener {
-    /// Registered with the async runtime once listening: a socket that is
-    /// not listening yet reports "hung up", which the runtime never forgets.
-    /// Declared before `socket`, so that it is deregistered before the
-    /// socket closes.
-    ready: OnceLock<AsyncFd<RawFd>>,
-    socket: Socket,
-    local: SocketAddr,
-}
-
-impl Listener {
-    pub fn new(socket: Socket) -> std::io::Result<Arc<Listener>> {
-        socket.set_nonblocking(true)?;
-        let local = socket.local_addr()?.as_socket().ok_or(std::io::ErrorKind::InvalidInput)?;
-        Ok(Arc::new(Listener { ready: OnceLock::new(), socket, local }))
-    }
-
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    pub fn socket(&self) -> &Socket {
-        &self.socket
-    }
-
-    /// listen(): the first call starts listening; a later one (a new guest
-    /// instance) only asks for its own backlog, which Linux allows.
-    pub fn listen(&self, backlog: u32) -> Result<(), ErrorCode> {
-        let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
-        if self.ready.get().is_some() {
-            let _ = self.socket.listen(backlog);
-            return Ok(());
-        }
-        self.socket.listen(backlog)?;
-        // SAFETY: the descriptor is `self.socket`'s, which stays open for as
-        // long as `self.ready` (dropped first) keeps it registered.
-        let fd =
-            unsafe { AsyncFd::register_with_interest(self.socket.as_raw_fd(), Interest::READABLE) };
-        let fd = fd.map_err(|e| e.into_parts().1)?;
-        let _ = self.ready.set(fd);
-        Ok(())
-    }
-
-    /// Ready when a client waits to be accepted (or accepting would fail).
-    pub fn poll_ready(&self, cx: &mut TaskContext<'_>) -> Poll<()> {
-        match self.ready.get() {
-            Some(fd) => fd.poll_read_ready(cx).map(|_| ()),
-            None => Poll::Pending,
-        }
-    }
-
-    /// accept(): the next client waiting in the backlog, as a non-blocking
-    /// socket, with its address.
-    pub fn poll_accept(
-        &self,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<std::io::Result<(Socket, SocketAddr)>> {
-        let Some(fd) = self.ready.get() else { return Poll::Pending };
-        loop {
-            let mut ready = ready!(fd.poll_read_ready(cx))?;
-            // `try_io` forgets the readiness when the backlog turns out empty.
-            let Ok(accepted) = ready.try_io(|_| self.socket.accept()) else { continue };
-            return Poll::Ready(accepted.and_then(|(socket, peer)| {
-                socket.set_nonblocking(true)?;
-                let peer = peer.as_socket().ok_or(std::io::ErrorKind::InvalidInput)?;
-                Ok((socket, peer))
-            }));
-        }
-    }
-}
-
-/// The most clients one close of a listener resets: a backlog's worth
-/// (Linux caps backlogs at net.core.somaxconn, 4096 by default), so that
-/// clients arriving all the while cannot keep the host in the loop.
-const MOST_RESET_AT_CLOSE: usize = 4096;
-
-impl Listener {
-    /// Resets the clients waiting in the backlog, as closing a listener
-    /// does; returns how many there were.
-    pub fn reset_waiting(&self) -> usize {
-        let mut noop = TaskContext::from_waker(std::task::Waker::noop());
-        let mut reset = 0;
-        while reset < MOST_RESET_AT_CLOSE {
-            let Poll::Ready(Ok((client, _))) = self.poll_accept(&mut noop) else { break };
-            let _ = client.set_linger(Some(std::time::Duration::ZERO));
-            reset += 1;
-        }
-        reset
-    }
-
-    /// Stops listening: the clients waiting are reset, new ones refused.
-    /// (The socket stays bound, so that nothing else takes the address
-    /// while the host finishes.)
-    pub fn close(&self) {
-        let _ = self.socket.shutdown(std::net::Shutdown::Read);
-    }
-
-    /// Forgets that a client is waiting, until the system says so again:
-    /// when none can be accepted for now (no descriptor left), so that the
-    /// guest waits for the next event instead of finding its listener ready
-    /// again at once.
-    pub fn forget_readiness(&self) {
-        let mut noop = TaskContext::from_waker(std::task::Waker::noop());
-        if let Some(fd) = self.ready.get() {
-            if let Poll::Ready(Ok(mut ready)) = fd.poll_read_ready(&mut noop) {
-                ready.clear_ready();
-            }
-        }
-    }
-}
 
 /// The host's listeners, one place per `--listen` grant.
 pub struct Listeners {
@@ -357,7 +243,7 @@ impl Listeners {
         for place in &self.places {
             let place = lock(place);
             if let (Some(listener), false) = (&place.kept, place.handed) {
-                listener.close();
+                Listener::close(listener);
             }
         }
     }
@@ -471,14 +357,20 @@ pub fn bind_reserved(addr: SocketAddr) -> anyhow::Result<Socket> {
 }
 
 /// A TCP socket as wasi:sockets makes them: non-blocking, IPv6 sockets
-/// IPv6-only, and SO_REUSEADDR so that connections of an earlier run left
-/// in TIME_WAIT do not make the address busy.
+/// IPv6-only, and on Unix SO_REUSEADDR, so that connections of an earlier
+/// run left in TIME_WAIT do not make the address busy. On Windows,
+/// SO_REUSEADDR means something else (another socket may bind the same
+/// port and take its clients), so there it is SO_EXCLUSIVEADDRUSE: no
+/// other socket may bind the port while this one holds it.
 pub fn new_socket(addr: SocketAddr) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    #[cfg(unix)]
     socket.set_reuse_address(true)?;
+    #[cfg(windows)]
+    super::listener::set_exclusive_address_use(&socket)?;
     socket.set_nonblocking(true)?;
     Ok(socket)
 }

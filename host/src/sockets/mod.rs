@@ -16,6 +16,7 @@
 //! | `host.rs` | the WIT functions, one by one, each traced |
 //! | `tcp.rs` | a socket and its states (unbound, bound, listening, ...) |
 //! | `listeners.rs` | listeners the host keeps, so they outlive a guest |
+//! | `listener.rs` | one listener, waited on without accepting (Unix, Windows) |
 //! | `tenant.rs` | one guest instance: where it listens, how many clients it has |
 //! | `connection.rs` | a connection: what it owns, sends in the background, idle clients |
 //! | `streams.rs` | a connection's input and output streams |
@@ -33,6 +34,7 @@ mod cap;
 mod connection;
 mod host;
 mod io_trace;
+mod listener;
 mod listeners;
 mod options;
 mod poll;

@@ -76,8 +76,8 @@ pub fn get(socket: SockRef<'_>, family: IpAddressFamily, opt: Opt) -> Result<u64
     let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     let value = match opt {
         Opt::KeepAlive => u64::from(socket.keepalive()?),
-        Opt::KeepAliveIdleTime => nanos(socket.tcp_keepalive_time()?),
-        Opt::KeepAliveInterval => nanos(socket.tcp_keepalive_interval()?),
+        Opt::KeepAliveIdleTime => nanos(keepalive_time(&socket)?),
+        Opt::KeepAliveInterval => nanos(keepalive_interval(&socket)?),
         Opt::KeepAliveCount => u64::from(socket.tcp_keepalive_retries()?),
         Opt::HopLimit => u64::from(match family {
             IpAddressFamily::Ipv4 => socket.ttl_v4()?,
@@ -125,6 +125,50 @@ pub fn set(
     Ok(())
 }
 
+#[cfg(unix)]
+fn keepalive_time(socket: &SockRef<'_>) -> std::io::Result<Duration> {
+    socket.tcp_keepalive_time()
+}
+
+#[cfg(unix)]
+fn keepalive_interval(socket: &SockRef<'_>) -> std::io::Result<Duration> {
+    socket.tcp_keepalive_interval()
+}
+
+/// socket2 sets keep-alive times on Windows but does not read them:
+/// TCP_KEEPIDLE and TCP_KEEPINTVL (Windows 10 1709 and later), in seconds.
+#[cfg(windows)]
+fn keepalive_time(socket: &SockRef<'_>) -> std::io::Result<Duration> {
+    windows_seconds(socket, windows_sys::Win32::Networking::WinSock::TCP_KEEPIDLE)
+}
+
+#[cfg(windows)]
+fn keepalive_interval(socket: &SockRef<'_>) -> std::io::Result<Duration> {
+    windows_seconds(socket, windows_sys::Win32::Networking::WinSock::TCP_KEEPINTVL)
+}
+
+#[cfg(windows)]
+fn windows_seconds(socket: &SockRef<'_>, option: i32) -> std::io::Result<Duration> {
+    use std::os::windows::io::AsRawSocket;
+    use windows_sys::Win32::Networking::WinSock::{getsockopt, IPPROTO_TCP};
+    let mut seconds: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as i32;
+    // SAFETY: getsockopt writes at most `len` bytes into `seconds`.
+    let status = unsafe {
+        getsockopt(
+            socket.as_raw_socket() as usize,
+            IPPROTO_TCP,
+            option,
+            (&mut seconds as *mut u32).cast(),
+            &mut len,
+        )
+    };
+    match status {
+        0 => Ok(Duration::from_secs(u64::from(seconds))),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
 /// socket2 sets keep-alive parameters only together with SO_KEEPALIVE on;
 /// the spec lets them be set while it is off, so its state is put back.
 fn keepalive_param(socket: &SockRef<'_>, param: TcpKeepalive) -> std::io::Result<()> {
@@ -143,11 +187,16 @@ fn buffer_size_read(reported: usize) -> u64 {
     size as u64
 }
 
+#[cfg(unix)]
+const ENOBUFS: i32 = libc::ENOBUFS;
+#[cfg(windows)]
+const ENOBUFS: i32 = windows_sys::Win32::Networking::WinSock::WSAENOBUFS;
+
 /// A buffer size is a hint: a system that finds it too large (ENOBUFS on
 /// the BSDs) has not failed.
 fn buffer_size_set(result: std::io::Result<()>) -> std::io::Result<()> {
     match result {
-        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(ENOBUFS) => Ok(()),
         other => other,
     }
 }

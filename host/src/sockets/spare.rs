@@ -17,6 +17,15 @@ use std::time::Duration;
 static SPARE: Mutex<Option<Socket>> = Mutex::new(None);
 static TURNED_AWAY: Kind = Kind::warn("clients turned away for want of descriptors");
 
+/// Whether an accept failed for want of descriptors: EMFILE or ENFILE on
+/// Unix; WSAEMFILE or WSAENOBUFS (out of memory for sockets) on Windows.
+pub fn out_of_descriptors(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    return matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+    #[cfg(windows)]
+    return matches!(e.raw_os_error(), Some(10024 | 10055));
+}
+
 /// Takes the spare descriptor (again).
 pub fn reserve() {
     let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
@@ -48,13 +57,10 @@ fn log(peer: Option<SocketAddr>) {
         return;
     }
     let peer = peer.map_or_else(|| "somewhere".to_string(), |p| p.to_string());
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit only writes `limit`.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    let limit = crate::settings::open_file_limit().map_or("none".to_string(), |l| l.to_string());
     tracing::warn!(
         event = "limit",
         "refused: a client from {peer}, turned away: the process has no descriptor left \
-         (its open-file limit is {}); raise that limit or lower --max-connections",
-        limit.rlim_cur
+         (its open-file limit is {limit}); raise that limit or lower --max-connections"
     );
 }

@@ -210,7 +210,7 @@ impl TcpSocket {
         };
         match socket.connect(&SockAddr::from(addr)) {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) if connect_in_progress(&e) => {}
             Err(e) => return Err(e.into()),
         }
         let stream = tokio::net::TcpStream::from_std(socket.into())?;
@@ -289,6 +289,11 @@ impl TcpSocket {
         place: Place,
     ) -> Result<Accepted, ErrorCode> {
         ctx.done(peer, SocketAddrUse::TcpAccept);
+        // Linux gives an accepted socket the listener's options; macOS and
+        // Windows not all of them (macOS drops the keep-alive times), so
+        // there the ones the guest chose are set on it again.
+        #[cfg(not(target_os = "linux"))]
+        self.chosen.apply(SockRef::from(&client), self.family)?;
         if ctx.nodelay {
             client.set_tcp_nodelay(true)?;
         }
@@ -445,7 +450,7 @@ fn next_client(listener: &Listener) -> Result<Option<(Socket, SocketAddr)>, Erro
     match listener.poll_accept(&mut noop) {
         Poll::Pending => Err(ErrorCode::WouldBlock),
         Poll::Ready(Ok(accepted)) => Ok(Some(accepted)),
-        Poll::Ready(Err(e)) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+        Poll::Ready(Err(e)) if spare::out_of_descriptors(&e) => {
             match spare::turn_away_one(listener.socket()) {
                 true => Ok(None),
                 false => {
@@ -458,8 +463,18 @@ fn next_client(listener: &Listener) -> Result<Option<(Socket, SocketAddr)>, Erro
     }
 }
 
+/// A non-blocking connect under way: EINPROGRESS on Unix, WSAEWOULDBLOCK
+/// on Windows.
+fn connect_in_progress(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    return e.raw_os_error() == Some(libc::EINPROGRESS);
+    #[cfg(windows)]
+    return e.kind() == std::io::ErrorKind::WouldBlock;
+}
+
 /// Linux reports a client that failed before it was accepted with that
 /// client's own error; wasi:sockets calls all of those `connection-aborted`.
+#[cfg(target_os = "linux")]
 fn accept_error(e: std::io::Error) -> ErrorCode {
     match e.raw_os_error() {
         Some(
@@ -474,6 +489,17 @@ fn accept_error(e: std::io::Error) -> ErrorCode {
             | libc::ENONET
             | libc::EOPNOTSUPP,
         ) => ErrorCode::ConnectionAborted,
+        _ => e.into(),
+    }
+}
+
+/// Elsewhere (the BSDs' ECONNABORTED, WinSock's WSAECONNRESET), by kind.
+#[cfg(not(target_os = "linux"))]
+fn accept_error(e: std::io::Error) -> ErrorCode {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionReset | ConnectionAborted | NetworkDown | NetworkUnreachable
+        | HostUnreachable => ErrorCode::ConnectionAborted,
         _ => e.into(),
     }
 }

@@ -1,0 +1,79 @@
+//! `--watch`: the guest is swapped when its file is replaced, the same swap
+//! as SIGHUP's, on every platform; a file caught half written is waited
+//! for, never loaded. (The same, under Wine: `toolchains/windows.rs`.)
+
+use crate::support::guests::{default_guest, install, installed, test_guest};
+use crate::support::{assert_echoes, Host};
+use std::io::Write;
+
+/// The host, watching `file` (a copy of the built-in guest).
+fn watching(file: &std::path::Path) -> Host {
+    Host::start(&["--listen", "127.0.0.1:0", "--watch", file.to_str().unwrap()])
+}
+
+/// A new file renamed over the old one (the way deployments and most
+/// build tools write): the new guest serves, on the same port.
+fn a_guest_file_renamed_over_is_swapped_in() {
+    let (_dir, file) = installed(&default_guest());
+    let host = watching(&file);
+    let addr = host.listen_addr();
+    host.wait_for("replacing it swaps the guest");
+    assert_echoes(addr, b"the first guest");
+
+    install(&test_guest("echo-std"), &file);
+    host.wait_for(&format!(
+        "{} changed: loading {} again, to swap it in",
+        file.display(),
+        file.display()
+    ));
+    host.wait_for("swap: the new guest instance #2 listens on");
+    assert_echoes(addr, b"the second guest");
+    assert!(!host.output().contains("swap failed"), "{}", host.report());
+}
+
+/// A file written in place, in two halves: the first half is not a whole
+/// component, so nothing is loaded until the second half completes it.
+fn a_half_written_guest_file_is_waited_for_never_loaded() {
+    let (_dir, file) = installed(&default_guest());
+    let host = watching(&file);
+    let addr = host.listen_addr();
+    host.wait_for("replacing it swaps the guest");
+
+    let new = std::fs::read(test_guest("echo-std")).unwrap();
+    let (first, rest) = new.split_at(new.len() / 2);
+    let mut writing = std::fs::File::create(&file).unwrap();
+    writing.write_all(first).unwrap();
+    writing.flush().unwrap();
+    host.wait_for("changed, but is not a whole component yet");
+    let output = host.output();
+    assert!(!output.contains("again, to swap it in"), "a torn file was loaded\n{output}");
+    assert_echoes(addr, b"the first guest still serves");
+
+    writing.write_all(rest).unwrap();
+    drop(writing);
+    host.wait_for("swap: the new guest instance #2 listens on");
+    assert_echoes(addr, b"the whole new guest");
+    let output = host.output();
+    assert_eq!(output.matches("again, to swap it in").count(), 1, "{output}");
+    assert!(!output.contains("swap failed"), "{output}");
+}
+
+/// --watch needs a file: the built-in guest never changes.
+fn watch_without_a_guest_file_is_one_line() {
+    let (status, output) = Host::start(&["--listen", "127.0.0.1:0", "--watch"]).wait();
+    assert!(!status.success(), "{output}");
+    assert!(
+        output.contains(
+            "error: --watch watches a guest file: name one (the built-in guest never changes)"
+        ),
+        "{output}"
+    );
+}
+
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    crate::tests![
+        a_guest_file_renamed_over_is_swapped_in,
+        a_half_written_guest_file_is_waited_for_never_loaded,
+        watch_without_a_guest_file_is_one_line,
+    ]
+}

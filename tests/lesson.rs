@@ -419,6 +419,134 @@ fn the_lessons_render_cleanly_as_commonmark() {
     }
 }
 
+/// "Before you start": both lessons have it, between the introduction and
+/// chapter 1, and give the same platform alternatives: the same table rows,
+/// the same inline code (commands, flags, error texts), the same keys
+/// (Ctrl-D, Ctrl-Z, Ctrl-Break...). The chapters' pointers to it link to
+/// its heading's anchor, as many in each language, and each paragraph
+/// with one has the same inline code in both.
+fn both_lessons_give_the_same_commands_for_linux_macos_and_windows() {
+    use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
+    use std::collections::BTreeSet;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap();
+    // GitHub's anchor for a heading: lower case, punctuation dropped,
+    // spaces as hyphens (Hangul is kept).
+    let anchor = |heading: &str| -> String {
+        let kept = heading.to_lowercase().replace(' ', "-");
+        format!(
+            "#{}",
+            kept.chars().filter(|c| c.is_alphanumeric() || *c == '-').collect::<String>()
+        )
+    };
+    let code = |markdown: &str| -> BTreeSet<String> {
+        Parser::new_ext(markdown, Options::ENABLE_TABLES)
+            .filter_map(|event| match event {
+                Event::Code(code) => Some(code.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    struct Lesson {
+        rows: Vec<usize>,
+        code: BTreeSet<String>,
+        keys: BTreeSet<String>,
+        pointers: Vec<BTreeSet<String>>,
+    }
+    let lesson = |doc: &str, heading: &str| -> Lesson {
+        let text = read(doc);
+        let start = text.find(&format!("\n## {heading}\n")).unwrap_or_else(|| {
+            panic!("{doc} has no \"## {heading}\"");
+        }) + 1;
+        let end = start + text[start..].find("\n## ").unwrap() + 1;
+        assert!(
+            text[end..].starts_with("## 1. "),
+            "{doc}: \"{heading}\" is not right before chapter 1"
+        );
+        assert!(!text[..start].contains("\n## "), "{doc}: \"{heading}\" is not the first section");
+        let section = &text[start..end];
+        // The table: its rows, each with a cell per system.
+        let rows: Vec<usize> = section
+            .lines()
+            .filter(|l| l.starts_with('|'))
+            .map(|l| l.matches(" | ").count() + 1)
+            .collect();
+        let keys = section
+            .match_indices("Ctrl-")
+            .map(|(at, _)| {
+                let rest = &section[at + "Ctrl-".len()..];
+                let length = rest
+                    .find(|c: char| !c.is_ascii_alphanumeric() && c != '\\')
+                    .unwrap_or(rest.len());
+                format!("Ctrl-{}", &rest[..length])
+            })
+            .collect();
+        // Each paragraph that points back here, by its inline code.
+        let target = anchor(heading);
+        let (mut pointers, mut paragraph, mut points) = (Vec::new(), BTreeSet::new(), false);
+        for event in Parser::new_ext(&text, Options::ENABLE_TABLES) {
+            match event {
+                Event::Start(Tag::Paragraph) => (paragraph, points) = (BTreeSet::new(), false),
+                Event::Start(Tag::Link { dest_url, .. }) if *dest_url == *target => points = true,
+                Event::Code(code) => {
+                    paragraph.insert(code.to_string());
+                }
+                Event::End(TagEnd::Paragraph) if points => {
+                    pointers.push(std::mem::take(&mut paragraph))
+                }
+                _ => {}
+            }
+        }
+        Lesson { rows, code: code(section), keys, pointers }
+    };
+    let english = lesson("docs/lesson.md", "Before you start");
+    let korean = lesson("docs/lesson.ko.md", "시작하기 전에");
+
+    assert_eq!(english.rows.len(), 10, "a header, its rule and 8 rows: {:?}", english.rows);
+    assert!(
+        english.rows.iter().all(|&cells| cells == 4),
+        "what, Linux, macOS, Windows: {:?}",
+        english.rows
+    );
+    assert_eq!(english.rows, korean.rows, "the two lessons' tables differ");
+    assert_eq!(
+        english.code, korean.code,
+        "the two lessons' inline code differs in \"Before you start\""
+    );
+    assert_eq!(
+        english.keys, korean.keys,
+        "the two lessons name different keys in \"Before you start\""
+    );
+    for expected in [
+        "nc -N 127.0.0.1 9000",
+        "-q 1",
+        "ncat 127.0.0.1 9000",
+        "ss -tan",
+        "netstat -an -p tcp",
+        "netstat -ano",
+        "System.Net.Sockets.TcpClient",
+        "--watch",
+        // What the 5.4 test sees, and its counterparts.
+        "Connection reset by peer (os error 104)",
+        "Connection reset by peer (os error 54)",
+        "An existing connection was forcibly closed by the remote host. (os error 10054)",
+    ] {
+        assert!(
+            english.code.contains(expected),
+            "no `{expected}` in \"Before you start\": {:?}",
+            english.code
+        );
+    }
+    for key in ["Ctrl-D", "Ctrl-Z", "Ctrl-C", "Ctrl-\\", "Ctrl-Break"] {
+        assert!(english.keys.contains(key), "no {key} in \"Before you start\": {:?}", english.keys);
+    }
+    assert!(english.pointers.len() >= 5, "{:?}", english.pointers);
+    assert_eq!(
+        english.pointers, korean.pointers,
+        "the paragraphs that point to \"Before you start\" differ"
+    );
+}
+
 /// Section 6 (step 3): the echo client, run by the host like any guest.
 fn run_client(server: SocketAddr, extra: &[&str]) -> (bool, String) {
     let client = test_guest("echo_client");
@@ -641,6 +769,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         time_wait_after_a_client_closes_and_the_server_binds_again_at_once,
         the_side_by_side_code_is_the_guests_own,
         the_lessons_render_cleanly_as_commonmark,
+        both_lessons_give_the_same_commands_for_linux_macos_and_windows,
         the_echo_client_is_refused_until_connect_is_granted,
         the_echo_client_talks_to_the_step_1_and_step_2_servers,
         exercise_1_send_waits_on_a_client_that_does_not_read,

@@ -4,7 +4,7 @@
 use crate::support::guests::test_guest;
 use crate::support::traffic::reset;
 use crate::support::{assert_echoes, connect, host_command, pattern, Host, PATIENCE};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -99,23 +99,39 @@ fn the_trace_shows_bytes_only_when_asked() {
     assert!(!output.lines().any(|l| l.contains("trace:") && l.contains("secret")), "{output}");
 }
 
-/// Section 5.1: one send of 2000 bytes arrives as several recv()s.
-fn partial_reads() {
-    let (host, addr) = serve_iterative(&["--trace"]);
-    // The lesson's client, as it is printed there (both languages), on
-    // this server's port: it reads until all 2000 bytes are back.
+/// The Python client a section of the lesson runs (`python3 -c "..."`),
+/// the same in both languages, pointed at `server`'s port.
+fn lesson_program(section: &str, server: SocketAddr) -> String {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let programs: Vec<String> = ["docs/lesson.md", "docs/lesson.ko.md"]
         .iter()
         .map(|doc| {
             let text = std::fs::read_to_string(root.join(doc)).unwrap();
-            let section = &text[text.find("### 5.1 ").unwrap()..];
+            let section = &text[text.find(section).unwrap()..];
             let start = section.find("python3 -c \"").unwrap() + "python3 -c \"".len();
             section[start..start + section[start..].find("\"\n```").unwrap()].to_string()
         })
         .collect();
-    assert_eq!(programs[0], programs[1], "the two lessons' 5.1 clients differ");
-    let program = programs[0].replace("9000", &addr.port().to_string());
+    assert_eq!(programs[0], programs[1], "the two lessons' {section} clients differ");
+    programs[0].replace("9000", &server.port().to_string())
+}
+
+/// A lesson's Python client, running, its stdin and stdout the test's.
+fn spawn_python(program: &str) -> std::process::Child {
+    std::process::Command::new("python3")
+        .args(["-c", program])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("running python3")
+}
+
+/// Section 5.1: one send of 2000 bytes arrives as several recv()s.
+fn partial_reads() {
+    let (host, addr) = serve_iterative(&["--trace"]);
+    // The lesson's client, as it is printed there, on this server's port:
+    // it reads until all 2000 bytes are back.
+    let program = lesson_program("### 5.1 ", addr);
     let client = std::process::Command::new("python3").args(["-c", &program]).output();
     let client = client.expect("running python3");
     let printed = String::from_utf8_lossy(&client.stdout);
@@ -559,6 +575,29 @@ fn run_client(server: SocketAddr, extra: &[&str]) -> (bool, String) {
     (status.success(), output)
 }
 
+/// Section 6: the length in front of each message is in network byte
+/// order (big-endian), as the lesson says: read by a server of the test's
+/// own, byte by byte.
+fn the_step_3_length_prefix_is_in_network_byte_order() {
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap();
+    let serving = std::thread::spawn(move || {
+        let (mut client, _) = server.accept().unwrap();
+        let mut message = [0u8; 9];
+        client.read_exact(&mut message).unwrap();
+        client.write_all(&message).unwrap();
+        message
+    });
+    let client = test_guest("echo_client");
+    let (env, grant) = (format!("SERVER_ADDR={addr}"), addr.to_string());
+    let args = ["--no-listen", "--env", &env, "--allow-connect", &grant];
+    let client = client.to_str().unwrap();
+    let (status, output) = Host::start(&[&args[..], &[client, "--", "hello"]].concat()).wait();
+    assert!(status.success(), "{output}");
+    assert!(output.contains("[TCP client] received 5 bytes: hello"), "{output}");
+    assert_eq!(serving.join().unwrap(), *b"\0\0\0\x05hello");
+}
+
 /// Section 6: without `--allow-connect` the client's connect() is denied.
 fn the_echo_client_is_refused_until_connect_is_granted() {
     let (_server, addr) = Host::serve(None);
@@ -609,18 +648,16 @@ fn the_echo_client_talks_to_the_step_1_and_step_2_servers() {
 fn exercise_1_send_waits_on_a_client_that_does_not_read() {
     let host = Host::start(&["--trace", "--listen", "127.0.0.1:0"]);
     let addr = host.listen_addr();
-    // More than the client's receive buffer and the host's send buffer can hold.
-    let data = pattern(32 << 20, 71);
-    let mut client = connect(addr);
-    let mut writer = client.try_clone().unwrap();
-    let sent = data.clone();
-    let sender = std::thread::spawn(move || writer.write_all(&sent).unwrap());
+    // The lesson's client: 32 MiB, more than the client's receive buffer
+    // and the host's send buffer hold, sent without reading.
+    let program = lesson_program("## 9. ", addr);
+    let mut client = spawn_python(&program);
     host.wait_for("output-stream.check-write -> 0 (the send buffer is full");
     drop(echo_once(addr, b"another client"));
-    let mut echoed = vec![0u8; data.len()];
-    client.read_exact(&mut echoed).unwrap();
-    sender.join().unwrap();
-    assert!(echoed == data, "the echo differs from what was sent");
+    client.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let printed = client.wait_with_output().unwrap();
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(printed.ends_with("all 33554432 bytes came back\n"), "{printed}");
 }
 
 /// Section 7, exercise 2: a server that `break`s on a failed accept(), as
@@ -668,6 +705,7 @@ fn exercise_3_a_half_closing_client_gets_every_byte_then_the_end() {
 fn exercise_4_the_step_1_guest_serves_ipv6() {
     let (host, addr) = {
         let guest = iterative();
+        // The lesson's `--listen [::1]:9000`, on a port the system picks.
         let host = Host::start(&["--listen", "[::1]:0", &guest]);
         let addr = host.listen_addr();
         (host, addr)
@@ -678,30 +716,25 @@ fn exercise_4_the_step_1_guest_serves_ipv6() {
     host.wait_for(&format!("[TCP server] client connected: IP address=::1 port={port}"));
 }
 
-/// Section 5.8: TCP carries bytes, not messages. Two sends that are both
-/// waiting when the guest reads arrive in one recv(); one message sent in
-/// two halves, the second after the guest has read the first, takes two.
+/// Section 5.8: TCP carries bytes, not messages. The lesson's client, as
+/// printed there: two sends that wait while the guest is busy arrive in
+/// one recv(); one line sent in two pieces a second apart arrives in two.
 fn tcp_joins_and_splits_what_was_sent() {
     let (host, addr) = serve_iterative(&["--trace"]);
     let first = echo_once(addr, b"busy\n");
-    let mut joined = connect(addr);
-    joined.write_all(b"one\n").unwrap();
-    joined.write_all(b"two\n").unwrap();
+    let program = lesson_program("### 5.8 ", addr);
+    let mut client = spawn_python(&program);
+    let mut printed = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    printed.read_line(&mut line).unwrap();
+    assert_eq!(line, "sent one and two: now end the first client\n");
     drop(first);
-    let mut back = [0u8; 8];
-    joined.read_exact(&mut back).unwrap();
-    assert_eq!(&back, b"one\ntwo\n");
+    let mut rest = String::new();
+    printed.read_to_string(&mut rest).unwrap();
+    assert!(client.wait().unwrap().success(), "{rest}");
+    assert_eq!(rest, "echoed 8 bytes\nechoed 6 bytes\n");
     host.wait_for("trace: recv(512) -> 8 bytes");
-    drop(joined);
-
-    let mut split = connect(addr);
-    split.write_all(b"hel").unwrap();
-    host.wait_for_nth("trace: recv(512) -> 3 bytes", 1);
-    split.write_all(b"lo\n").unwrap();
     host.wait_for_nth("trace: recv(512) -> 3 bytes", 2);
-    let mut back = [0u8; 6];
-    split.read_exact(&mut back).unwrap();
-    assert_eq!(&back, b"hello\n");
 }
 
 /// Section 7: the per-client chapter's command serves two clients at
@@ -771,6 +804,15 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         the_lessons_render_cleanly_as_commonmark,
         both_lessons_give_the_same_commands_for_linux_macos_and_windows,
         the_echo_client_is_refused_until_connect_is_granted,
+        the_step_3_length_prefix_is_in_network_byte_order,
+        failure_the_error_codes_have_three_names,
+        failure_two_servers_on_one_port,
+        failure_a_client_with_no_server,
+        failure_the_server_dies_mid_connection,
+        failure_an_idle_client_is_closed,
+        failure_a_read_with_a_timeout,
+        exercise_6_one_bad_client_costs_one_connection,
+        every_chapter_ends_with_what_the_learner_can_now_explain,
         the_echo_client_talks_to_the_step_1_and_step_2_servers,
         exercise_1_send_waits_on_a_client_that_does_not_read,
         exercise_2_break_on_a_failed_accept_stops_the_server,
@@ -779,4 +821,229 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         tcp_joins_and_splits_what_was_sent,
         one_instance_per_client_serves_two_clients_at_once,
     ]
+}
+
+/// Exercise 6: the guest with a bug under `--restart on-failure`, the
+/// lesson's command: the client that sends `!` reads 0; the one waiting in
+/// the backlog is served by the restarted guest.
+fn exercise_6_one_bad_client_costs_one_connection() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let commands: Vec<String> = ["docs/lesson.md", "docs/lesson.ko.md"]
+        .iter()
+        .map(|doc| {
+            let text = std::fs::read_to_string(root.join(doc)).unwrap();
+            let at = text.find("--restart on-failure \\\n").unwrap();
+            let start = text[..at].rfind("cargo run").unwrap();
+            text[start..at + text[at..].find(".wasm").unwrap() + 5].to_string()
+        })
+        .collect();
+    assert_eq!(commands[0], commands[1], "the two lessons' exercise 6 commands differ");
+    let host = start_args(&host_args(&commands[0], 0));
+    let addr = host.listen_addr();
+    let mut first = echo_once(addr, b"first");
+    let mut second = connect(addr);
+    second.write_all(b"waiting\n").unwrap();
+    first.write_all(b"!").unwrap();
+    assert_eq!(first.read(&mut [0u8; 16]).unwrap(), 0, "a FIN");
+    host.wait_for("restarting it in 100ms");
+    let mut back = [0u8; 8];
+    second.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"waiting\n");
+}
+
+/// The code blocks of a section of the lesson (from `heading` to the next
+/// heading of its level or above), the same in both languages.
+fn section_blocks(heading: &str) -> Vec<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let blocks: Vec<Vec<String>> = ["docs/lesson.md", "docs/lesson.ko.md"]
+        .iter()
+        .map(|doc| {
+            let text = std::fs::read_to_string(root.join(doc)).unwrap();
+            let start = text.find(heading).unwrap_or_else(|| panic!("{doc}: no {heading:?}"));
+            let rest = &text[start + heading.len()..];
+            let end = rest.find("\n## ").into_iter().chain(rest.find("\n### ")).min();
+            let section = &rest[..end.unwrap_or(rest.len())];
+            let fenced = section.split("```").skip(1).step_by(2);
+            fenced.map(|block| block.split_once('\n').unwrap().1.to_string()).collect()
+        })
+        .collect();
+    assert_eq!(blocks[0], blocks[1], "the two lessons' {heading:?} code differs");
+    blocks[0].clone()
+}
+
+/// The host's arguments in a lesson command (`cargo run -p host -- ...`,
+/// continued over `\` lines), with port 9000 made `port` and each
+/// `target/wasm32-wasip2/release/NAME.wasm` the test build of that guest.
+fn host_args(command: &str, port: u16) -> Vec<String> {
+    let command = command.replace("\\\n", " ");
+    let args = command.trim().strip_prefix("cargo run -p host -- ").expect(&command);
+    let release = "target/wasm32-wasip2/release/";
+    args.split_whitespace()
+        .map(|arg| match arg.strip_prefix(release).and_then(|a| a.strip_suffix(".wasm")) {
+            Some(name) => test_guest(name).display().to_string(),
+            None => arg.replace("9000", &port.to_string()),
+        })
+        .collect()
+}
+
+fn start_args(args: &[String]) -> Host {
+    Host::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Section 8.1: every error code the table names is one of wasi:sockets'
+/// (its WIT), the ones the lesson promises are there, and both languages
+/// give each the same WinSock and Unix names.
+fn failure_the_error_codes_have_three_names() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let wit = std::fs::read_to_string(root.join("wit/deps/sockets/sockets.wit")).unwrap();
+    let enum_body = &wit[wit.find("enum error-code {").unwrap()..];
+    let enum_body = &enum_body[..enum_body.find('}').unwrap()];
+    let codes: Vec<&str> = enum_body
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("//") && l.ends_with(','))
+        .map(|l| l.trim_end_matches(','))
+        .collect();
+    let rows = |doc: &str| -> Vec<Vec<String>> {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        let section = &text[text.find("### 8.1 ").unwrap()..text.find("### 8.2 ").unwrap()];
+        section
+            .lines()
+            .filter(|l| l.starts_with("| `") && !l.starts_with("| `error-code`"))
+            .map(|row| row.split('`').skip(1).step_by(2).map(str::to_string).collect())
+            .collect()
+    };
+    let english = rows("docs/lesson.md");
+    assert_eq!(english, rows("docs/lesson.ko.md"), "the two lessons' error tables differ");
+    for row in &english {
+        assert!(codes.contains(&row[0].as_str()), "{} is not a wasi:sockets error-code", row[0]);
+    }
+    for promised in [
+        "access-denied",
+        "address-in-use",
+        "connection-refused",
+        "connection-reset",
+        "would-block",
+        "invalid-state",
+        "timeout",
+        "new-socket-limit",
+    ] {
+        assert!(english.iter().any(|row| row[0] == promised), "no {promised} in the table");
+    }
+}
+
+/// Section 8.2: the lesson's two commands, the second on a port the first
+/// holds, and the line it says the second prints.
+fn failure_two_servers_on_one_port() {
+    let blocks = section_blocks("### 8.2 ");
+    let reserved = crate::support::reserved_addr();
+    let port = reserved.addr.port();
+    let commands: Vec<&str> = blocks[0].lines().collect();
+    let first = start_args(&host_args(commands[0], port));
+    first.wait_for("guest listening on");
+    let (status, output) = start_args(&host_args(commands[1], port)).wait();
+    assert!(!status.success(), "{output}");
+    let said = blocks[1].trim().replace("9000", &port.to_string());
+    assert_eq!(output.lines().last(), Some(said.as_str()), "{output}");
+    assert_echoes(first.listen_addr(), b"the first server serves on");
+}
+
+/// Section 8.3: the step-3 client with no server where it connects.
+fn failure_a_client_with_no_server() {
+    let blocks = section_blocks("### 8.3 ");
+    let reserved = crate::support::reserved_addr();
+    let (status, output) = start_args(&host_args(&blocks[0], reserved.addr.port())).wait();
+    assert!(!status.success(), "{output}");
+    let said = blocks[1].trim();
+    assert!(output.lines().any(|l| l.ends_with(said)), "{said:?} missing\n{output}");
+}
+
+/// Section 8.4: the lesson's client, its server killed (SIGKILL) while it
+/// waits: it reads 0 (a FIN), twice, and its next send fails with EPIPE;
+/// then the guest with a bug: a client that sends `!` reads 0 too.
+fn failure_the_server_dies_mid_connection() {
+    let blocks = section_blocks("### 8.4 ");
+    let (host, addr) = serve_iterative(&[]);
+    let program = lesson_program("### 8.4 ", addr);
+    let mut client = spawn_python(&program);
+    let mut printed = BufReader::new(client.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.ends_with("then press Enter\n") {
+        assert_ne!(printed.read_line(&mut seen).unwrap(), 0, "{seen}");
+    }
+    host.signal(libc::SIGKILL);
+    drop(host.wait());
+    client.stdin.take().unwrap().write_all(b"\n").unwrap();
+    printed.read_to_string(&mut seen).unwrap();
+    assert!(client.wait().unwrap().success(), "{seen}");
+    assert_eq!(seen, blocks[1], "what the lesson says the client prints");
+
+    let reserved = crate::support::reserved_addr();
+    let port = reserved.addr.port();
+    drop(reserved);
+    let host = start_args(&host_args(blocks[2].lines().nth(1).unwrap(), port));
+    let mut client = connect(host.listen_addr());
+    client.write_all(b"!").unwrap();
+    assert_eq!(client.read(&mut [0u8; 16]).unwrap(), 0, "a FIN, not a reset");
+    let (status, output) = host.wait();
+    assert!(!status.success() && output.contains("error: the guest trapped"), "{output}");
+}
+
+/// Section 8.5: `--idle-timeout` closes a client that says nothing with a
+/// FIN, and logs the line the lesson shows.
+fn failure_an_idle_client_is_closed() {
+    let blocks = section_blocks("### 8.5 ");
+    let host = start_args(&host_args(&blocks[0], 0));
+    let mut client = connect(host.listen_addr());
+    let local = client.local_addr().unwrap();
+    assert_eq!(client.read(&mut [0u8; 16]).unwrap(), 0, "a FIN");
+    let said = blocks[1].trim().replace("127.0.0.1:40112", &local.to_string());
+    host.wait_for(said.strip_prefix("INFO ").unwrap());
+}
+
+/// Section 8.6: the read-timeout guest's excerpt is its own code; a
+/// silent client is closed with the lines shown, and one that speaks is
+/// served.
+fn failure_a_read_with_a_timeout() {
+    let blocks = section_blocks("### 8.6 ");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let source =
+        std::fs::read_to_string(root.join("guests/lesson/exercises/src/bin/read-timeout.rs"))
+            .unwrap();
+    let source: Vec<&str> = source.lines().map(str::trim).collect();
+    let code: Vec<&str> = blocks[0].lines().map(str::trim).collect();
+    assert!(source.windows(code.len()).any(|w| w == code.as_slice()), "{code:?}");
+    let run = blocks[1].lines().nth(1).unwrap();
+    let host = start_args(&host_args(run, 0));
+    let addr = host.listen_addr();
+    let mut silent = connect(addr);
+    assert_eq!(silent.read(&mut [0u8; 16]).unwrap(), 0, "a FIN");
+    host.wait_for("client disconnected");
+    assert_in_order(&host.output(), &blocks[2].lines().collect::<Vec<_>>());
+    assert_echoes(addr, b"spoken in time");
+}
+
+/// The lesson opens with its path (read, run, break, fix), and each of
+/// chapters 1 to 8 ends with what the learner should now be able to
+/// explain, in both languages, naming the same things.
+fn every_chapter_ends_with_what_the_learner_can_now_explain() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let endings = |doc: &str, marker: &str| -> Vec<Vec<String>> {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        (1..=8)
+            .map(|n| {
+                let start = text.find(&format!("\n## {n}. ")).unwrap();
+                let end = start + text[start + 1..].find("\n## ").unwrap() + 1;
+                let last = text[start..end].trim_end().rsplit("\n\n").next().unwrap();
+                assert!(last.starts_with(marker), "{doc}, chapter {n} ends with {last:?}");
+                last.split('`').skip(1).step_by(2).map(str::to_string).collect()
+            })
+            .collect()
+    };
+    let english = endings("docs/lesson.md", "**Now you can explain:**");
+    let korean = endings("docs/lesson.ko.md", "**이제 설명할 수 있어야 하는 것:**");
+    assert_eq!(english, korean, "the chapters' endings name different things");
+    let text = std::fs::read_to_string(root.join("docs/lesson.md")).unwrap();
+    let opening = &text[..text.find("## Before you start").unwrap()];
+    assert!(opening.contains("**The path through it: read, run, break, fix.**"), "{opening}");
 }

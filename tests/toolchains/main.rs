@@ -171,6 +171,13 @@ fn main() {
     for (name, test) in on_windows {
         trials.push(trial(name, windows(), move |[w, h, g]| test((&w, &h, &g))));
     }
+    let [wine, host, gcc] = windows();
+    let port_9000 = need::port_free(9000).map(|()| PathBuf::new()).map_err(|_| "port 9000 free");
+    trials.push(trial(
+        "windows::the_study_notes_server_in_c_compiles_and_echoes",
+        [wine, host, gcc, port_9000],
+        |[w, h, g, _]| windows::the_study_notes_server_in_c_compiles_and_echoes((&w, &h, &g)),
+    ));
     libtest_mimic::run(&Arguments::from_args(), trials).exit();
 }
 

@@ -4,6 +4,7 @@
 //! is gone by the time it is accepted), and the whole server stops. The
 //! lesson's guests `continue` instead.
 
+use lesson_exercises::finish;
 use std::net::SocketAddr;
 use wasi::io::streams::StreamError;
 use wasi::sockets::instance_network::instance_network;
@@ -17,12 +18,13 @@ fn main() {
     let local = IpSocketAddress::Ipv4(Ipv4SocketAddress { port: v4.port(), address: (a, b, c, d) });
     let network = instance_network();
     let listen_sock = create_tcp_socket(IpAddressFamily::Ipv4).unwrap();
-    listen_sock.start_bind(&network, local).unwrap();
-    listen_sock.finish_bind().unwrap();
-    listen_sock.start_listen().unwrap();
-    listen_sock.finish_listen().unwrap();
-    println!("[TCP server] listening on {addr}");
     let ready = listen_sock.subscribe();
+    // bind(), listen(): each finish-X says would-block until it is done.
+    listen_sock.start_bind(&network, local).unwrap();
+    finish(&ready, || listen_sock.finish_bind()).unwrap();
+    listen_sock.start_listen().unwrap();
+    finish(&ready, || listen_sock.finish_listen()).unwrap();
+    println!("[TCP server] listening on {addr}");
     loop {
         // accept(): wait for a client, take it, and ask for its address.
         let accepted = loop {

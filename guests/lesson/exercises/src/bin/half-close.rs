@@ -4,9 +4,10 @@
 //! only after every byte sent before the FIN, so nothing is lost, and the
 //! client learns the echo is complete when its own read reports `closed`.
 
+use lesson_exercises::finish;
 use wasi::io::streams::StreamError;
 use wasi::sockets::instance_network::instance_network;
-use wasi::sockets::network::{ErrorCode, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress};
+use wasi::sockets::network::{IpAddressFamily, IpSocketAddress, Ipv4SocketAddress};
 use wasi::sockets::tcp::ShutdownType;
 use wasi::sockets::tcp_create_socket::create_tcp_socket;
 
@@ -18,12 +19,7 @@ fn main() {
     let sock = create_tcp_socket(IpAddressFamily::Ipv4).unwrap();
     sock.start_connect(&instance_network(), remote).unwrap();
     let ready = sock.subscribe();
-    let (input, output) = loop {
-        match sock.finish_connect() {
-            Err(ErrorCode::WouldBlock) => ready.block(),
-            other => break other.unwrap(),
-        }
-    };
+    let (input, output) = finish(&ready, || sock.finish_connect()).unwrap();
     let message: Vec<u8> = std::env::args().skip(1).collect::<Vec<_>>().join(" ").into_bytes();
     for chunk in message.chunks(4096) {
         output.blocking_write_and_flush(chunk).unwrap();

@@ -86,7 +86,10 @@ fn the_trace_is_what_section_1_shows() {
     let addr = host.listen_addr();
     host.wait_for("tcp-socket.accept -> would-block");
     drop(echo_once(addr, b"hello\n"));
+    // The guest's stdout comes on a pipe of its own: its last line, then
+    // everything before it, has arrived.
     host.wait_for("closesocket()");
+    host.wait_for("[TCP server] client disconnected");
     let numbered = normalised(&host.output());
     let port = addr.port().to_string();
     let client = host.wait_for("trace: accept() -> 127.0.0.1:");
@@ -275,7 +278,10 @@ fn a_client_that_resets() {
     let addr = host.listen_addr();
     let client = spawn_python(&lesson_program("### 5.4 ", addr)).wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&client.stdout), "b'hi'\n");
+    // The guest's stdout and the host's log are two pipes: wait for the
+    // last line of each.
     host.wait_for("client disconnected");
+    host.wait_for("recv() failed");
     let connected = host.wait_for("[TCP server] client connected: IP address=127.0.0.1 port=");
     let port = connected.rsplit('=').next().unwrap();
     assert_lines_shown(&host.output(), &blocks[1].replace("54548", port));

@@ -346,6 +346,48 @@ fn wait_for_row(local: u16, remote: u16, state: u8, queue: u32) {
     }
 }
 
+/// What `ss` prints for the lesson's command (`ss ... ':9000 ...'`, port
+/// 9000 as `port`), or for one of its samples: the state, Recv-Q and
+/// Send-Q of each row, sorted. (Addresses are left out: the lesson's
+/// server listens on 0.0.0.0, the tests' on 127.0.0.1.)
+fn ss_rows(printed: &str) -> Vec<[String; 3]> {
+    let mut rows: Vec<[String; 3]> = printed
+        .lines()
+        .skip(1)
+        .filter_map(|row| {
+            let mut fields = row.split_whitespace().map(str::to_string);
+            Some([fields.next()?, fields.next()?, fields.next()?])
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Runs the lesson's `ss` command on `port` until it prints the rows of
+/// `sample` (states change as the kernel gets to them).
+fn wait_for_ss(command: &str, port: u16, sample: &str) {
+    let command = command.replace("9000", &port.to_string());
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let out = std::process::Command::new("sh").args(["-c", &command]).output().unwrap();
+        let printed = String::from_utf8_lossy(&out.stdout);
+        if ss_rows(&printed) == ss_rows(sample) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "`{command}` printed\n{printed}\nnot\n{sample}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The lesson's `ss` command in the section from `heading` on, and the
+/// sample rows that follow it (both languages the same).
+fn ss_sample(heading: &str) -> (String, Vec<String>) {
+    let blocks = section_blocks(heading);
+    let command = blocks.iter().find(|b| b.starts_with("ss ")).unwrap().trim().to_string();
+    let samples = blocks.iter().filter(|b| b.starts_with("State")).cloned().collect();
+    (command, samples)
+}
+
 const ESTABLISHED: u8 = 0x01;
 const LISTEN: u8 = 0x0A;
 const CLOSE_WAIT: u8 = 0x08;
@@ -357,15 +399,19 @@ const CLOSE_WAIT: u8 = 0x08;
 /// CLOSE-WAIT until the guest accepts it.
 #[cfg(target_os = "linux")] // reads /proc/net/tcp
 fn the_backlog_shows_as_recv_q_and_a_client_that_gives_up_there_as_close_wait() {
+    let (backlog, listen_sample) = ss_sample("### 5.6 ");
+    let (close_wait, close_wait_sample) = ss_sample("### 5.7 ");
     let (host, addr) = serve_iterative(&[]);
     let first = echo_once(addr, b"first\n");
     let waiting = connect(addr);
     wait_for_row(addr.port(), 0, LISTEN, 1);
+    wait_for_ss(&backlog, addr.port(), &listen_sample[0]);
     let waiting_port = waiting.local_addr().unwrap().port();
     wait_for_row(addr.port(), waiting_port, ESTABLISHED, 0);
     waiting.shutdown(std::net::Shutdown::Write).unwrap();
     // Its queue holds the FIN (one sequence number, still to be read).
     wait_for_row(addr.port(), waiting_port, CLOSE_WAIT, 1);
+    wait_for_ss(&close_wait, addr.port(), &close_wait_sample[0]);
     // The first leaves: the guest accepts the second, reads 0, closes.
     drop(first);
     let mut waiting = waiting;
@@ -394,19 +440,29 @@ fn time_wait_after_a_client_closes_and_the_server_binds_again_at_once() {
         let text = std::fs::read_to_string(root.join(doc)).unwrap();
         let start = text.find("### 5.5 ").unwrap();
         let section = &text[start..start + text[start..].find("### 5.6 ").unwrap()];
-        for step in
-            ["( dport = :9000 )", "( sport = :9000 )", "Ctrl-C", "127.0.0.1:9000      127.0.0.1:"]
-        {
+        for step in [
+            "`ss -tan '( dport = :9000 )'`",
+            "`ss -tan '( sport = :9000 )'`",
+            "Ctrl-C",
+            "127.0.0.1:9000      127.0.0.1:",
+        ] {
             assert!(section.contains(step), "{doc} 5.5 lacks {step:?}:\n{section}");
         }
     }
+    let (states, samples) = ss_sample("### LISTEN, ESTABLISHED, TIME_WAIT");
     let (host, addr) = Host::serve(None);
-    // The client closes first: its side goes to TIME_WAIT.
+    // Section 3: a client connected, as `ss` shows it...
     let client = echo_once(addr, b"bye");
+    wait_for_ss(&states, addr.port(), &samples[0]);
+    // ...then the client closes first: its side goes to TIME_WAIT.
     let client_port = client.local_addr().unwrap().port();
     drop(client);
     host.wait_for("client disconnected");
     wait_for_time_wait(client_port, addr.port());
+    wait_for_ss(&states, addr.port(), &samples[1]);
+    // 5.5's first look, its command and sample: the client's TIME-WAIT.
+    let time_waits = section_blocks("### 5.5 ");
+    wait_for_ss("ss -tan '( dport = :9000 )'", addr.port(), &time_waits[0]);
 
     // Now the server closes first (stopped with a client connected): the
     // server's port has a TIME_WAIT connection...
@@ -416,6 +472,7 @@ fn time_wait_after_a_client_closes_and_the_server_binds_again_at_once() {
     assert!(host.wait().0.success());
     drop(connected);
     wait_for_time_wait(addr.port(), connected_port);
+    wait_for_ss("ss -tan '( sport = :9000 )'", addr.port(), &time_waits[1]);
 
     // ...and a new host binds that port at once.
     let again = Host::start(&["--listen", &addr.to_string()]);
@@ -856,9 +913,11 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         a_denied_bind,
         a_client_that_resets,
         #[cfg(target_os = "linux")]
-        the_backlog_shows_as_recv_q_and_a_client_that_gives_up_there_as_close_wait,
+        the_backlog_shows_as_recv_q_and_a_client_that_gives_up_there_as_close_wait
+            [needs need::program("ss")],
         #[cfg(target_os = "linux")]
-        time_wait_after_a_client_closes_and_the_server_binds_again_at_once,
+        time_wait_after_a_client_closes_and_the_server_binds_again_at_once
+            [needs need::program("ss")],
         the_side_by_side_code_is_the_guests_own,
         the_lessons_render_cleanly_as_commonmark,
         both_lessons_give_the_same_commands_for_linux_macos_and_windows,

@@ -924,6 +924,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         the_echo_client_is_refused_until_connect_is_granted,
         the_step_3_length_prefix_is_in_network_byte_order,
         the_trace_is_what_section_1_shows,
+        inspect_shows_the_imports_the_host_links_in,
         failure_the_error_codes_have_three_names,
         failure_two_servers_on_one_port,
         failure_a_client_with_no_server,
@@ -968,6 +969,32 @@ fn exercise_6_one_bad_client_costs_one_connection() {
     let mut back = [0u8; 8];
     second.read_exact(&mut back).unwrap();
     assert_eq!(&back, b"waiting\n");
+}
+
+/// Section 2: the command that shows a component's imports, as both
+/// lessons give it, lists the step-1 guest's wasi:sockets imports.
+fn inspect_shows_the_imports_the_host_links_in() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let commands: Vec<String> = ["docs/lesson.md", "docs/lesson.ko.md"]
+        .iter()
+        .map(|doc| {
+            let text = std::fs::read_to_string(root.join(doc)).unwrap();
+            let start = text.find("`cargo run -p host -- inspect").unwrap() + 1;
+            let command = &text[start..start + text[start..].find('`').unwrap()];
+            command
+                .split_whitespace()
+                .map(|w| w.trim_start_matches('>'))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    assert_eq!(commands[0], commands[1], "the two lessons' inspect commands differ");
+    let (status, output) = start_args(&host_args(&commands[0], 0)).wait();
+    assert!(status.success(), "{output}");
+    assert!(
+        output.contains("wasi:sockets@0.2.12: network, instance-network, tcp, tcp-create-socket"),
+        "{output}"
+    );
 }
 
 /// The code blocks of a section of the lesson (from `heading` to the next

@@ -58,6 +58,34 @@ fn a_half_written_guest_file_is_waited_for_never_loaded() {
     assert!(!output.contains("swap failed"), "{output}");
 }
 
+/// With `--per-client`: new clients get the new guest; a client connected
+/// before the swap finishes with the old one.
+fn with_per_client_new_clients_get_the_new_guest() {
+    let (_dir, file) = installed(&test_guest("echo-stdio"));
+    let host = Host::start(&[
+        "--per-client",
+        "--listen",
+        "127.0.0.1:0",
+        "--watch",
+        file.to_str().unwrap(),
+    ]);
+    let addr = host.per_client_addr(1);
+    host.wait_for("replacing it swaps the guest");
+    let mut before = crate::support::connect(addr);
+    assert!(crate::support::clients::echo(&mut before, b"old\n"));
+
+    install(&test_guest("stdio-tricks"), &file);
+    host.wait_for("again, for new clients");
+    host.wait_for("swap: new clients get the new guest; the 1 instances running finish");
+    // The new guest answers `E` with its environment; the old one echoes it.
+    let mut after = crate::support::connect(addr);
+    after.write_all(b"E").unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&after), &mut line).unwrap();
+    assert!(line.starts_with("REMOTE_ADDR=127.0.0.1 "), "{line:?}");
+    assert!(crate::support::clients::echo(&mut before, b"E"), "the old instance echoes");
+}
+
 /// --watch needs a file: the built-in guest never changes.
 fn watch_without_a_guest_file_is_one_line() {
     let (status, output) = Host::start(&["--listen", "127.0.0.1:0", "--watch"]).wait();
@@ -74,6 +102,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
     crate::tests![
         a_guest_file_renamed_over_is_swapped_in,
         a_half_written_guest_file_is_waited_for_never_loaded,
+        with_per_client_new_clients_get_the_new_guest,
         watch_without_a_guest_file_is_one_line,
     ]
 }

@@ -2,7 +2,7 @@
 //! as SIGHUP's, on every platform; a file caught half written is waited
 //! for, never loaded. (The same, under Wine: `toolchains/windows.rs`.)
 
-use crate::support::guests::{default_guest, install, installed, test_guest};
+use crate::support::guests::{default_guest, install, installed, test_guest, Control};
 use crate::support::{assert_echoes, Host};
 use std::io::Write;
 
@@ -86,6 +86,36 @@ fn with_per_client_new_clients_get_the_new_guest() {
     assert!(crate::support::clients::echo(&mut before, b"E"), "the old instance echoes");
 }
 
+/// The file replaced again while a swap is under way: the newest file is
+/// swapped in once that swap has ended (here, failed), so that what runs
+/// in the end is what the file holds.
+fn a_file_changed_during_a_swap_is_swapped_in_after_it() {
+    let (_dir, file) = installed(&default_guest());
+    let control = Control::new();
+    let host = Host::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-connect",
+        &control.addr(),
+        "--watch",
+        file.to_str().unwrap(),
+        "--",
+        &control.addr(),
+        "bind",
+    ]);
+    let addr = host.listen_addr();
+    host.wait_for("replacing it swaps the guest");
+    // A guest that holds its swap open until the test lets go, then traps.
+    install(&test_guest("swap-window"), &file);
+    let held = control.accept();
+    install(&test_guest("echo-std"), &file);
+    host.wait_for("while a swap is under way: swapping it in next");
+    drop(held);
+    host.wait_for("swap failed:");
+    host.wait_for("swap: the new guest instance #3 listens on");
+    assert_echoes(addr, b"the newest file serves");
+}
+
 /// --watch needs a file: the built-in guest never changes.
 fn watch_without_a_guest_file_is_one_line() {
     let (status, output) = Host::start(&["--listen", "127.0.0.1:0", "--watch"]).wait();
@@ -103,6 +133,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         a_guest_file_renamed_over_is_swapped_in,
         a_half_written_guest_file_is_waited_for_never_loaded,
         with_per_client_new_clients_get_the_new_guest,
+        a_file_changed_during_a_swap_is_swapped_in_after_it,
         watch_without_a_guest_file_is_one_line,
     ]
 }

@@ -18,7 +18,7 @@ use crate::metrics::METRICS;
 use crate::notify::Notifier;
 use crate::observe;
 use crate::settings::{Restart, Settings};
-use crate::signals::{Received, Signals};
+use crate::signals::{Received, Signals, SwapAsked};
 use crate::sockets::{activation, Listeners, SocketCap};
 use crate::swap::{self, Drained, Guest, Swap, SwapStep};
 use anyhow::Result;
@@ -104,6 +104,9 @@ struct Supervisor {
     /// half of readiness (the other half is its listeners).
     serving: Arc<AtomicBool>,
     notifier: Notifier,
+    /// The guest file changed while a swap was under way (`--watch`): the
+    /// newest bytes, swapped in once that swap has ended.
+    next_swap: Option<SwapAsked>,
 }
 
 /// The instance offered new clients, or why there is none.
@@ -159,6 +162,7 @@ impl Supervisor {
             failures: Failures::default(),
             serving: Arc::new(AtomicBool::new(false)),
             notifier: Notifier::from_env(),
+            next_swap: None,
         }
     }
 
@@ -223,15 +227,8 @@ impl Supervisor {
             Event::Signal(Received::Quit(signal)) => {
                 return Some(self.stop_gracefully(signal, signals).await)
             }
-            Event::Signal(Received::Swap(asked)) if self.swap.is_some() => {
-                let said =
-                    asked.said(&guest::name(self.guest.shared.sandbox.settings.guest.as_deref()));
-                tracing::warn!(event = "swap", "{said} while a swap is under way; ignored")
-            }
-            Event::Signal(Received::Swap(asked)) => {
-                self.notifier.reloading();
-                self.swap = Some(Swap::load(&self.guest.shared, &asked));
-            }
+            Event::Signal(Received::Swap(asked)) if self.swap.is_some() => self.swap_later(asked),
+            Event::Signal(Received::Swap(asked)) => self.start_loading(&asked),
             Event::Ended(outcome) => return self.ended(outcome),
             Event::RestartDue => self.start_current(),
             Event::Swap(SwapStep::Loaded(component, settings)) => {
@@ -243,6 +240,25 @@ impl Supervisor {
             Event::Turns => self.notify_readiness(),
         }
         None
+    }
+
+    fn start_loading(&mut self, asked: &SwapAsked) {
+        self.notifier.reloading();
+        self.swap = Some(Swap::load(&self.guest.shared, asked));
+    }
+
+    fn swap_later(&mut self, asked: SwapAsked) {
+        let name = guest::name(self.guest.shared.sandbox.settings.guest.as_deref());
+        if let Some(next) = swap::asked_during_a_swap(asked, &name) {
+            self.next_swap = Some(next);
+        }
+    }
+
+    /// A swap has ended: the file that changed meanwhile, if any, next.
+    fn swap_ended(&mut self) {
+        if let Some(asked) = self.next_swap.take() {
+            self.start_loading(&asked);
+        }
     }
 
     fn swap_starting(&self) -> bool {
@@ -328,6 +344,7 @@ impl Supervisor {
                 let why = format!("{e:#}");
                 swap::failed(&why);
                 self.notifier.reloaded(Err(&why));
+                self.swap_ended();
                 return;
             }
         };
@@ -359,12 +376,16 @@ impl Supervisor {
         let current = std::mem::replace(&mut self.current, Current::Restarting(Instant::now()));
         self.set_current(current);
         self.notifier.reloaded(Ok(()));
+        self.swap_ended();
     }
 
     fn swap_failed(&mut self, why: &str) -> Option<Result<ExitCode>> {
         self.swap = None;
         self.notifier.reloaded(Err(why));
-        let Current::AfterSwap(_) = &self.current else { return None };
+        let Current::AfterSwap(_) = &self.current else {
+            self.swap_ended();
+            return None;
+        };
         let Current::AfterSwap(decision) =
             std::mem::replace(&mut self.current, Current::Restarting(Instant::now()))
         else {

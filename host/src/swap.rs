@@ -52,6 +52,23 @@ pub async fn load_guest(
     }
 }
 
+/// A swap asked for while one is under way: SIGHUP is ignored; a changed
+/// file (`--watch`) is kept, to be swapped in next (the newest one), so
+/// that what runs in the end is what the file holds.
+pub fn asked_during_a_swap(asked: SwapAsked, guest: &str) -> Option<SwapAsked> {
+    let said = asked.said(guest);
+    match asked {
+        SwapAsked::Hangup => {
+            tracing::warn!(event = "swap", "{said} while a swap is under way; ignored");
+            None
+        }
+        SwapAsked::FileChanged(_) => {
+            tracing::info!(event = "swap", "{said} while a swap is under way: swapping it in next");
+            Some(asked)
+        }
+    }
+}
+
 /// How long a new instance has to listen where the old one did.
 const LISTEN_WITHIN: Duration = Duration::from_secs(10);
 

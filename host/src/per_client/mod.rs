@@ -140,7 +140,14 @@ impl Server {
         let mut notifier = Notifier::from_env();
         notifier.readiness(true, &self.settings.grants.summary());
         let mut loading: Option<Loading> = None;
+        // The guest file changed while a swap was loading (`--watch`): the
+        // newest bytes, loaded once it is done.
+        let mut next: Option<SwapAsked> = None;
         loop {
+            if let (None, Some(asked)) = (&loading, next.take()) {
+                notifier.reloading();
+                loading = Some(self.load_again(&asked));
+            }
             let event = tokio::select! {
                 received = signals.next() => Event::Signal(received),
                 event = loaded(&mut loading) => event,
@@ -155,8 +162,8 @@ impl Server {
                     return Ok(self.stop_gracefully(signal, &mut signals).await);
                 }
                 Event::Signal(Received::Swap(asked)) if loading.is_some() => {
-                    let said = asked.said(&crate::guest::name(self.settings.guest.as_deref()));
-                    tracing::warn!(event = "swap", "{said} while a swap is under way; ignored")
+                    let name = crate::guest::name(self.settings.guest.as_deref());
+                    next = crate::swap::asked_during_a_swap(asked, &name).or(next);
                 }
                 Event::Signal(Received::Swap(asked)) => {
                     notifier.reloading();

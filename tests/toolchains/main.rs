@@ -137,7 +137,7 @@ fn main() {
             },
         ),
     ];
-    let on_windows: [(&str, fn(windows::Needs<'_>)); 8] = [
+    let on_windows: [(&str, fn(windows::Needs<'_>)); 9] = [
         (
             "windows::the_built_in_guest_echoes_and_ctrl_c_stops_it",
             windows::the_built_in_guest_echoes_and_ctrl_c_stops_it,
@@ -163,6 +163,7 @@ fn main() {
             windows::watch_swaps_the_guest_and_waits_for_a_whole_file,
         ),
         ("windows::listen_fds_is_refused_in_one_line", windows::listen_fds_is_refused_in_one_line),
+        ("windows::reload_points_to_watch", windows::reload_points_to_watch),
         (
             "windows::a_second_host_on_the_same_port_is_refused",
             windows::a_second_host_on_the_same_port_is_refused,

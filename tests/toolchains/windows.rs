@@ -261,6 +261,21 @@ pub fn listen_fds_is_refused_in_one_line(needs: Needs<'_>) {
     );
 }
 
+/// `reload PID` sends SIGHUP, which Windows has not: one line, pointing
+/// to `--watch`.
+pub fn reload_points_to_watch(needs: Needs<'_>) {
+    let mut cmd = host(needs).command();
+    let (status, output) = Host::start_command(cmd.args(["reload", "1234"])).wait();
+    assert!(!status.success(), "{output}");
+    assert!(
+        output.contains(
+            "error: `reload` sends SIGHUP, which Windows does not have: run the host with --watch \
+             instead"
+        ),
+        "{output}"
+    );
+}
+
 /// SO_EXCLUSIVEADDRUSE: a second host on the same port is refused at
 /// start, in one line, and the first one serves on.
 pub fn a_second_host_on_the_same_port_is_refused(needs: Needs<'_>) {

@@ -25,6 +25,7 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
 
 /// What ends with a guest instance: the host's tasks for its connections.
 /// The sending half lives in the instance's store; when the store goes,
@@ -62,7 +63,7 @@ pub struct Connection {
     /// Who to wake when it is done (a `poll` waiting to write).
     pub(super) when_sent: Mutex<Option<Waker>>,
     /// The output stream's state (`streams.rs`).
-    pub(super) output: Mutex<super::streams::WriteState>,
+    pub(super) output: Mutex<WriteState>,
     /// The guest's handles on it (socket, input, output) still open.
     held: AtomicUsize,
     let_go: Notify,
@@ -88,7 +89,7 @@ impl Connection {
             write_shut: AtomicBool::new(false),
             sending: AtomicBool::new(false),
             when_sent: Mutex::new(None),
-            output: Mutex::new(super::streams::WriteState::Ready { permit: 0 }),
+            output: Mutex::new(WriteState::Ready { permit: 0 }),
             held: AtomicUsize::new(0),
             let_go: Notify::new(),
             last_active: idle.map(|_| AtomicU64::new(since_epoch())),
@@ -130,10 +131,7 @@ impl Connection {
     /// Sends `rest` in the background (the guest's write returned): the
     /// task stops when the instance ends, or `send_timeout` after the guest
     /// let go of the connection if the peer has not taken it all by then.
-    pub fn send_in_background(
-        self: &Arc<Self>,
-        rest: Bytes,
-    ) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    pub fn send_in_background(self: &Arc<Self>, rest: Bytes) -> JoinHandle<std::io::Result<()>> {
         self.sending.store(true, SeqCst);
         let conn = Arc::clone(self);
         tokio::spawn(async move {
@@ -297,4 +295,18 @@ async fn close_when_idle(conn: Weak<Connection>, timeout: Duration, mut instance
 pub(super) fn since_epoch() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// The sending side of a connection (written by its output stream,
+/// `streams.rs`).
+pub(super) enum WriteState {
+    /// May write up to `permit` bytes (granted by the last check-write).
+    Ready {
+        permit: usize,
+    },
+    /// A background task is sending what the system did not take at once.
+    Sending(JoinHandle<std::io::Result<()>>),
+    /// A write failed; the next call reports it, then the stream is closed.
+    Failed(std::io::Error),
+    Closed,
 }

@@ -15,7 +15,7 @@
 //!   finishes even if the guest drops the stream (nothing the guest wrote
 //!   is lost), then sends the FIN.
 
-use super::connection::{Connection, Held};
+use super::connection::{Connection, Held, WriteState};
 use crate::metrics::METRICS;
 use crate::trace::{StreamEnd, Tracer};
 use bytes::{Bytes, BytesMut};
@@ -27,7 +27,6 @@ use std::sync::{Arc, MutexGuard};
 use std::task::{Context, Poll};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
 
 /// The most one read returns and one check-write grants.
@@ -181,19 +180,6 @@ impl Pollable for Reader {
 pub struct Writer {
     conn: Held,
     tracer: Option<Tracer>,
-}
-
-/// The sending side of a connection.
-pub(super) enum WriteState {
-    /// May write up to `permit` bytes (granted by the last check-write).
-    Ready {
-        permit: usize,
-    },
-    /// A background task is sending what the system did not take at once.
-    Sending(JoinHandle<std::io::Result<()>>),
-    /// A write failed; the next call reports it, then the stream is closed.
-    Failed(std::io::Error),
-    Closed,
 }
 
 impl WriteState {

@@ -154,21 +154,25 @@ fn the_trace_shows_bytes_only_when_asked() {
     assert!(!output.lines().any(|l| l.contains("trace:") && l.contains("secret")), "{output}");
 }
 
+/// What `extract` finds in the English lesson, required to be the same in
+/// the Korean one (the code, commands and samples the two share).
+fn in_both_lessons<T: PartialEq + std::fmt::Debug>(what: &str, extract: impl Fn(&str) -> T) -> T {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let read = |doc: &str| std::fs::read_to_string(root.join(doc)).unwrap();
+    let english = extract(&read("docs/lesson.md"));
+    assert_eq!(english, extract(&read("docs/lesson.ko.md")), "the two lessons' {what} differ");
+    english
+}
+
 /// The Python client a section of the lesson runs (`python3 -c "..."`),
 /// the same in both languages, pointed at `server`'s port.
 fn lesson_program(section: &str, server: SocketAddr) -> String {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let programs: Vec<String> = ["docs/lesson.md", "docs/lesson.ko.md"]
-        .iter()
-        .map(|doc| {
-            let text = std::fs::read_to_string(root.join(doc)).unwrap();
-            let section = &text[text.find(section).unwrap()..];
-            let start = section.find("python3 -c \"").unwrap() + "python3 -c \"".len();
-            section[start..start + section[start..].find("\"\n```").unwrap()].to_string()
-        })
-        .collect();
-    assert_eq!(programs[0], programs[1], "the two lessons' {section} clients differ");
-    programs[0].replace("9000", &server.port().to_string())
+    let program = in_both_lessons(&format!("{section} clients"), |text| {
+        let section = &text[text.find(section).unwrap()..];
+        let start = section.find("python3 -c \"").unwrap() + "python3 -c \"".len();
+        section[start..start + section[start..].find("\"\n```").unwrap()].to_string()
+    });
+    program.replace("9000", &server.port().to_string())
 }
 
 /// Each line of a lesson's sample output is a line the program printed:
@@ -976,18 +980,12 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
 /// lesson's command: the client that sends `!` reads 0; the one waiting in
 /// the backlog is served by the restarted guest.
 fn exercise_6_one_bad_client_costs_one_connection() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let commands: Vec<String> = ["docs/lesson.md", "docs/lesson.ko.md"]
-        .iter()
-        .map(|doc| {
-            let text = std::fs::read_to_string(root.join(doc)).unwrap();
-            let at = text.find("--restart on-failure \\\n").unwrap();
-            let start = text[..at].rfind("cargo run").unwrap();
-            text[start..at + text[at..].find(".wasm").unwrap() + 5].to_string()
-        })
-        .collect();
-    assert_eq!(commands[0], commands[1], "the two lessons' exercise 6 commands differ");
-    let host = start_args(&host_args(&commands[0], 0));
+    let command = in_both_lessons("exercise 6 commands", |text| {
+        let at = text.find("--restart on-failure \\\n").unwrap();
+        let start = text[..at].rfind("cargo run").unwrap();
+        text[start..at + text[at..].find(".wasm").unwrap() + 5].to_string()
+    });
+    let host = start_args(&host_args(&command, 0));
     let addr = host.listen_addr();
     let mut first = echo_once(addr, b"first");
     let mut second = connect(addr);
@@ -1003,22 +1001,13 @@ fn exercise_6_one_bad_client_costs_one_connection() {
 /// Section 2: the command that shows a component's imports, as both
 /// lessons give it, lists the step-1 guest's wasi:sockets imports.
 fn inspect_shows_the_imports_the_host_links_in() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let commands: Vec<String> = ["docs/lesson.md", "docs/lesson.ko.md"]
-        .iter()
-        .map(|doc| {
-            let text = std::fs::read_to_string(root.join(doc)).unwrap();
-            let start = text.find("`cargo run -p host -- inspect").unwrap() + 1;
-            let command = &text[start..start + text[start..].find('`').unwrap()];
-            command
-                .split_whitespace()
-                .map(|w| w.trim_start_matches('>'))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect();
-    assert_eq!(commands[0], commands[1], "the two lessons' inspect commands differ");
-    let (status, output) = start_args(&host_args(&commands[0], 0)).wait();
+    let command = in_both_lessons("inspect commands", |text| {
+        let start = text.find("`cargo run -p host -- inspect").unwrap() + 1;
+        let command = &text[start..start + text[start..].find('`').unwrap()];
+        // Quoted inside a block quote: its second line starts with `>`.
+        command.split_whitespace().map(|w| w.trim_start_matches('>')).collect::<Vec<_>>().join(" ")
+    });
+    let (status, output) = start_args(&host_args(&command, 0)).wait();
     assert!(status.success(), "{output}");
     assert!(
         output.contains("wasi:sockets@0.2.12: network, instance-network, tcp, tcp-create-socket"),
@@ -1029,21 +1018,14 @@ fn inspect_shows_the_imports_the_host_links_in() {
 /// The code blocks of a section of the lesson (from `heading` to the next
 /// heading of its level or above), the same in both languages.
 fn section_blocks(heading: &str) -> Vec<String> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let blocks: Vec<Vec<String>> = ["docs/lesson.md", "docs/lesson.ko.md"]
-        .iter()
-        .map(|doc| {
-            let text = std::fs::read_to_string(root.join(doc)).unwrap();
-            let start = text.find(heading).unwrap_or_else(|| panic!("{doc}: no {heading:?}"));
-            let rest = &text[start + heading.len()..];
-            let end = rest.find("\n## ").into_iter().chain(rest.find("\n### ")).min();
-            let section = &rest[..end.unwrap_or(rest.len())];
-            let fenced = section.split("```").skip(1).step_by(2);
-            fenced.map(|block| block.split_once('\n').unwrap().1.to_string()).collect()
-        })
-        .collect();
-    assert_eq!(blocks[0], blocks[1], "the two lessons' {heading:?} code differs");
-    blocks[0].clone()
+    in_both_lessons(&format!("{heading:?} code"), |text| {
+        let start = text.find(heading).unwrap_or_else(|| panic!("no {heading:?}"));
+        let rest = &text[start + heading.len()..];
+        let end = rest.find("\n## ").into_iter().chain(rest.find("\n### ")).min();
+        let section = &rest[..end.unwrap_or(rest.len())];
+        let fenced = section.split("```").skip(1).step_by(2);
+        fenced.map(|block| block.split_once('\n').unwrap().1.to_string()).collect::<Vec<_>>()
+    })
 }
 
 /// The host's arguments in a lesson command (`cargo run -p host -- ...`,

@@ -94,8 +94,13 @@ fn prepared(wine64: &Path, host: &Path, gcc: &Path) -> &'static Prepared {
 impl Prepared {
     /// `wasi-tcp-host.exe` under Wine, with the test pipes.
     fn command(&self) -> Command {
+        self.wine(&self.exe)
+    }
+
+    /// A Windows program under Wine, in the tests' prefix, with the test pipes.
+    fn wine(&self, program: &Path) -> Command {
         let mut cmd = Command::new(&self.wine64);
-        prepare(&mut cmd).arg(&self.exe).env("WINEPREFIX", &self.prefix).env("WINEDEBUG", "-all");
+        prepare(&mut cmd).arg(program).env("WINEPREFIX", &self.prefix).env("WINEDEBUG", "-all");
         cmd
     }
 
@@ -327,9 +332,7 @@ pub fn the_study_notes_server_in_c_compiles_and_echoes((wine64, exe, gcc): Needs
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.is_empty(), "{stderr}");
-    let mut cmd = Command::new(&prepared.wine64);
-    prepare(&mut cmd).arg(&server).env("WINEPREFIX", &prepared.prefix).env("WINEDEBUG", "-all");
-    let host = Host::start_command(&mut cmd);
+    let host = Host::start_command(&mut prepared.wine(&server));
     host.wait_for("[TCP server] listening on port 9000");
     assert_echoes("127.0.0.1:9000".parse().unwrap(), b"hello, WinSock");
     host.wait_for("[TCP server] client disconnected: IP address=127.0.0.1");

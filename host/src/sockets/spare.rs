@@ -23,7 +23,10 @@ pub fn out_of_descriptors(e: &std::io::Error) -> bool {
     #[cfg(unix)]
     return matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
     #[cfg(windows)]
-    return matches!(e.raw_os_error(), Some(10024 | 10055));
+    {
+        use windows_sys::Win32::Networking::WinSock::{WSAEMFILE, WSAENOBUFS};
+        return matches!(e.raw_os_error(), Some(WSAEMFILE | WSAENOBUFS));
+    }
 }
 
 /// Takes the spare descriptor (again).

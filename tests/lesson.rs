@@ -790,11 +790,12 @@ fn the_echo_client_talks_to_the_step_1_and_step_2_servers() {
     }
 }
 
-/// Section 7, exercise 1: the step-2 guest sending to a client that does
+/// Chapter 9, exercise 1: the step-2 guest sending to a client that does
 /// not read: check-write answers 0 once the buffers are full, and that
 /// client waits while others are served; nothing is lost once it reads.
 fn exercise_1_send_waits_on_a_client_that_does_not_read() {
-    let host = Host::start(&["--trace", "--listen", "127.0.0.1:0"]);
+    let blocks = section_blocks("## 9. ");
+    let host = start_args(&on_loopback(host_args(blocks[1].lines().next().unwrap(), 0)));
     let addr = host.listen_addr();
     // The lesson's client: 32 MiB, more than the client's receive buffer
     // and the host's send buffer hold, sent without reading.
@@ -808,12 +809,13 @@ fn exercise_1_send_waits_on_a_client_that_does_not_read() {
     assert!(printed.ends_with("all 33554432 bytes came back\n"), "{printed}");
 }
 
-/// Section 7, exercise 2: a server that `break`s on a failed accept(), as
-/// the study notes do, stops for good when one client resets while it
-/// waits in the backlog; the step-1 guest `continue`s and serves the next.
+/// Chapter 9, exercise 2: a server that `break`s on a failed accept(), as
+/// the study notes do (run with the exercise's command), stops for good
+/// when one client resets while it waits in the backlog; the step-1 guest
+/// `continue`s and serves the next.
 fn exercise_2_break_on_a_failed_accept_stops_the_server() {
-    let guest = test_guest("accept-break");
-    let host = Host::start(&["--listen", "127.0.0.1:0", guest.to_str().unwrap()]);
+    let command = inline_code("**2. ", "cargo run -p host -- ");
+    let host = start_args(&host_args(&command, 0));
     let addr = host.listen_addr();
     let first = echo_once(addr, b"first");
     let waiting = connect(addr);
@@ -831,7 +833,7 @@ fn exercise_2_break_on_a_failed_accept_stops_the_server() {
     drop(echo_once(addr, b"still serving"));
 }
 
-/// Section 7, exercise 3: a client that half-closes (shutdown(SD_SEND))
+/// Chapter 9, exercise 3: a client that half-closes (shutdown(SD_SEND))
 /// gets every byte back, then the end of the stream, from either server.
 fn exercise_3_a_half_closing_client_gets_every_byte_then_the_end() {
     let client = test_guest("half-close");
@@ -848,16 +850,15 @@ fn exercise_3_a_half_closing_client_gets_every_byte_then_the_end() {
     }
 }
 
-/// Section 7, exercise 4: the step-1 guest on IPv6 (a socket of the IPv6
-/// family, an address of 16 bytes that the guest never has to size).
+/// Chapter 9, exercise 4: the step-1 guest with the exercise's `--listen`
+/// serves IPv6 (a socket of the IPv6 family, an address of 16 bytes that
+/// the guest never has to size).
 fn exercise_4_the_step_1_guest_serves_ipv6() {
-    let (host, addr) = {
-        let guest = iterative();
-        // The lesson's `--listen [::1]:9000`, on a port the system picks.
-        let host = Host::start(&["--listen", "[::1]:0", &guest]);
-        let addr = host.listen_addr();
-        (host, addr)
-    };
+    let listen = inline_code("**4. ", "--listen ");
+    let mut args = host_args(&format!("cargo run -p host -- {listen}"), 0);
+    args.push(iterative());
+    let host = start_args(&args);
+    let addr = host.listen_addr();
     assert!(addr.is_ipv6(), "{addr}");
     let client = echo_once(addr, b"six");
     let port = client.local_addr().unwrap().port();
@@ -885,33 +886,21 @@ fn tcp_joins_and_splits_what_was_sent() {
     host.wait_for_nth("trace: recv(512) -> 3 bytes", 2);
 }
 
-/// Section 7: the per-client chapter's command serves two clients at
+/// Chapter 7: the per-client chapter's command serves two clients at
 /// once, each by an instance of its own, and prints the lines the lesson
 /// shows (its addresses and ports standing for the real ones); its code
 /// excerpt is the guest's own, in both languages.
 fn one_instance_per_client_serves_two_clients_at_once() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap();
-    let (english, korean) = (read("docs/lesson.md"), read("docs/lesson.ko.md"));
-    let chapter = |doc: &str| -> Vec<String> {
-        let start = doc.find("## 7. ").unwrap();
-        let end = start + doc[start..].find("## 8. ").unwrap();
-        doc[start..end].split("```").skip(1).step_by(2).map(str::to_string).collect()
-    };
-    let blocks = chapter(&english);
-    assert_eq!(blocks, chapter(&korean), "the two lessons' chapter 7 code differs");
-    let source = read("guests/lesson/per-client/src/main.rs");
+    let blocks = section_blocks("## 7. ");
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../guests/lesson/per-client/src/main.rs"),
+    )
+    .unwrap();
     let source: Vec<&str> = source.lines().map(str::trim).collect();
-    let code: Vec<&str> = blocks[0].lines().skip(1).map(str::trim).collect();
+    let code: Vec<&str> = blocks[0].lines().map(str::trim).collect();
     assert!(source.windows(code.len()).any(|w| w == code.as_slice()), "{code:?}");
-    let command = blocks[1].lines().nth(2).unwrap();
-    assert_eq!(
-        command,
-        "cargo run -p host -- --per-client target/wasm32-wasip2/release/echo-stdio.wasm"
-    );
 
-    let guest = test_guest("echo-stdio").display().to_string();
-    let host = Host::start(&["--per-client", "--listen", "127.0.0.1:0", &guest]);
+    let host = start_args(&on_loopback(host_args(blocks[1].lines().nth(1).unwrap(), 0)));
     let addr = host.per_client_addr(1);
     let mut first = connect(addr);
     assert!(crate::support::clients::echo(&mut first, b"one"));
@@ -922,7 +911,6 @@ fn one_instance_per_client_serves_two_clients_at_once() {
     host.wait_for(&format!("{one}}}: 127.0.0.1 left"));
     let shown: Vec<String> = blocks[2]
         .lines()
-        .skip(1)
         .map(|line| {
             line.strip_prefix("INFO ")
                 .unwrap()
@@ -1001,12 +989,7 @@ fn exercise_6_one_bad_client_costs_one_connection() {
 /// Section 2: the command that shows a component's imports, as both
 /// lessons give it, lists the step-1 guest's wasi:sockets imports.
 fn inspect_shows_the_imports_the_host_links_in() {
-    let command = in_both_lessons("inspect commands", |text| {
-        let start = text.find("`cargo run -p host -- inspect").unwrap() + 1;
-        let command = &text[start..start + text[start..].find('`').unwrap()];
-        // Quoted inside a block quote: its second line starts with `>`.
-        command.split_whitespace().map(|w| w.trim_start_matches('>')).collect::<Vec<_>>().join(" ")
-    });
+    let command = inline_code("> - `#pragma comment(lib", "cargo run -p host -- inspect");
     let (status, output) = start_args(&host_args(&command, 0)).wait();
     assert!(status.success(), "{output}");
     assert!(
@@ -1028,6 +1011,23 @@ fn section_blocks(heading: &str) -> Vec<String> {
     })
 }
 
+/// The `code` in the paragraph that starts with `paragraph` which starts
+/// with `starts`, the same in both lessons; a line break inside it is a
+/// space, as it is when Markdown shows it (and in a block quote, the next
+/// line's `>` is not part of it).
+fn inline_code(paragraph: &str, starts: &str) -> String {
+    in_both_lessons(&format!("{paragraph:?}'s `{starts}...`"), |text| {
+        let at = text.find(&format!("\n{paragraph}")).unwrap_or_else(|| panic!("no {paragraph:?}"));
+        let rest = &text[at + 1..];
+        let rest = &rest[..rest.find("\n\n").unwrap_or(rest.len())];
+        let mut codes = rest.split('`').skip(1).step_by(2).map(|code| {
+            let words = code.split_whitespace().map(|word| word.trim_start_matches('>'));
+            words.filter(|word| !word.is_empty()).collect::<Vec<_>>().join(" ")
+        });
+        codes.find(|code| code.starts_with(starts)).expect(starts)
+    })
+}
+
 /// The host's arguments in a lesson command (`cargo run -p host -- ...`,
 /// continued over `\` lines), with port 9000 made `port` and each
 /// `target/wasm32-wasip2/release/NAME.wasm` the test build of that guest.
@@ -1046,6 +1046,13 @@ fn host_args(command: &str, port: u16) -> Vec<String> {
             None => arg.replace("9000", &port.to_string()),
         })
         .collect()
+}
+
+/// The arguments of a lesson command that listens where the host does by
+/// default (0.0.0.0:9000), made to listen on a loopback port of the
+/// test's own.
+fn on_loopback(args: Vec<String>) -> Vec<String> {
+    ["--listen", "127.0.0.1:0"].into_iter().map(str::to_string).chain(args).collect()
 }
 
 fn start_args(args: &[String]) -> Host {

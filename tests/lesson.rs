@@ -893,7 +893,8 @@ fn tcp_joins_and_splits_what_was_sent() {
 fn one_instance_per_client_serves_two_clients_at_once() {
     let blocks = section_blocks("## 7. ");
     let source = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../guests/lesson/per-client/src/main.rs"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../guests/lesson/per-client/src/main.rs"),
     )
     .unwrap();
     let source: Vec<&str> = source.lines().map(str::trim).collect();

@@ -105,7 +105,7 @@ pub fn read(path: &Path) -> Result<Report> {
     let (imports, exports) = top_level_names(&bytes)
         .with_context(|| format!("{} is not a valid component", path.display()))?;
     let missing: Vec<String> = imports.iter().filter(|name| !provided(name)).cloned().collect();
-    let exports_run = exports.iter().any(|name| name.starts_with("wasi:cli/run@0.2."));
+    let exports_run = exports.iter().any(|name| is_run(name));
     let capabilities = CAPABILITIES
         .iter()
         .filter(|(_, interfaces, _)| {
@@ -127,9 +127,14 @@ pub fn read(path: &Path) -> Result<Report> {
     })
 }
 
+/// Whether an export is the `wasi:cli/run` the host runs.
+pub fn is_run(export: &str) -> bool {
+    export.starts_with("wasi:cli/run@0.2.")
+}
+
 /// The names the component itself imports and exports (not those of the
 /// modules and components nested inside it).
-fn top_level_names(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>)> {
+pub fn top_level_names(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>)> {
     let (mut imports, mut exports, mut depth) = (Vec::new(), Vec::new(), 0usize);
     for payload in Parser::new(0).parse_all(bytes) {
         match payload? {

@@ -116,10 +116,8 @@ pub fn command_pre(
     component: &Component,
 ) -> Result<CommandPre<GuestState>> {
     let engine = linker.engine();
-    let exports_run = component
-        .component_type()
-        .exports(engine)
-        .any(|(name, _)| name.starts_with("wasi:cli/run@0.2."));
+    let exports_run =
+        component.component_type().exports(engine).any(|(name, _)| crate::inspect::is_run(name));
     if !exports_run {
         bail!(
             "the guest does not export `wasi:cli/run@0.2.x`, so there is nothing to run; \

@@ -8,8 +8,10 @@
 //! the file looked the same two looks in a row. Then it is read, and only a
 //! whole, valid component is handed on, so a file caught half written
 //! (a copy under way, a build still linking) is never loaded: the watch
-//! says so once and waits for the rest. A file whose bytes are those of
-//! the guest last handed on (or loaded at start) is no change.
+//! says so once and waits for the rest; a file that cannot be read yet
+//! (on Windows, still open by a writer that shares nothing) is tried
+//! again at the next look. A file whose bytes are those of the guest last
+//! handed on (or loaded at start) is no change.
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
@@ -85,38 +87,64 @@ impl Watch {
     pub async fn changed(&mut self) -> Arc<Vec<u8>> {
         loop {
             self.looks.tick().await;
-            if let Some(bytes) = self.look() {
-                return Arc::new(bytes);
+            let Some(stamp) = self.settled_change() else { continue };
+            // Reading and validating megabytes takes a while: off the
+            // thread that serves the clients, as loading a guest is.
+            let (path, current) = (self.path.clone(), self.current);
+            let read = tokio::task::spawn_blocking(move || Read::of(&path, &current)).await;
+            let read = read.unwrap_or(Read::Unreadable);
+            if let Read::Unreadable = read {
+                // (Open by a writer that shares nothing, say): next look.
+                continue;
+            }
+            self.read = Some(stamp);
+            match read {
+                Read::Whole(bytes, hash) => {
+                    self.current = hash;
+                    return Arc::new(bytes);
+                }
+                Read::Torn(why) => tracing::info!(
+                    event = "swap",
+                    "{} changed, but is not a whole component yet ({why}); waiting for the rest",
+                    self.path.display()
+                ),
+                Read::Same | Read::Unreadable => {}
             }
         }
     }
 
-    /// One look: the new component's bytes, if the file has changed,
-    /// stopped changing, and is whole.
-    fn look(&mut self) -> Option<Vec<u8>> {
+    /// One look: the file's stamp, if it has changed since it was last
+    /// read and then stopped changing.
+    fn settled_change(&mut self) -> Option<Stamp> {
         // Gone (a rename under way, say): wait for it to come back.
         let now = Stamp::of(&self.path)?;
         let steady = self.seen.as_ref() == Some(&now);
         self.seen = Some(now.clone());
-        if !steady || self.read.as_ref() == Some(&now) {
-            return None;
-        }
-        self.read = Some(now);
-        let bytes = std::fs::read(&self.path).ok()?;
+        (steady && self.read.as_ref() != Some(&now)).then_some(now)
+    }
+}
+
+/// What reading a changed file found.
+enum Read {
+    Unreadable,
+    /// The bytes of the guest last handed on.
+    Same,
+    /// Not a whole component: why.
+    Torn(String),
+    Whole(Vec<u8>, [u8; 32]),
+}
+
+impl Read {
+    fn of(path: &Path, current: &[u8; 32]) -> Read {
+        let Ok(bytes) = std::fs::read(path) else { return Read::Unreadable };
         let hash: [u8; 32] = Sha256::digest(&bytes).into();
-        if hash == self.current {
-            return None;
+        if hash == *current {
+            return Read::Same;
         }
-        if let Err(why) = whole_component(&bytes) {
-            tracing::info!(
-                event = "swap",
-                "{} changed, but is not a whole component yet ({why}); waiting for the rest",
-                self.path.display()
-            );
-            return None;
+        match whole_component(&bytes) {
+            Ok(()) => Read::Whole(bytes, hash),
+            Err(why) => Read::Torn(why),
         }
-        self.current = hash;
-        Some(bytes)
     }
 }
 
@@ -131,34 +159,11 @@ fn whole_component(bytes: &[u8]) -> Result<(), String> {
     }
     let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
     validator.validate_all(bytes).map_err(|e| format!("{size} bytes: {e}"))?;
-    if !exports_run(bytes) {
+    let (_, exports) = crate::inspect::top_level_names(bytes).map_err(|e| format!("{e}"))?;
+    if !exports.iter().any(|name| crate::inspect::is_run(name)) {
         return Err(format!("{size} bytes, no wasi:cli/run export yet"));
     }
     Ok(())
-}
-
-/// Whether the outermost component exports `wasi:cli/run` (nested
-/// modules and components have exports of their own).
-fn exports_run(bytes: &[u8]) -> bool {
-    use wasmparser::Payload;
-    let mut depth = 0;
-    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
-        match payload {
-            Ok(Payload::Version { .. }) => depth += 1,
-            Ok(Payload::End(_)) => depth -= 1,
-            Ok(Payload::ComponentExportSection(exports)) if depth == 1 => {
-                let run = |e: Result<wasmparser::ComponentExport<'_>, _>| {
-                    e.is_ok_and(|e| e.name.name.starts_with("wasi:cli/run@"))
-                };
-                if exports.into_iter().any(run) {
-                    return true;
-                }
-            }
-            Ok(_) => {}
-            Err(_) => return false,
-        }
-    }
-    false
 }
 
 #[cfg(test)]

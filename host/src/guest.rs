@@ -4,6 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
+use std::sync::Arc;
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
@@ -19,34 +20,23 @@ pub fn name(path: Option<&Path>) -> String {
     }
 }
 
-/// Loads (compiles, or takes from the cache) the guest. Compiling a large
-/// guest takes seconds: it runs off the async runtime's thread, so that
-/// the host keeps serving, and a stop request is honoured at once,
-/// meanwhile.
+/// Loads (compiles, or takes from the cache) the guest: from `read` if
+/// its file was read already (by `--watch`, which checked the bytes
+/// whole). Compiling a large guest takes seconds: it runs off the async
+/// runtime's thread, so that the host keeps serving, and a stop request is
+/// honoured at once, meanwhile.
 pub async fn load_in_background(
     engine: &Engine,
     path: Option<&Path>,
+    read: Option<Arc<Vec<u8>>>,
     cache: Option<&Path>,
 ) -> Result<Component> {
     let engine = engine.clone();
     let (path, cache) = (path.map(Path::to_path_buf), cache.map(Path::to_path_buf));
-    let loading =
-        tokio::task::spawn_blocking(move || load(&engine, path.as_deref(), cache.as_deref()));
-    loading.await.context("loading the guest")?
-}
-
-/// Loads a guest file from `bytes` read already (by `--watch`, which
-/// checked them whole), off the async runtime's thread likewise.
-pub async fn load_read_in_background(
-    engine: &Engine,
-    path: &Path,
-    bytes: std::sync::Arc<Vec<u8>>,
-    cache: Option<&Path>,
-) -> Result<Component> {
-    let engine = engine.clone();
-    let (path, cache) = (path.to_path_buf(), cache.map(Path::to_path_buf));
-    let loading =
-        tokio::task::spawn_blocking(move || compile_file(&engine, &path, &bytes, cache.as_deref()));
+    let loading = tokio::task::spawn_blocking(move || match (path.as_deref(), read) {
+        (Some(path), Some(bytes)) => compile_file(&engine, path, &bytes, cache.as_deref()),
+        (path, _) => load(&engine, path, cache.as_deref()),
+    });
     loading.await.context("loading the guest")?
 }
 

@@ -60,7 +60,7 @@ pub async fn run(settings: Settings, handed: Vec<Handed>) -> Result<ExitCode> {
     let engine = Engine::new(&engine::config())?;
     let (path, cache) = (settings.guest.as_deref(), settings.cache_dir.as_deref());
     let component = tokio::select! {
-        loaded = guest::load_in_background(&engine, path, cache) => loaded?,
+        loaded = guest::load_in_background(&engine, path, None, cache) => loaded?,
         signal = signals.stop() => return Ok(stopped(signal)),
     };
     let cap = SocketCap::new(settings.limits.max_connections);

@@ -43,13 +43,9 @@ pub async fn load_guest(
     new: &Settings,
     read: Option<Arc<Vec<u8>>>,
 ) -> Result<Component> {
-    let cache = new.cache_dir.as_deref();
-    match (read, new.guest.as_deref()) {
-        (Some(bytes), Some(path)) if old.guest.as_deref() == Some(path) => {
-            crate::guest::load_read_in_background(engine, path, bytes, cache).await
-        }
-        (_, path) => crate::guest::load_in_background(engine, path, cache).await,
-    }
+    let read = read.filter(|_| old.guest == new.guest);
+    crate::guest::load_in_background(engine, new.guest.as_deref(), read, new.cache_dir.as_deref())
+        .await
 }
 
 /// A swap asked for while one is under way: SIGHUP is ignored; a changed

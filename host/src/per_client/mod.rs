@@ -53,7 +53,7 @@ pub async fn run(settings: Settings, handed: Vec<Handed>) -> Result<ExitCode> {
         .context("reserving the pool of guest instances")?;
     let (path, cache) = (settings.guest.as_deref(), settings.cache_dir.as_deref());
     let component = tokio::select! {
-        loaded = crate::guest::load_in_background(&engine, path, cache) => loaded?,
+        loaded = crate::guest::load_in_background(&engine, path, None, cache) => loaded?,
         signal = signals.stop() => return Ok(crate::run::stopped(signal)),
     };
     let _ticker = EpochTicker::start(&engine)?;

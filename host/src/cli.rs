@@ -90,8 +90,15 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
-    /// Stop the guest after it has computed for this long, e.g. 30s, 10m
-    /// (time spent waiting for the network does not count) [default: none].
+    /// The most files and directories the guests may hold open at once,
+    /// over every instance, the --dir directories themselves included
+    /// [default: 64 with --dir; none without].
+    #[arg(long, value_name = "N")]
+    pub max_files: Option<usize>,
+
+    /// Stop the guest after it has computed for this long, e.g. 30s, 10m:
+    /// its own code and the host calls it makes (time spent waiting for
+    /// the network does not count) [default: none].
     #[arg(long, value_name = "DURATION")]
     pub cpu_budget: Option<humantime::Duration>,
 
@@ -210,6 +217,7 @@ impl Args {
             dir: self.dir,
             max_memory: self.max_memory,
             max_connections: self.max_connections,
+            max_files: self.max_files,
             cpu_budget: self.cpu_budget.map(Into::into),
             idle_timeout: self.idle_timeout.map(Into::into),
             send_timeout: self.send_timeout.map(Into::into),
@@ -398,7 +406,8 @@ mod tests {
         };
 
         let descriptors: usize = value_after(service, "\nLimitNOFILE=").parse().unwrap();
-        let needed = policy.max_connections.unwrap() + crate::settings::HOST_DESCRIPTORS;
+        let shipped = settings(Some(include_str!("../../deploy/policy.toml")), &[]).unwrap();
+        let needed = shipped.terms().descriptors();
         assert!(descriptors >= needed, "LimitNOFILE={descriptors} is under {needed}");
 
         // The host's own memory, measured (README, Deploy): about 15 MiB,

@@ -9,18 +9,24 @@
 //!   it is the guest's own output.
 //!
 //! What a guest can make the host hold here is small and bounded: every
-//! stream it opens shares its instance's one line buffer, a line longer
-//! than [`MAX_LINE`] is cut there, and control characters are escaped, so
-//! that no line can pass for another or rewrite the terminal.
+//! stream it opens shares its instance's one line buffer; a write may not
+//! exceed what `check-write` granted ([`MAX_LINE`] bytes: more is a trap,
+//! as the spec says); control characters are escaped (`escape.rs`), so
+//! that no line can pass for another or rewrite the terminal, and a line
+//! longer than [`MAX_LINE`] bytes once escaped is cut there. Splitting is
+//! a loop over bounded pieces, never a recursion on a size the guest
+//! chose.
 
+use crate::escape;
 use crate::log_limit::Kind;
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
-/// The longest line kept whole.
-const MAX_LINE: usize = 4096;
+/// The longest line kept whole, in bytes as the log shows it (escaped);
+/// also what one `check-write` grants.
+use crate::ledger::MAX_LINE;
 
 static LINES: Kind = Kind::info("lines of the guests' stderr");
 
@@ -59,7 +65,7 @@ impl StdoutStream for GuestOutput {
     /// The WASI 0.2 stream: takes every write at once, no task, no buffer
     /// of its own.
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(Writes(Arc::clone(&self.0)))
+        Box::new(Writes { lines: Arc::clone(&self.0), permit: 0 })
     }
 
     /// For WASI 0.3, which the host does not offer.
@@ -68,12 +74,20 @@ impl StdoutStream for GuestOutput {
     }
 }
 
-struct Writes(Arc<Mutex<Lines>>);
+/// One stream handle: what its last `check-write` granted.
+struct Writes {
+    lines: Arc<Mutex<Lines>>,
+    permit: usize,
+}
 
 #[async_trait::async_trait]
 impl OutputStream for Writes {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take(&bytes);
+        if bytes.len() > self.permit {
+            return Err(StreamError::trap("write of more bytes than check-write allowed"));
+        }
+        self.permit -= bytes.len();
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).take(&bytes);
         Ok(())
     }
 
@@ -82,6 +96,7 @@ impl OutputStream for Writes {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
+        self.permit = MAX_LINE;
         Ok(MAX_LINE)
     }
 }
@@ -99,6 +114,7 @@ struct Lines {
 }
 
 impl Lines {
+    /// The bytes of one write: each newline ends a line.
     fn take(&mut self, mut bytes: &[u8]) {
         while let Some(end) = bytes.iter().position(|b| *b == b'\n') {
             self.push(&bytes[..end]);
@@ -108,23 +124,37 @@ impl Lines {
         self.push(bytes);
     }
 
-    fn push(&mut self, bytes: &[u8]) {
-        let room = MAX_LINE - self.partial.len();
-        self.partial.extend_from_slice(&bytes[..bytes.len().min(room)]);
-        if bytes.len() > room {
+    /// Adds to the line under way; a line that reaches [`MAX_LINE`] raw
+    /// bytes goes out as it is, and the rest starts the next.
+    fn push(&mut self, mut bytes: &[u8]) {
+        loop {
+            let room = MAX_LINE - self.partial.len();
+            let (now, later) = bytes.split_at(bytes.len().min(room));
+            self.partial.extend_from_slice(now);
+            if later.is_empty() {
+                return;
+            }
             self.emit();
-            self.push(&bytes[room..]);
+            bytes = later;
         }
     }
 
+    /// Writes out the line under way: as one line of at most [`MAX_LINE`]
+    /// bytes once escaped, or several.
     fn emit(&mut self) {
         let line = std::mem::take(&mut self.partial);
-        if line.is_empty() {
-            return;
+        let mut rest = &line[..];
+        while !rest.is_empty() {
+            let (shown, used) = escape::escaped_prefix(rest, MAX_LINE);
+            self.write_out(&shown);
+            rest = &rest[used..];
         }
-        let (instance, line) = (self.instance, shown(&line));
+    }
+
+    fn write_out(&self, line: &str) {
+        let instance = self.instance;
         match self.stream {
-            Stream::Stdout => crate::output::guest_stdout(instance, &line),
+            Stream::Stdout => crate::output::guest_stdout(instance, line),
             Stream::Stderr if LINES.admit() => {
                 tracing::info!(event = "guest-stderr", instance, "{line}")
             }
@@ -139,29 +169,17 @@ impl Drop for Lines {
     }
 }
 
-/// A line as the log shows it: UTF-8 (invalid bytes replaced), control
-/// characters but tab escaped (`\r`, `\u{1b}`).
-fn shown(line: &[u8]) -> String {
-    let text = String::from_utf8_lossy(line);
-    match text.chars().any(|c| c.is_control() && c != '\t') {
-        false => text.into_owned(),
-        true => text
-            .chars()
-            .map(|c| match c.is_control() && c != '\t' {
-                true => c.escape_debug().to_string(),
-                false => c.to_string(),
-            })
-            .collect(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn lines() -> Lines {
+        Lines { instance: 1, stream: Stream::Stderr, partial: Vec::new() }
+    }
+
     #[test]
     fn lines_are_cut_at_newlines_and_at_the_longest_line() {
-        let mut lines = Lines { instance: 1, stream: Stream::Stderr, partial: Vec::new() };
+        let mut lines = lines();
         lines.take(b"one\n\ntw");
         assert_eq!(lines.partial, b"tw");
         lines.take(b"o\n");
@@ -170,9 +188,23 @@ mod tests {
         assert_eq!(lines.partial.len(), 5);
     }
 
+    /// A write far larger than a line (more than check-write grants, as
+    /// the stream's own code would see it) is split in a loop: a debug
+    /// build's stack survives 100 MiB.
     #[test]
-    fn control_characters_are_escaped() {
-        assert_eq!(shown(b"plain\ttext"), "plain\ttext");
-        assert_eq!(shown(b"fake\rWARN \x1b[2Kline"), "fake\\rWARN \\u{1b}[2Kline");
+    fn a_huge_write_is_split_without_recursion() {
+        let mut lines = lines();
+        lines.take(&vec![b'x'; (100 << 20) + 5]);
+        assert_eq!(lines.partial.len(), 5);
+    }
+
+    #[test]
+    fn a_write_beyond_the_permit_traps() {
+        let output = GuestOutput::stderr(1);
+        let mut stream = output.p2_stream();
+        assert!(matches!(stream.write(Bytes::from_static(b"x")), Err(StreamError::Trap(_))));
+        assert_eq!(stream.check_write().unwrap(), MAX_LINE);
+        stream.write(Bytes::from(vec![b'x'; MAX_LINE])).unwrap();
+        assert!(matches!(stream.write(Bytes::from_static(b"x")), Err(StreamError::Trap(_))));
     }
 }

@@ -2,7 +2,8 @@
 //! the words for how it ended. Each runs as a task of its own, so that
 //! during a swap an old instance serves its clients beside the new one.
 
-use crate::epoch::EPOCH_TICK;
+use crate::cpu::{BudgetSpent, Metered};
+use crate::escape::{self, MAX_NAME};
 use crate::limits;
 use crate::log_limit::Kind;
 use crate::metrics::{self, Failure, METRICS};
@@ -10,7 +11,6 @@ use crate::sandbox::{self, GuestState, Sandbox, Stdio};
 use crate::sockets::Tenant;
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::task::JoinHandle;
 use wasmtime::component::{Component, Linker, ResourceTableError};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline, WasmBacktrace};
@@ -74,29 +74,31 @@ pub async fn run_once(
     store.set_max_component_handles(2 * sandbox::table_capacity(limits.max_connections));
     store.set_epoch_deadline(1);
     let budget = limits.cpu_budget;
-    let mut used = 0;
     METRICS.guest_starts.inc();
     METRICS.guest_memory_limit.set(limits.max_memory.0);
     METRICS.guest_cpu_budget.set(budget.map_or(0.0, |b| b.as_secs_f64()));
     store.epoch_deadline_callback(move |_| {
-        used += 1;
-        METRICS.guest_cpu_seconds.inc_by(EPOCH_TICK.as_secs_f64());
-        if let Some(budget) = budget.filter(|b| used > b.as_millis() / EPOCH_TICK.as_millis()) {
-            return Err(wasmtime::Error::new(CpuBudgetSpent(budget)));
-        }
         // At every epoch tick, yield to the async runtime (where the stop
-        // signal is waiting), then carry on for one more tick. tokio's own
-        // yield: the runtime looks for network events and signals before
-        // it resumes the guest; after a plain wake-up it would resume it
-        // at once, and look only every 61st time.
+        // signal is waiting, and the CPU budget is looked at), then carry
+        // on for one more tick. tokio's own yield: the runtime looks for
+        // network events and signals before it resumes the guest; after a
+        // plain wake-up it would resume it at once, and look only every
+        // 61st time.
         Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
     });
-    let command =
-        pre.instantiate_async(&mut store).await.map_err(|e| guest_failure(e, store.data_mut()))?;
-    // Unconstrained: tokio's cooperative budget (128 readiness checks per
-    // turn) would make one `poll` over more connections than that report
-    // the rest as not ready.
-    let result = tokio::task::unconstrained(command.wasi_cli_run().call_run(&mut store)).await;
+    let run = async {
+        let command = pre.instantiate_async(&mut store).await?;
+        // Unconstrained: tokio's cooperative budget (128 readiness checks
+        // per turn) would make one `poll` over more connections than that
+        // report the rest as not ready.
+        tokio::task::unconstrained(command.wasi_cli_run().call_run(&mut store)).await
+    };
+    // Charged by the CPU time it causes when there is a budget to keep or
+    // a metric to report it (two clock readings a run, spared otherwise).
+    let result = match budget.is_some() || sandbox.settings.metrics.is_some() {
+        true => Metered::new(run, budget).await,
+        false => run.await,
+    };
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(())) => {
@@ -146,7 +148,7 @@ fn describe_failure(e: wasmtime::Error, state: &mut GuestState) -> (Failure, any
     if let Some(exit) = e.downcast_ref::<I32Exit>() {
         return (Failure::Exit, Exited(Some(exit.0)).into());
     }
-    if let Some(spent) = e.downcast_ref::<CpuBudgetSpent>() {
+    if let Some(spent) = e.downcast_ref::<BudgetSpent>() {
         let why =
             anyhow::anyhow!("the guest used up its CPU budget of {:?} (--cpu-budget)", spent.0);
         return (Failure::CpuBudget, why);
@@ -179,7 +181,9 @@ fn describe_trap(e: wasmtime::Error, state: &GuestState) -> anyhow::Error {
         // A host function that ends the guest (it broke a rule that the
         // spec makes a trap, say writing more than check-write allowed)
         // leaves a wasm backtrace too: report it as the trap it is.
-        None if e.downcast_ref::<WasmBacktrace>().is_some() => e.root_cause().to_string(),
+        None if e.downcast_ref::<WasmBacktrace>().is_some() => {
+            escape::escape_capped(&e.root_cause().to_string(), MAX_NAME)
+        }
         None => {
             let failed = match state.limits.reached {
                 true => format!(
@@ -194,13 +198,16 @@ fn describe_trap(e: wasmtime::Error, state: &GuestState) -> anyhow::Error {
     let (trapped_in, backtrace) = match e.downcast_ref::<WasmBacktrace>() {
         Some(bt) => {
             // The innermost frames, on the first line: enough to tell one
-            // trap from another in a restart log.
-            let names: Vec<&str> =
-                bt.frames().iter().take(3).filter_map(|f| f.func_name()).collect();
-            let text = bt
-                .to_string()
-                .replace("error while executing at wasm backtrace:", "wasm backtrace:");
-            (format!(" (in {})", names.join(" <- ")), text)
+            // trap from another in a restart log. Their names are the
+            // guest's (any bytes): escaped, and cut short.
+            let names: Vec<String> = bt
+                .frames()
+                .iter()
+                .take(3)
+                .filter_map(|f| f.func_name())
+                .map(|name| escape::escape_capped(name, MAX_NAME))
+                .collect();
+            (format!(" (in {})", names.join(" <- ")), backtrace_text(bt))
         }
         None => (String::new(), String::new()),
     };
@@ -217,7 +224,7 @@ fn describe_trap(e: wasmtime::Error, state: &GuestState) -> anyhow::Error {
 fn table_full(state: &mut GuestState) -> anyhow::Error {
     static FULL: Kind = Kind::warn("guests stopped at their handle limit");
     let (held, max) = state.handles();
-    let (per_socket, besides) = (sandbox::HANDLES_PER_SOCKET, sandbox::HANDLES_BESIDES);
+    let (per_socket, besides) = (crate::ledger::HANDLES_PER_SOCKET, crate::ledger::HANDLES_BESIDES);
     let why = format!(
         "the guest holds {held} handles (sockets, streams, pollables, ...), the most it may \
          ({max}: {per_socket} for each socket --max-connections allows, and {besides} more)"
@@ -244,13 +251,36 @@ impl std::fmt::Display for Exited {
 
 impl std::error::Error for Exited {}
 
-#[derive(Debug)]
-struct CpuBudgetSpent(Duration);
+/// The frames a trap report shows, innermost first.
+const MAX_FRAMES: usize = 32;
 
-impl std::fmt::Display for CpuBudgetSpent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CPU budget of {:?} used up", self.0)
+/// The guest's backtrace, a line per frame (at most [`MAX_FRAMES`]), as
+/// wasmtime writes it, but with every name the guest chose (module,
+/// function, source file) escaped and cut short: a name section cannot
+/// add a line to the host's report.
+fn backtrace_text(bt: &WasmBacktrace) -> String {
+    let shown = |name: &str| escape::escape_capped(name, MAX_NAME);
+    let mut lines = vec!["wasm backtrace:".to_string()];
+    for (i, frame) in bt.frames().iter().enumerate().take(MAX_FRAMES) {
+        let module = shown(frame.module().name().unwrap_or("<unknown>"));
+        let offset = frame.module_offset().map_or(String::new(), |o| format!("{o:#8x} - "));
+        let func = match frame.func_name() {
+            Some(name) => shown(&rustc_demangle::demangle(name).to_string()),
+            None => format!("<wasm function {}>", frame.func_index()),
+        };
+        lines.push(format!("  {i:>3}: {offset}{module}!{func}"));
+        for symbol in frame.symbols() {
+            let name = symbol.name().map(|n| shown(&rustc_demangle::demangle(n).to_string()));
+            let at = match (symbol.file(), symbol.line()) {
+                (Some(file), Some(line)) => format!(" at {}:{line}", shown(file)),
+                (Some(file), None) => format!(" at {}", shown(file)),
+                _ => String::new(),
+            };
+            lines.push(format!("                - {}{at}", name.as_deref().unwrap_or("?")));
+        }
     }
+    if bt.frames().len() > MAX_FRAMES {
+        lines.push(format!("  ... and {} frames more", bt.frames().len() - MAX_FRAMES));
+    }
+    lines.join("\n")
 }
-
-impl std::error::Error for CpuBudgetSpent {}

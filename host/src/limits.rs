@@ -2,13 +2,18 @@
 //! creates: `--max-memory` bounds the sum of all its linear memories (a
 //! component may have several, in several core instances), table entries
 //! are bounded the same way, and the number of core instances, memories
-//! and tables is small and fixed. The socket cap is the sockets layer's
+//! and tables is small and fixed. Every growth is also charged to one
+//! process-wide total, the ledger's guest memory (`ledger.rs`): however
+//! many instances are alive (serving, starting, draining), together they
+//! never hold more. The socket cap is the sockets layer's
 //! (`sockets/cap.rs`); the resource table's capacity is the sandbox's; the
-//! CPU budget is `instance.rs`'s.
+//! CPU budget is `cpu.rs`'s.
 
+pub use crate::ledger::MAX_TABLE_ELEMENTS;
 use crate::log_limit::Kind;
 use crate::metrics::METRICS;
 use crate::settings::Size;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use wasmtime::ResourceLimiter;
 
 /// Core module instances a guest may create. Measured: a Rust guest makes
@@ -21,11 +26,23 @@ pub const MAX_INSTANCES: usize = 32;
 pub const MAX_MEMORIES: usize = 8;
 /// Tables a guest may create (each of those guests has 2).
 pub const MAX_TABLES: usize = 32;
-/// Table entries (function references), over all of a guest's tables: at
-/// most 16 bytes each in the host's memory, so 16 MiB in all.
-pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
-
 static MEMORY_REFUSED: Kind = Kind::warn("refused memory growths");
+
+/// Every guest instance's linear memory, in all, and the most it may be
+/// (the ledger's guest memory; until it is set, no total applies).
+static ALL_GUESTS: AtomicU64 = AtomicU64::new(0);
+static ALL_GUESTS_MAX: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Sets the process-wide total of the guests' linear memory.
+pub fn set_total_memory(bytes: u64) {
+    ALL_GUESTS_MAX.store(bytes, SeqCst);
+}
+
+/// Charges `added` bytes to the process-wide total, if it fits.
+fn charge_total(added: u64) -> bool {
+    let max = ALL_GUESTS_MAX.load(SeqCst);
+    ALL_GUESTS.fetch_update(SeqCst, SeqCst, |all| all.checked_add(added).filter(|a| *a <= max)).is_ok()
+}
 
 /// A guest's memory and tables, counted against their totals. wasmtime
 /// asks before every memory or table is created or grows; refusing makes
@@ -66,6 +83,7 @@ impl Drop for GuestLimits {
     /// the memory of every instance alive.
     fn drop(&mut self) {
         METRICS.guest_memory.dec_by(self.memory);
+        ALL_GUESTS.fetch_sub(self.memory, SeqCst);
     }
 }
 
@@ -82,18 +100,28 @@ impl ResourceLimiter for GuestLimits {
         }
         let added = desired.saturating_sub(current) as u64;
         let total = self.memory.saturating_add(added);
-        if total <= self.max_memory.0 {
+        if total <= self.max_memory.0 && charge_total(added) {
             self.memory = total;
             METRICS.guest_memory.inc_by(added);
             return Ok(true);
         }
         if !self.reached && MEMORY_REFUSED.admit() {
-            tracing::warn!(
-                event = "limit",
-                "refused: the guest asked to grow its memory by {added} bytes, to {total} bytes \
-                 over all its memories; its limit is {} (--max-memory)",
-                self.max_memory
-            );
+            match total <= self.max_memory.0 {
+                true => tracing::warn!(
+                    event = "limit",
+                    "refused: the guest asked to grow its memory by {added} bytes; the guest \
+                     instances alive already hold {} of the {} bytes all of them may (the \
+                     ledger's guest memory)",
+                    ALL_GUESTS.load(SeqCst),
+                    ALL_GUESTS_MAX.load(SeqCst)
+                ),
+                false => tracing::warn!(
+                    event = "limit",
+                    "refused: the guest asked to grow its memory by {added} bytes, to {total} \
+                     bytes over all its memories; its limit is {} (--max-memory)",
+                    self.max_memory
+                ),
+            }
         }
         self.reached = true;
         Ok(false)

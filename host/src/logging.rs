@@ -1,21 +1,25 @@
 //! The host's log, on stderr: plain lines, or one JSON object per line;
 //! `RUST_LOG` picks the detail (default `info`).
 //!
-//! Written by a thread of its own through a bounded queue (`output.rs`),
-//! so that a slow reader never stalls serving; what is dropped under
-//! pressure is counted, and said in the log once it has room again. Under
-//! systemd (stderr connected to the journal, as `JOURNAL_STREAM` says),
-//! each line starts with its syslog priority (`<4>` for a warning), so
-//! that `journalctl -p warning` finds the warnings.
+//! Written by a thread of its own through a queue bounded in bytes
+//! (`output.rs`), so that a slow reader never stalls serving; what is
+//! dropped under pressure is counted, and said in the log once it has room
+//! again. Under systemd (stderr connected to the journal, as
+//! `JOURNAL_STREAM` says), each line starts with its syslog priority (`<4>`
+//! for a warning), so that `journalctl -p warning` finds the warnings. In
+//! text, every message is escaped (`escape.rs`) whoever built it: no raw
+//! CR, LF or ESC reaches stderr, and no message is longer than
+//! [`MAX_MESSAGE`] bytes.
 
-use crate::output;
+use crate::escape;
+use crate::output::{self, Queue};
 use crate::settings::LogFormat;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{Level, Metadata};
-use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -25,18 +29,27 @@ use tracing_subscriber::Layer;
 /// what is still queued.
 pub struct Guards(#[allow(dead_code)] Vec<WorkerGuard>);
 
+/// The longest message a log line shows (the host's own; a guest's line
+/// is cut at 4 KiB, `guest_output.rs`).
+pub const MAX_MESSAGE: usize = 16 << 10;
+
 /// Installs the log (and the guests' stdout). Call once, early.
 pub fn init(format: LogFormat) -> Guards {
-    let (log, log_guard) = queue(std::io::stderr(), "log-writer");
-    let (stdout, stdout_guard) = queue(std::io::stdout(), "stdout-writer");
+    let (log, log_guard) = Queue::new(std::io::stderr(), "log-writer");
+    let (stdout, stdout_guard) = Queue::new(std::io::stdout(), "stdout-writer");
     let json = matches!(format, LogFormat::Json);
-    let counters = vec![log.error_counter(), stdout.error_counter()];
-    output::install(stdout, json, counters);
-    let writer = Prioritised { inner: log.clone(), journal: stderr_is_the_journal() };
+    output::install(&log, stdout, json, is_the_journal(1));
+    let writer = Prioritised { inner: log.clone(), journal: is_the_journal(2) };
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer).with_target(false);
-    let report = DroppedReport { log, json, reported: AtomicU64::new(0), at: Mutex::new(None) };
+    let report = DroppedReport {
+        log,
+        json,
+        journal: is_the_journal(2),
+        reported: AtomicU64::new(0),
+        at: Mutex::new(None),
+    };
     let registry = tracing_subscriber::registry().with(filter).with(report);
     match format {
         // The message says it all; the structured fields (event, addr, ...)
@@ -46,7 +59,10 @@ pub fn init(format: LogFormat) -> Guards {
                 tracing_subscriber::fmt::format::debug_fn(
                     |writer, field, value| match field.name() {
                         // `client`: the span of a --per-client instance.
-                        "message" | "client" => write!(writer, "{value:?}"),
+                        "message" | "client" => {
+                            let text = format!("{value:?}");
+                            writer.write_str(&escape::escape_capped(&text, MAX_MESSAGE))
+                        }
                         _ => Ok(()),
                     },
                 ),
@@ -57,32 +73,24 @@ pub fn init(format: LogFormat) -> Guards {
     Guards(vec![log_guard, stdout_guard])
 }
 
-fn queue(to: impl Write + Send + 'static, thread: &str) -> (NonBlocking, WorkerGuard) {
-    NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(output::QUEUED_LINES)
-        .thread_name(thread)
-        .finish(to)
-}
-
-/// systemd connects a service's stderr to the journal and says so in
-/// JOURNAL_STREAM (`DEVICE:INODE` of that stream); a redirected stderr
-/// is not the journal even if the variable was inherited. (Windows has no
-/// journal.)
+/// systemd connects a service's stderr (and its stdout, the same stream)
+/// to the journal and says so in JOURNAL_STREAM (`DEVICE:INODE` of that
+/// stream); a redirected one is not the journal even if the variable was
+/// inherited. (Windows has no journal.)
 #[cfg(windows)]
-fn stderr_is_the_journal() -> bool {
+fn is_the_journal(_fd: i32) -> bool {
     false
 }
 
 #[cfg(unix)]
-fn stderr_is_the_journal() -> bool {
+fn is_the_journal(fd: i32) -> bool {
     let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
     let Some((device, inode)) = stream.to_str().and_then(|s| s.split_once(':')) else {
         return false;
     };
     let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat writes a `stat` for descriptor 2, or fails.
-    if unsafe { libc::fstat(2, stat.as_mut_ptr()) } != 0 {
+    // SAFETY: fstat writes a `stat` for descriptor `fd`, or fails.
+    if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } != 0 {
         return false;
     }
     // SAFETY: fstat succeeded, so it filled `stat`.
@@ -94,7 +102,7 @@ fn stderr_is_the_journal() -> bool {
 /// when stderr is the journal.
 #[derive(Clone)]
 struct Prioritised {
-    inner: NonBlocking,
+    inner: Queue,
     journal: bool,
 }
 
@@ -123,15 +131,15 @@ fn priority(level: Level) -> &'static str {
 
 /// One formatted line (the formatter writes it in one go), prefixed.
 struct Line {
-    inner: NonBlocking,
+    inner: Queue,
     prefix: Option<&'static str>,
 }
 
 impl Write for Line {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self.prefix.take() {
-            Some(prefix) => self.inner.write_all(&[prefix.as_bytes(), buf].concat())?,
-            None => self.inner.write_all(buf)?,
+            Some(prefix) => self.inner.send(&[prefix.as_bytes(), buf].concat()),
+            None => self.inner.send(buf),
         }
         Ok(buf.len())
     }
@@ -144,8 +152,10 @@ impl Write for Line {
 /// After lines were dropped, the next line that goes out is preceded by
 /// one saying how many (at most one such line a second).
 struct DroppedReport {
-    log: NonBlocking,
+    log: Queue,
     json: bool,
+    /// stderr is the journal: the line carries a warning's priority.
+    journal: bool,
     reported: AtomicU64,
     at: Mutex<Option<Instant>>,
 }
@@ -170,6 +180,7 @@ impl<S: tracing::Subscriber> Layer<S> for DroppedReport {
         );
         let line =
             match self.json {
+                false if self.journal => format!("<4>WARN {message}\n"),
                 false => format!("WARN {message}\n"),
                 true => serde_json::json!({
                     "timestamp": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
@@ -181,6 +192,6 @@ impl<S: tracing::Subscriber> Layer<S> for DroppedReport {
                 .to_string()
                     + "\n",
             };
-        let _ = self.log.clone().write_all(line.as_bytes());
+        self.log.send(line.as_bytes());
     }
 }

@@ -9,12 +9,15 @@
 
 mod cache;
 mod cli;
+mod cpu;
 mod engine;
+mod escape;
 mod epoch;
 mod guest;
 mod guest_output;
 mod inspect;
 mod instance;
+mod ledger;
 mod limits;
 mod log_limit;
 mod logging;
@@ -96,6 +99,7 @@ fn finish(guards: logging::Guards, code: ExitCode) -> ExitCode {
 fn serve(args: cli::Args) -> anyhow::Result<ExitCode> {
     // Before any thread starts: this takes variables out of the environment.
     let handed = run::handed_sockets()?;
+    settings::raise_open_file_limit();
     let handed_addrs: Vec<_> = handed.iter().map(|h| h.addr).collect();
     let settings = args.into_settings(&handed_addrs)?;
     let runtime = match settings.per_client {
@@ -103,10 +107,12 @@ fn serve(args: cli::Args) -> anyhow::Result<ExitCode> {
         // one thread parking says nothing of the others.
         true => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(settings.threads)
+            .max_blocking_threads(ledger::BLOCKING_THREADS)
             .enable_all()
             .build(),
         // One instance at a time runs, on this thread.
         false => tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(ledger::BLOCKING_THREADS)
             .enable_all()
             .on_thread_park(epoch::runtime_parks)
             .on_thread_unpark(epoch::runtime_wakes)
@@ -124,9 +130,13 @@ fn serve(args: cli::Args) -> anyhow::Result<ExitCode> {
 }
 
 /// One line (plus the guest's backtrace, for a trap), never a panic or the
-/// host's own backtrace, whatever RUST_BACKTRACE says.
+/// host's own backtrace, whatever RUST_BACKTRACE says. Each line escaped:
+/// whatever text in the error a guest chose cannot start another line.
 fn fail(e: anyhow::Error, _format: LogFormat) -> ExitCode {
-    eprintln!("wasi-tcp-host: error: {e:#}");
+    let text = format!("wasi-tcp-host: error: {e:#}");
+    for line in text.lines() {
+        eprintln!("{}", escape::escape_capped(line, logging::MAX_MESSAGE));
+    }
     ExitCode::FAILURE
 }
 

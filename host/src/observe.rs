@@ -10,25 +10,37 @@
 //!   host is not stopping, else 503 and why (for a load balancer, or
 //!   Kubernetes' readiness probe).
 //!
-//! A scrape is answered from atomics, never by asking the guest. Each
-//! connection gets a few seconds to send its request; a handful are served
-//! at once, the rest closed.
+//! A scrape is answered from atomics, never by asking the guest. Health
+//! cannot be starved by whoever reaches the port: a connection has
+//! [`REQUEST_WITHIN`] to send each request's head (idle between requests
+//! included), [`AT_ONCE`] are served at once, and a new connection beyond
+//! them closes the oldest, so a probe is always let in; a request head may
+//! not exceed [`MAX_REQUEST`] bytes; a failed accept (no descriptor left,
+//! say) is tried again after a growing pause, never in a busy loop.
 
+use crate::log_limit::Kind;
 use crate::metrics::METRICS;
 use anyhow::{Context, Result};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::task::AbortHandle;
 
-/// Connections served at once; more are closed.
-const AT_ONCE: usize = 8;
-/// How long a connection has to send its request.
-const REQUEST_WITHIN: Duration = Duration::from_secs(5);
+/// Connections served at once; a new one beyond them closes the oldest.
+use crate::ledger::METRICS_AT_ONCE as AT_ONCE;
+/// How long a connection has to send a request's head (and may sit idle
+/// between requests).
+const REQUEST_WITHIN: Duration = Duration::from_secs(1);
+/// The most a connection's buffer holds (hyper's least; a request of the
+/// three endpoints needs a few hundred bytes).
+use crate::ledger::MAX_REQUEST;
+/// The pauses after a failed accept: from the first, doubled, up to the last.
+const ACCEPT_PAUSES: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
 /// Whether a guest serves: `Err` says why not.
 pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
@@ -50,12 +62,25 @@ pub async fn serve(listener: std::net::TcpListener, ready: Readiness) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(event = "metrics", %addr, "serving metrics and health on http://{addr}");
     }
-    let at_once = Arc::new(Semaphore::new(AT_ONCE));
+    let open = Arc::new(Open::default());
+    let mut pause = ACCEPT_PAUSES.0;
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let Ok(permit) = Arc::clone(&at_once).try_acquire_owned() else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                static FAILED: Kind = Kind::warn("failed accepts on the metrics listener");
+                if FAILED.admit() {
+                    tracing::warn!("the metrics listener could not accept: {e}; trying again");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(ACCEPT_PAUSES.1);
+                continue;
+            }
+        };
+        pause = ACCEPT_PAUSES.0;
         let ready = Arc::clone(&ready);
-        tokio::spawn(async move {
+        let id = open.next_id();
+        let (open_, task) = (Arc::clone(&open), tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let response = respond(&request, &ready);
                 async move { Ok::<_, std::convert::Infallible>(response) }
@@ -63,11 +88,44 @@ pub async fn serve(listener: std::net::TcpListener, ready: Readiness) {
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(REQUEST_WITHIN)
+                .max_buf_size(MAX_REQUEST)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
-            drop(permit);
+        }));
+        open_.add(id, task.abort_handle());
+        tokio::spawn(async move {
+            let _ = task.await;
+            open_.remove(id);
         });
+    }
+}
+
+/// The connections being served, oldest first.
+#[derive(Default)]
+struct Open {
+    tasks: Mutex<VecDeque<(u64, AbortHandle)>>,
+    ids: std::sync::atomic::AtomicU64,
+}
+
+impl Open {
+    fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// One more; the oldest is closed if there would be more than [`AT_ONCE`].
+    fn add(&self, id: u64, task: AbortHandle) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        while tasks.len() >= AT_ONCE {
+            if let Some((_, oldest)) = tasks.pop_front() {
+                oldest.abort();
+            }
+        }
+        tasks.push_back((id, task));
+    }
+
+    fn remove(&self, id: u64) {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).retain(|(each, _)| *each != id);
     }
 }
 

@@ -14,12 +14,13 @@ use crate::engine;
 use crate::epoch::EpochTicker;
 use crate::guest;
 use crate::instance::Instance;
+use crate::ledger::MAX_DRAINING;
 use crate::metrics::METRICS;
 use crate::notify::Notifier;
 use crate::observe;
 use crate::settings::{Restart, Settings};
 use crate::signals::{Received, Signals, SwapAsked};
-use crate::sockets::{activation, Listeners, SocketCap};
+use crate::sockets::{activation, Caps, Listeners};
 use crate::swap::{self, Drained, Guest, Swap, SwapStep};
 use anyhow::Result;
 use std::collections::VecDeque;
@@ -47,30 +48,35 @@ pub fn handed_sockets() -> Result<Vec<Handed>> {
     activation::take()
 }
 
-pub async fn run(settings: Settings, handed: Vec<Handed>) -> Result<ExitCode> {
+pub async fn run(mut settings: Settings, handed: Vec<Handed>) -> Result<ExitCode> {
     // Listen for the signals from the start, so that SIGINT and SIGTERM
     // always mean "stop gracefully" and never the default "die at once".
     let mut signals = Signals::install(watched(&settings))?;
+    crate::settings::check_descriptors(&settings.terms())?;
+    crate::limits::set_total_memory(settings.terms().guest_memory());
     // Bound now, so that a port already in use is reported before the
     // guest loads; kept until the host exits, across guest instances.
     let handed = handed.into_iter().map(|h| h.socket).collect();
     let listeners = Listeners::open(&settings.grants.listen, handed)?;
     let metrics = settings.metrics.map(observe::bind).transpose()?;
-    crate::settings::warn_if_the_cap_exceeds_the_descriptors(settings.limits.max_connections);
+    if let Some(bound) = metrics.as_ref().and_then(|m| m.local_addr().ok()) {
+        settings.metrics_bound_at(bound);
+    }
     let engine = Engine::new(&engine::config())?;
     let (path, cache) = (settings.guest.as_deref(), settings.cache_dir.as_deref());
     let component = tokio::select! {
         loaded = guest::load_in_background(&engine, path, None, cache) => loaded?,
         signal = signals.stop() => return Ok(stopped(signal)),
     };
-    let cap = SocketCap::new(settings.limits.max_connections);
+    let caps = Caps::new(settings.limits.max_connections, settings.limits.max_files);
     let _ticker = EpochTicker::start(&engine)?;
     let name = guest::name(settings.guest.as_deref());
     tracing::info!(
         "running {name}; granted: {}; everything else is denied",
         settings.grants.summary()
     );
-    let guest = Guest::new(&engine, (&listeners, &cap), settings, &component)?;
+    tracing::info!(event = "ledger", "ledger: {}", settings.terms().summary());
+    let guest = Guest::new(&engine, (&listeners, &caps), settings, &component)?;
     let supervisor = Supervisor::new(guest);
     if let Some(metrics) = metrics {
         tokio::spawn(observe::serve(metrics, supervisor.readiness()));
@@ -228,6 +234,9 @@ impl Supervisor {
                 return Some(self.stop_gracefully(signal, signals).await)
             }
             Event::Signal(Received::Swap(asked)) if self.swap.is_some() => self.swap_later(asked),
+            Event::Signal(Received::Swap(asked)) if self.too_many_draining() => {
+                self.swap_after_a_drain(asked)
+            }
             Event::Signal(Received::Swap(asked)) => self.start_loading(&asked),
             Event::Ended(outcome) => return self.ended(outcome),
             Event::RestartDue => self.start_current(),
@@ -236,7 +245,12 @@ impl Supervisor {
             }
             Event::Swap(SwapStep::TookOver(new, guest)) => self.took_over(new, guest),
             Event::Swap(SwapStep::Failed(why)) => return self.swap_failed(&why),
-            Event::Drained(drained) => drained.log(),
+            Event::Drained(drained) => {
+                drained.log();
+                if self.swap.is_none() {
+                    self.swap_ended();
+                }
+            }
             Event::Turns => self.notify_readiness(),
         }
         None
@@ -254,10 +268,47 @@ impl Supervisor {
         }
     }
 
-    /// A swap has ended: the file that changed meanwhile, if any, next.
+    /// A swap has ended (or a drain): the file that changed meanwhile, if
+    /// any, next, once fewer than the most instances drain.
     fn swap_ended(&mut self) {
+        if self.too_many_draining() {
+            return;
+        }
         if let Some(asked) = self.next_swap.take() {
             self.start_loading(&asked);
+        }
+    }
+
+    /// Whether a swap now would leave more old instances draining than
+    /// the ledger counts (`ledger::MAX_DRAINING`).
+    fn too_many_draining(&self) -> bool {
+        self.draining.len() >= MAX_DRAINING
+    }
+
+    /// A swap asked for while the most old instances drain: SIGHUP fails
+    /// (`reload` says why); a changed file is swapped in once one of them
+    /// has finished.
+    fn swap_after_a_drain(&mut self, asked: SwapAsked) {
+        let name = guest::name(self.guest.shared.sandbox.settings.guest.as_deref());
+        let said = asked.said(&name);
+        let timeout = self.guest.shared.sandbox.settings.drain_timeout;
+        match asked {
+            SwapAsked::Hangup => {
+                let why = format!(
+                    "{MAX_DRAINING} older guest instances still drain (at most --drain-timeout \
+                     {timeout:?}); try again once one has finished"
+                );
+                swap::failed(&format!("{said}, but {why}"));
+                self.notifier.reloaded(Err(&why));
+            }
+            SwapAsked::FileChanged(_) => {
+                tracing::info!(
+                    event = "swap",
+                    "{said} while {MAX_DRAINING} older guest instances still drain: swapping it \
+                     in once one has finished"
+                );
+                self.next_swap = Some(asked);
+            }
         }
     }
 

@@ -7,8 +7,10 @@
 //!
 //! TCP is the host's own (`sockets/`). Of wasmtime-wasi's imports, a few
 //! are replaced so that the host can say what the guest tried: refused
-//! name lookups and directory look-ups are logged, and UDP sockets count
-//! against `--max-connections` like TCP ones.
+//! name lookups and directory look-ups are logged, UDP sockets count
+//! against `--max-connections` like TCP ones, and files and directories
+//! opened under a `--dir` grant (and the grants' directories themselves,
+//! for each instance) against `--max-files`.
 //!
 //! Everything a guest holds in the host's memory is bounded: its linear
 //! memories and tables (`limits.rs`), its sockets (the socket cap), and
@@ -16,12 +18,14 @@
 //! capacity, [`table_capacity`].
 
 use crate::guest_output::GuestOutput;
+use crate::ledger;
 use crate::limits::GuestLimits;
 use crate::log_limit::Kind;
 use crate::policy::Grants;
 use crate::settings::{Settings, TraceDetail};
 use crate::sockets::{
-    self, Asker, ClientStdio, HasTcp, Listeners, Place, SocketCap, SocketsCtx, SocketsView, Tenant,
+    self, Asker, Caps, ClientStdio, HasTcp, Listeners, Place, SocketsCtx, SocketsView, Tenant,
+    TrialStdio,
 };
 use crate::trace::Tracer;
 use crate::wasi_version::versioned;
@@ -31,27 +35,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use wasmtime::component::{Linker, Resource, ResourceTable, ResourceType};
 use wasmtime::{Engine, StoreContextMut};
-use wasmtime_wasi::p2::bindings::filesystem::types::Descriptor;
+use wasmtime_wasi::p2::bindings::filesystem::types::{
+    Descriptor, DescriptorFlags, ErrorCode as FsErrorCode, Host as FsHost, HostDescriptor,
+    OpenFlags, PathFlags,
+};
+use wasmtime_wasi::p2::FsResult;
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::ResolveAddressStream;
 use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddressFamily, Network};
 use wasmtime_wasi::p2::bindings::sockets::udp_create_socket;
 use wasmtime_wasi::p2::UdpSocket;
 use wasmtime_wasi::sockets::WasiSocketsView;
+use wasmtime_wasi::filesystem::WasiFilesystemView;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
-/// Handles a guest may hold for each socket the cap allows (a socket, its
-/// two streams, their pollables, and room to spare)...
-pub const HANDLES_PER_SOCKET: usize = 8;
-/// ...and besides them (stdout, stderr, clocks, timers, files).
-pub const HANDLES_BESIDES: usize = 1024;
-
-/// The resource table's capacity for one guest instance: the handles it
-/// may hold at once, scaled to the socket cap. Measured at about 140 bytes
-/// of the host's memory each (a guest filling tables of 1 824 and 81 024
-/// pollables), a full table at the default cap (9 216) is about 1.3 MiB.
-pub fn table_capacity(max_connections: usize) -> usize {
-    max_connections.saturating_mul(HANDLES_PER_SOCKET).saturating_add(HANDLES_BESIDES)
-}
+pub use crate::ledger::table_capacity;
 
 /// What every guest instance's sandbox is made from.
 pub struct Sandbox {
@@ -59,8 +56,8 @@ pub struct Sandbox {
     pub grants: Arc<Grants>,
     /// The listeners the host keeps, lent to each instance in turn.
     pub listeners: Arc<Listeners>,
-    /// One socket cap for every instance.
-    pub cap: Arc<SocketCap>,
+    /// One socket cap and one file cap for every instance.
+    pub caps: Caps,
     pub argv: Vec<String>,
 }
 
@@ -71,6 +68,9 @@ pub enum Stdio {
     /// One client's connection (`--per-client`): stdin reads from it,
     /// stdout writes to it; REMOTE_ADDR and REMOTE_PORT name it.
     Client { connection: ClientStdio, peer: SocketAddr },
+    /// No client (`--per-client`'s trial instance): stdin never has a
+    /// byte, stdout drops what it gets; REMOTE_ADDR 0.0.0.0, REMOTE_PORT 0.
+    Trial(TrialStdio),
 }
 
 /// Everything the host keeps per guest instance.
@@ -81,9 +81,14 @@ pub struct GuestState {
     table: ResourceTable,
     pub limits: GuestLimits,
     sockets: SocketsCtx,
-    cap: Arc<SocketCap>,
+    caps: Caps,
     /// Each UDP socket's place under the cap, by handle.
     udp_places: HashMap<u32, Place>,
+    /// Each opened file's or directory's place under the file cap, by its
+    /// descriptor's handle (its streams keep it too: `sockets/poll.rs`).
+    file_places: HashMap<u32, Arc<Place>>,
+    /// The `--dir` directories' places, for the instance's life.
+    _dir_places: Vec<Place>,
 }
 
 impl WasiView for GuestState {
@@ -103,7 +108,7 @@ impl GuestState {
     /// directories, the network its grants allow, and the listeners the
     /// host keeps for it.
     pub fn new(sandbox: &Sandbox, tenant: Arc<Tenant>, stdio: Stdio) -> Result<Self> {
-        let Sandbox { settings, grants, listeners, cap, argv } = sandbox;
+        let Sandbox { settings, grants, listeners, caps, argv } = sandbox;
         let mut wasi = WasiCtx::builder();
         let mut env = settings.guest_env();
         match stdio {
@@ -119,9 +124,25 @@ impl GuestState {
                 env.push(("REMOTE_ADDR".to_string(), peer.ip().to_string()));
                 env.push(("REMOTE_PORT".to_string(), peer.port().to_string()));
             }
+            Stdio::Trial(stdio) => {
+                wasi.stdin(stdio.clone()).stdout(stdio);
+                wasi.stderr(GuestOutput::stderr(tenant.id));
+                env.push(("REMOTE_ADDR".to_string(), "0.0.0.0".to_string()));
+                env.push(("REMOTE_PORT".to_string(), "0".to_string()));
+            }
         }
-        wasi.args(argv).envs(&env);
+        wasi.args(argv).envs(&env).max_random_size(ledger::MAX_RANDOM);
+        let mut dir_places = Vec::new();
         for dir in &settings.dirs {
+            let place = caps.files.take(Asker::Directory).with_context(|| {
+                format!(
+                    "cannot open --dir {} for a new instance: the guests hold all the files \
+                     --max-files {} allows",
+                    dir.host.display(),
+                    settings.limits.max_files
+                )
+            })?;
+            dir_places.push(place);
             let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
             wasi.preopened_dir(&dir.host, &dir.guest, perms)
                 .map_err(anyhow::Error::from)
@@ -149,7 +170,7 @@ impl GuestState {
             Arc::clone(grants),
             Arc::clone(listeners),
             tenant,
-            Arc::clone(cap),
+            Arc::clone(&caps.sockets),
             options,
         );
         let mut table = ResourceTable::new();
@@ -160,9 +181,29 @@ impl GuestState {
             table,
             limits: GuestLimits::new(settings.limits.max_memory),
             sockets,
-            cap: Arc::clone(cap),
+            caps: caps.clone(),
             udp_places: HashMap::new(),
+            file_places: HashMap::new(),
+            _dir_places: dir_places,
         })
+    }
+
+    /// A stream made from a file keeps the file's place while it lives:
+    /// the file stays open for it after its descriptor is dropped.
+    fn stream_holds<T: 'static>(
+        &mut self,
+        made: FsResult<Resource<T>>,
+        place: Option<Arc<Place>>,
+    ) -> wasmtime::Result<Result<Resource<T>, FsErrorCode>> {
+        match made {
+            Ok(stream) => {
+                if let Some(place) = place {
+                    self.sockets.hold_while_stream_lives(stream.rep(), place);
+                }
+                Ok(Ok(stream))
+            }
+            Err(e) => Ok(Err(FsHost::convert_error_code(&mut self.filesystem(), e)?)),
+        }
     }
 
     /// How many handles the guest holds, and the most it may.
@@ -183,8 +224,9 @@ pub fn linker(engine: &Engine, settings: &Settings) -> Result<Linker<GuestState>
     if !grants.dns {
         deny_name_lookups(&mut linker)?;
     }
-    if settings.dirs.is_empty() {
-        deny_directories(&mut linker)?;
+    match settings.dirs.is_empty() {
+        true => deny_directories(&mut linker)?,
+        false => count_files(&mut linker)?,
     }
 
     // The guest sees only the variables the host set for it.
@@ -254,6 +296,79 @@ fn deny_directories(linker: &mut Linker<GuestState>) -> Result<()> {
     Ok(())
 }
 
+/// Files and directories opened under a `--dir` grant take a place under
+/// `--max-files` when opened, and give it back when the descriptor and
+/// every stream made from it are dropped (or with the store). Past the
+/// cap, `open-at` fails with `quota`, and the log says which option.
+fn count_files(linker: &mut Linker<GuestState>) -> Result<()> {
+    let mut types = linker.instance(&versioned("wasi:filesystem/types"))?;
+    types.func_wrap_async(
+        "[method]descriptor.open-at",
+        |mut store: StoreContextMut<GuestState>,
+         (this, path_flags, path, open_flags, flags): (
+            Resource<Descriptor>,
+            PathFlags,
+            String,
+            OpenFlags,
+            DescriptorFlags,
+        )| {
+            Box::new(async move {
+                let state = store.data_mut();
+                let Some(place) = state.caps.files.take(Asker::File) else {
+                    return Ok((Err(FsErrorCode::Quota),));
+                };
+                let mut fs = state.filesystem();
+                match HostDescriptor::open_at(&mut fs, this, path_flags, path, open_flags, flags)
+                    .await
+                {
+                    Ok(opened) => {
+                        state.file_places.insert(opened.rep(), Arc::new(place));
+                        Ok((Ok(opened),))
+                    }
+                    Err(e) => Ok((Err(FsHost::convert_error_code(&mut fs, e)?),)),
+                }
+            })
+        },
+    )?;
+    types.func_wrap(
+        "[method]descriptor.read-via-stream",
+        |mut store: StoreContextMut<GuestState>, (this, offset): (Resource<Descriptor>, u64)| {
+            let state = store.data_mut();
+            let place = state.file_places.get(&this.rep()).cloned();
+            let made = HostDescriptor::read_via_stream(&mut state.filesystem(), this, offset);
+            Ok((state.stream_holds(made, place)?,))
+        },
+    )?;
+    types.func_wrap(
+        "[method]descriptor.write-via-stream",
+        |mut store: StoreContextMut<GuestState>, (this, offset): (Resource<Descriptor>, u64)| {
+            let state = store.data_mut();
+            let place = state.file_places.get(&this.rep()).cloned();
+            let made = HostDescriptor::write_via_stream(&mut state.filesystem(), this, offset);
+            Ok((state.stream_holds(made, place)?,))
+        },
+    )?;
+    types.func_wrap(
+        "[method]descriptor.append-via-stream",
+        |mut store: StoreContextMut<GuestState>, (this,): (Resource<Descriptor>,)| {
+            let state = store.data_mut();
+            let place = state.file_places.get(&this.rep()).cloned();
+            let made = HostDescriptor::append_via_stream(&mut state.filesystem(), this);
+            Ok((state.stream_holds(made, place)?,))
+        },
+    )?;
+    types.resource(
+        "descriptor",
+        ResourceType::host::<Descriptor>(),
+        |mut store: StoreContextMut<GuestState>, rep| {
+            let state = store.data_mut();
+            state.file_places.remove(&rep);
+            HostDescriptor::drop(&mut state.filesystem(), Resource::new_own(rep))
+        },
+    )?;
+    Ok(())
+}
+
 fn deny_udp(linker: &mut Linker<GuestState>) -> Result<()> {
     linker.instance(&versioned("wasi:sockets/udp-create-socket"))?.func_wrap(
         "create-udp-socket",
@@ -279,7 +394,7 @@ fn count_udp_sockets(linker: &mut Linker<GuestState>) -> Result<()> {
         |mut store: StoreContextMut<GuestState>, (family,): (IpAddressFamily,)| {
             Box::new(async move {
                 let state = store.data_mut();
-                let Some(place) = state.cap.take(Asker::UdpSocket) else {
+                let Some(place) = state.caps.sockets.take(Asker::UdpSocket) else {
                     return Ok((Err(ErrorCode::NewSocketLimit),));
                 };
                 let created =

@@ -6,13 +6,14 @@
 //!   command line replaces the file's);
 //! - switches (`no-listen`, `allow-udp`, `allow-dns`, `nagle`,
 //!   `per-client`): on if either turns them on (`no-listen` with a `listen` address anywhere is an error);
-//! - single values (`max-memory`, `max-connections`, `cpu-budget`,
-//!   `idle-timeout`, `send-timeout`, `drain-timeout`, `restart`, `metrics`,
-//!   `threads`): the
+//! - single values (`max-memory`, `max-connections`, `max-files`,
+//!   `cpu-budget`, `idle-timeout`, `send-timeout`, `drain-timeout`,
+//!   `restart`, `metrics`, `threads`): the
 //!   command line over the file, the file over the default.
 //!
 //! An unknown key in the file is an error, never ignored.
 
+use crate::ledger::Terms;
 use crate::policy::{DirGrant, Grants, NetRule};
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
@@ -26,10 +27,10 @@ use std::time::Duration;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9000";
 pub const DEFAULT_MAX_MEMORY: Size = Size(128 << 20);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Files and directories open at once, with `--dir` grants.
+pub const DEFAULT_MAX_FILES: usize = 64;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
-/// Descriptors the host keeps for itself under the process's open-file limit.
-pub(crate) const HOST_DESCRIPTORS: usize = 64;
 
 /// What the host runs, and with what.
 #[derive(Debug)]
@@ -80,6 +81,9 @@ pub enum TraceDetail {
 pub struct Limits {
     pub max_memory: Size,
     pub max_connections: usize,
+    /// Files and directories the guests hold open at once, the `--dir`
+    /// grants' directories included (0 without any).
+    pub max_files: usize,
     pub cpu_budget: Option<Duration>,
     /// Close a client connection with nothing received or sent for this long.
     pub idle_timeout: Option<Duration>,
@@ -128,6 +132,7 @@ pub struct Choices {
     pub dir: Vec<DirGrant>,
     pub max_memory: Option<Size>,
     pub max_connections: Option<usize>,
+    pub max_files: Option<usize>,
     #[serde(default, with = "duration_text")]
     pub cpu_budget: Option<Duration>,
     #[serde(default, with = "duration_text")]
@@ -164,14 +169,25 @@ impl Settings {
         if run.watch && run.guest.is_none() {
             bail!("--watch watches a guest file: name one (the built-in guest never changes)");
         }
-        let limits = limits(&file, &flags)?;
         let per_client = file.per_client || flags.per_client;
         let threads = threads(&file, &flags, per_client)?;
         let listen =
-            listen_grants(&run, file.listen, flags.listen, file.no_listen || flags.no_listen)?;
+            listen_grants(&run, file.listen.clone(), flags.listen.clone(), file.no_listen || flags.no_listen)?;
+        let dns = file.allow_dns || flags.allow_dns;
+        let metrics = flags.metrics.or(file.metrics);
+        let dirs = [file.dir.clone(), flags.dir.clone()].concat();
+        let outside_sockets = Terms {
+            max_memory: 0,
+            max_connections: 0,
+            max_files: max_files(&file, &flags, !dirs.is_empty()),
+            listen_addresses: listen.len(),
+            metrics: metrics.is_some(),
+            dns,
+            per_client: per_client.then_some(threads),
+        };
+        let limits = limits(&file, &flags, &outside_sockets)?;
         let mut env = file.env;
         env.extend(flags.env);
-        let dirs = [file.dir, flags.dir].concat();
         for dir in &dirs {
             if !dir.host.is_dir() {
                 bail!(
@@ -185,7 +201,6 @@ impl Settings {
                 "`per-client` serves the clients of a listen address, but `no-listen` grants none"
             );
         }
-        let metrics = flags.metrics.or(file.metrics);
         if let Some(own) = metrics {
             refuse_metrics_where_the_guest_listens(own, &listen)?;
         }
@@ -194,7 +209,7 @@ impl Settings {
             connect: [file.allow_connect, flags.allow_connect].concat(),
             clients: [file.allow_client, flags.allow_client].concat(),
             udp: file.allow_udp || flags.allow_udp,
-            dns: file.allow_dns || flags.allow_dns,
+            dns,
             host_only: metrics,
         };
         Ok(Settings {
@@ -239,11 +254,34 @@ impl Settings {
         unchanged("the listen addresses", new.grants.listen == self.grants.listen)?;
         let cap = new.limits.max_connections == self.limits.max_connections;
         unchanged("max-connections (one socket cap for the whole host)", cap)?;
+        let files = new.limits.max_files == self.limits.max_files;
+        unchanged("max-files (with dir grants, one cap for the whole host)", files)?;
+        unchanged("allow-dns (its lookups are counted in the host's descriptors)", new.grants.dns == self.grants.dns)?;
         unchanged("the metrics address", new.metrics == self.metrics)?;
         unchanged("per-client", new.per_client == self.per_client)?;
         unchanged("threads", new.threads == self.threads)?;
         new.source = Some(source.clone());
+        new.grants.host_only = self.grants.host_only;
         Ok(new)
+    }
+
+    /// The metrics listener is bound at `addr`: no grant reaches it, on
+    /// the port the system picked too (`--metrics 127.0.0.1:0`).
+    pub fn metrics_bound_at(&mut self, addr: SocketAddr) {
+        self.grants.host_only = Some(addr);
+    }
+
+    /// The policy's numbers, for the ledger's totals.
+    pub fn terms(&self) -> Terms {
+        Terms {
+            max_memory: self.limits.max_memory.0,
+            max_connections: self.limits.max_connections,
+            max_files: self.limits.max_files,
+            listen_addresses: self.grants.listen.len(),
+            metrics: self.metrics.is_some(),
+            dns: self.grants.dns,
+            per_client: self.per_client.then_some(self.threads),
+        }
     }
 
     /// What an instance per client (`--per-client`) is granted: the same,
@@ -323,16 +361,13 @@ fn listen_grants(
     Ok(vec![DEFAULT_LISTEN.parse()?])
 }
 
-/// 1024, or fewer when the process may not open that many files: the cap
-/// must bite before the process runs out of descriptors. (The host never
-/// raises its own limit; an operator who wants more raises it with ulimit.)
-pub fn default_max_connections() -> usize {
-    DEFAULT_MAX_CONNECTIONS.min(default_max_connections_for(open_file_limit()))
-}
-
-/// The descriptors the guests may have under an open-file limit.
-fn default_max_connections_for(limit: Option<usize>) -> usize {
-    limit.map_or(usize::MAX, |limit| limit.saturating_sub(HOST_DESCRIPTORS).max(1))
+/// 1024, or fewer when the process may not open that many descriptors
+/// besides the `others` the policy needs (the host's own, its listeners,
+/// files, metrics connections, lookups): the cap must bite before the
+/// process runs out of descriptors.
+fn default_max_connections(others: usize) -> usize {
+    let limit = open_file_limit().unwrap_or(usize::MAX);
+    DEFAULT_MAX_CONNECTIONS.min(limit.saturating_sub(others).max(1))
 }
 
 /// The process's open-file limit (its soft limit), if it has one. Windows
@@ -354,6 +389,33 @@ pub(crate) fn open_file_limit() -> Option<usize> {
     usize::try_from(limit.rlim_cur).ok()
 }
 
+/// Raises the soft open-file limit to the hard one, as nginx and Go do:
+/// the soft limit is a default for programs that use `select`, which the
+/// host does not. (macOS refuses an infinite soft limit: there it stops at
+/// OPEN_MAX.) Call before the settings are made: the default socket cap
+/// follows the limit.
+#[cfg(unix)]
+pub fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes `limit`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let wanted = match cfg!(target_os = "macos") {
+        true => limit.rlim_max.min(10240),
+        false => limit.rlim_max,
+    };
+    if limit.rlim_cur < wanted {
+        limit.rlim_cur = wanted;
+        // SAFETY: setrlimit only reads `limit`; raising the soft limit up
+        // to the hard one needs no privilege.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    }
+}
+
+#[cfg(windows)]
+pub fn raise_open_file_limit() {}
+
 /// The runtime's threads, flag over file over the number of cores.
 /// (One guest instance runs on one thread, so only `per-client` uses more.)
 fn threads(file: &Choices, flags: &Choices, per_client: bool) -> Result<usize> {
@@ -368,14 +430,25 @@ fn threads(file: &Choices, flags: &Choices, per_client: bool) -> Result<usize> {
     }
 }
 
-/// The limits, flag over file over default.
-fn limits(file: &Choices, flags: &Choices) -> Result<Limits> {
+/// Files and directories open at once: none without a `--dir` grant (there
+/// is nothing to open), else flag over file over the default.
+fn max_files(file: &Choices, flags: &Choices, dirs: bool) -> usize {
+    match dirs {
+        true => flags.max_files.or(file.max_files).unwrap_or(DEFAULT_MAX_FILES),
+        false => 0,
+    }
+}
+
+/// The limits, flag over file over default; `others` is the rest of the
+/// policy, for the descriptors left for sockets.
+fn limits(file: &Choices, flags: &Choices, others: &Terms) -> Result<Limits> {
     let limits = Limits {
         max_memory: flags.max_memory.or(file.max_memory).unwrap_or(DEFAULT_MAX_MEMORY),
         max_connections: flags
             .max_connections
             .or(file.max_connections)
-            .unwrap_or_else(default_max_connections),
+            .unwrap_or_else(|| default_max_connections(others.descriptors_besides_sockets())),
+        max_files: others.max_files,
         cpu_budget: flags.cpu_budget.or(file.cpu_budget),
         idle_timeout: flags.idle_timeout.or(file.idle_timeout),
         send_timeout: flags.send_timeout.or(file.send_timeout).unwrap_or(DEFAULT_SEND_TIMEOUT),
@@ -406,21 +479,27 @@ fn refuse_metrics_where_the_guest_listens(own: SocketAddr, listen: &[SocketAddr]
     }
 }
 
-/// One line at start-up when `--max-connections` allows more sockets than
-/// the process may open descriptors (less the host's own): the cap would
-/// not bite first. Clients beyond the descriptors are turned away all the
-/// same (`sockets/spare.rs`), but the operator should know.
-pub fn warn_if_the_cap_exceeds_the_descriptors(max_connections: usize) {
-    let available = default_max_connections_for(open_file_limit());
-    if max_connections > available {
-        tracing::warn!(
-            event = "limit",
-            "--max-connections {max_connections} is more than the {available} descriptors this \
-             process may open for its guests (its open-file limit less {HOST_DESCRIPTORS} for the \
-             host); clients beyond them will be turned away. Raise the limit (ulimit -n, \
-             LimitNOFILE=) or lower --max-connections"
-        );
+/// The descriptors this policy needs, against what the process may open:
+/// an error (before anything is served) when they do not fit, naming what
+/// needs them and what to change.
+pub fn check_descriptors(terms: &Terms) -> Result<()> {
+    let Some(limit) = open_file_limit() else { return Ok(()) };
+    let needed = terms.descriptors();
+    if needed <= limit {
+        return Ok(());
     }
+    let rows: Vec<String> = terms
+        .descriptor_rows()
+        .iter()
+        .filter(|r| r.count > 0)
+        .map(|r| format!("{} {}", r.count, r.what))
+        .collect();
+    bail!(
+        "this policy needs {needed} descriptors ({}), but the process may open {limit} (its \
+         hard open-file limit); raise that limit (ulimit -Hn, LimitNOFILE=) or lower \
+         --max-connections",
+        rows.join(", ")
+    )
 }
 
 /// Reads a policy file; an unknown key is an error with its line.

@@ -25,7 +25,7 @@ use crate::metrics::{self, DrainOutcome, SwapOutcome};
 use crate::sandbox::{self, GuestState, Sandbox};
 use crate::settings::Settings;
 use crate::signals::SwapAsked;
-use crate::sockets::{Listeners, SocketCap};
+use crate::sockets::{Caps, Listeners};
 use anyhow::Result;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +46,17 @@ pub async fn load_guest(
     let read = read.filter(|_| old.guest == new.guest);
     crate::guest::load_in_background(engine, new.guest.as_deref(), read, new.cache_dir.as_deref())
         .await
+}
+
+/// The settings as the policy file says now: read, and its host names
+/// resolved, on a thread for blocking work, never the one that serves
+/// (a policy file on a slow disk, or a name server that does not answer,
+/// must not stall the clients).
+pub async fn reload_policy(settings: &Arc<Settings>) -> Result<Settings> {
+    let settings = Arc::clone(settings);
+    tokio::task::spawn_blocking(move || settings.reloaded())
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the policy file again: {e}"))?
 }
 
 /// A swap asked for while one is under way: SIGHUP is ignored; a changed
@@ -76,10 +87,10 @@ pub struct Guest {
 
 impl Guest {
     /// `component`, linked for `settings`, with the host's engine, its
-    /// listeners and its one socket cap.
+    /// listeners and its caps.
     pub fn new(
         engine: &Engine,
-        (listeners, cap): (&Arc<Listeners>, &Arc<SocketCap>),
+        (listeners, caps): (&Arc<Listeners>, &Caps),
         settings: Settings,
         component: &Component,
     ) -> Result<Guest> {
@@ -91,7 +102,7 @@ impl Guest {
             grants: Arc::new(settings.grants.clone()),
             settings: Arc::new(settings),
             listeners: Arc::clone(listeners),
-            cap: Arc::clone(cap),
+            caps: caps.clone(),
             argv,
         };
         let shared = Arc::new(Shared { engine: engine.clone(), sandbox });
@@ -101,7 +112,7 @@ impl Guest {
     /// Another guest, with new settings, in the same host.
     pub fn next(&self, settings: Settings, component: &Component) -> Result<Guest> {
         let Shared { engine, sandbox } = &*self.shared;
-        Guest::new(engine, (&sandbox.listeners, &sandbox.cap), settings, component)
+        Guest::new(engine, (&sandbox.listeners, &sandbox.caps), settings, component)
     }
 }
 
@@ -133,7 +144,7 @@ impl Swap {
         tracing::info!(event = "swap", "{said}: loading {name} again, to swap it in");
         let (engine, settings, read) = (shared.engine.clone(), Arc::clone(settings), asked.bytes());
         Swap::Loading(tokio::spawn(async move {
-            let new = settings.reloaded()?;
+            let new = reload_policy(&settings).await?;
             let component = load_guest(&engine, &settings, &new, read).await?;
             Ok((component, new))
         }))

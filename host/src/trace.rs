@@ -64,8 +64,14 @@ impl Tracer {
         shown
     }
 
-    /// recv(): a read (or blocking-read) of up to `len` bytes.
-    pub fn recv(&self, function: &str, len: usize, outcome: Result<&[u8], StreamEnd<'_>>) {
+    /// recv(): a read (or blocking-read) of up to `len` bytes from
+    /// `stream` (`input-stream`, or `stdin` for a client's connection).
+    pub fn recv(
+        &self,
+        (stream, function): (&str, &str),
+        len: usize,
+        outcome: Result<&[u8], StreamEnd<'_>>,
+    ) {
         let (winsock, wasi) = match outcome {
             Ok([]) => ("would block".into(), "0 bytes (nothing yet: wait on the pollable)".into()),
             Ok(bytes) => (
@@ -77,15 +83,15 @@ impl Tracer {
         };
         self.line(
             format!("recv({len}) -> {winsock}"),
-            format!("input-stream.{function}({len}) -> {wasi}"),
+            format!("{stream}.{function}({len}) -> {wasi}"),
         );
     }
 
-    /// send(): a write (or blocking-write-and-flush) of `len` bytes
-    /// (`shown` from [`Tracer::bytes`]).
+    /// send(): a write (or blocking-write-and-flush) of `len` bytes to
+    /// `stream` (`output-stream`, or `stdout`; `shown` from [`Tracer::bytes`]).
     pub fn send(
         &self,
-        function: &str,
+        (stream, function): (&str, &str),
         len: usize,
         shown: String,
         outcome: Result<(), StreamEnd<'_>>,
@@ -96,26 +102,26 @@ impl Tracer {
         };
         self.line(
             format!("send({len}) -> {sent}"),
-            format!("output-stream.{function}({len} bytes) -> {wasi}{shown}"),
+            format!("{stream}.{function}({len} bytes) -> {wasi}{shown}"),
         );
     }
 
-    pub fn check_write(&self, outcome: Result<usize, StreamEnd<'_>>) {
+    pub fn check_write(&self, stream: &str, outcome: Result<usize, StreamEnd<'_>>) {
         let room = match outcome {
             Ok(0) => "0 (the send buffer is full, or a write is still going out: wait)".into(),
             Ok(n) => format!("{n} (send at most this much)"),
             Err(end) => stream_end(end),
         };
-        self.line("", format!("output-stream.check-write -> {room}"));
+        self.line("", format!("{stream}.check-write -> {room}"));
     }
 
-    pub fn flush(&self, outcome: Result<(), StreamEnd<'_>>) {
+    pub fn flush(&self, stream: &str, outcome: Result<(), StreamEnd<'_>>) {
         let function = calling("flush");
         let done = match outcome {
             Ok(()) => "ok (everything written is with the system)".to_string(),
             Err(end) => stream_end(end),
         };
-        self.line("", format!("output-stream.{function} -> {done}"));
+        self.line("", format!("{stream}.{function} -> {done}"));
     }
 
     /// WSAPoll(): a wait on `count` pollables; `ready` are their indices.

@@ -2,7 +2,10 @@
 //! cap, checked against `--allow-client`, then given a fresh instance whose
 //! stdin and stdout are the connection. When `run` returns the connection
 //! closes with a FIN (after what the guest wrote has been sent); when the
-//! instance traps, with a reset and one line naming the client.
+//! instance traps, with a reset and one line naming the client; when the
+//! connection goes first (the host closed it for idleness, the client
+//! reset it, a send was given up), the instance is stopped: nothing it
+//! does can reach the client any more.
 
 use crate::instance::{run_once, Exited};
 use crate::log_limit::Kind;
@@ -10,23 +13,24 @@ use crate::metrics::{self, TurnedAway};
 use crate::run::split_first_line;
 use crate::sandbox::Stdio;
 use crate::settings::{Settings, TraceDetail};
-use crate::sockets::{spare, Asker, ClientStdio, Place, SocketCap, Tenant};
+use crate::sockets::{
+    spare, Asker, Caps, ClientStdio, Connection, Owner, Place, Tenant, Timeouts,
+};
 use crate::swap::Guest;
 use crate::trace::Tracer;
 use socket2::SockRef;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
-use wasmtime_wasi::cli::StdoutStream;
-use wasmtime_wasi::p2::OutputStream;
 use wasmtime_wasi::sockets::SocketAddrUse;
 
 static FAILED: Kind = Kind::warn("guest instances that failed (clients reset)");
 static EXITED: Kind = Kind::info("guest instances that exited with an error");
+static GONE: Kind = Kind::info("guest instances stopped with their connection");
 
 pub struct Clients {
     /// What a new client's instance runs (SIGHUP replaces it).
@@ -34,8 +38,8 @@ pub struct Clients {
     /// One permit for each instance alive: `--max-connections` of them.
     slots: Arc<Semaphore>,
     max: u32,
-    /// The sockets the instances hold, their clients' included.
-    cap: Arc<SocketCap>,
+    /// The sockets and files the instances hold, their clients' included.
+    caps: Caps,
     next_id: AtomicU64,
     /// The instances alive (the slots also count accepts under way).
     alive: Arc<AtomicUsize>,
@@ -55,20 +59,20 @@ impl Clients {
         let max = u32::try_from(settings.limits.max_connections)
             .unwrap_or(u32::MAX)
             .min(Semaphore::MAX_PERMITS as u32);
-        let cap = Arc::clone(&guest.shared.sandbox.cap);
+        let caps = guest.shared.sandbox.caps.clone();
         Arc::new(Clients {
             guest: RwLock::new(Arc::new(guest)),
             slots: Arc::new(Semaphore::new(max as usize)),
             max,
-            cap,
+            caps,
             next_id: AtomicU64::new(1),
             alive: Arc::default(),
         })
     }
 
-    /// The socket cap the instances share (a swapped-in guest keeps it).
-    pub fn cap(&self) -> Arc<SocketCap> {
-        Arc::clone(&self.cap)
+    /// The caps the instances share (a swapped-in guest keeps them).
+    pub fn caps(&self) -> Caps {
+        self.caps.clone()
     }
 
     /// Clients from now on get `guest`; the instances running keep theirs.
@@ -113,7 +117,7 @@ impl Clients {
             metrics::turned_away(TurnedAway::NotAllowed);
             return reset(&stream);
         }
-        let Some(place) = self.cap.take(Asker::Client(peer)) else { return reset(&stream) };
+        let Some(place) = self.caps.sockets.take(Asker::Client(peer)) else { return reset(&stream) };
         let settings = &guest.shared.sandbox.settings;
         if !settings.nagle {
             let _ = stream.set_nodelay(true);
@@ -133,40 +137,48 @@ async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     id: u64,
-    _held: (OwnedSemaphorePermit, Place, Alive),
+    (_slot, place, _alive): (OwnedSemaphorePermit, Place, Alive),
 ) {
     let settings = Arc::clone(&guest.shared.sandbox.settings);
     let tracer = settings.trace.map(|detail| Tracer::new(detail == TraceDetail::Data));
-    let stream = Arc::new(stream);
-    let connection = ClientStdio::new(&stream, tracer);
-    // A stdout handle of the host's own, for the last flush.
-    let output = StdoutStream::p2_stream(&connection);
     let tenant = Tenant::new(id);
-    let _client = tenant.client();
-    let idle = settings.limits.idle_timeout.map(|t| (connection.clone(), t));
-    let stdio = Stdio::Client { connection, peer };
+    // What the host still does for the connection on its own (a send
+    // under way) ends with this: when the instance has ended, and what it
+    // wrote has gone out or the send has ended.
+    let (instance, ends) = tokio::sync::watch::channel(());
+    let timeouts =
+        Timeouts { send: settings.limits.send_timeout, idle: settings.limits.idle_timeout };
+    let owner = Owner { place, client: Some(tenant.client()), instance: ends, timeouts };
+    let conn = Connection::new(stream, Some(peer), owner);
+    let stdio = Stdio::Client { connection: ClientStdio::new(&conn, tracer), peer };
     let run = run_once(Arc::clone(&guest.shared), guest.pre.clone(), tenant, stdio);
-    let ended = match idle {
-        None => run.await,
-        Some((connection, timeout)) => {
-            tokio::pin!(run);
-            tokio::select! {
-                ended = &mut run => ended,
-                () = connection.close_when_idle(timeout, peer) => run.await,
-            }
-        }
+    tokio::pin!(run);
+    let ended = tokio::select! {
+        ended = &mut run => ended,
+        () = conn.gone() => Err(anyhow::anyhow!(Gone)),
     };
-    let socket = SockRef::from(&*stream);
+    // Stops the instance, if it still runs: its store goes, and with it
+    // every handle it had on the connection.
+    drop(run);
     match ended {
-        Ok(()) => finish(output, &socket, settings.limits.send_timeout).await,
+        Ok(()) => finish(&conn).await,
         Err(e) if e.downcast_ref::<Exited>().is_some() => {
             if EXITED.admit() {
                 tracing::info!(event = "exit", "{e}; closing the connection");
             }
-            finish(output, &socket, settings.limits.send_timeout).await
+            finish(&conn).await
+        }
+        Err(e) if e.downcast_ref::<Gone>().is_some() => {
+            if GONE.admit() {
+                tracing::info!(
+                    event = "instance-stopped",
+                    %peer,
+                    "stopped the instance of client {peer}: its connection is closed"
+                );
+            }
         }
         Err(e) => {
-            let _ = socket.set_linger(Some(Duration::ZERO));
+            conn.reset_at_close();
             if FAILED.admit() {
                 let (summary, backtrace) = split_first_line(&e);
                 tracing::warn!(
@@ -178,24 +190,28 @@ async fn serve(
             }
         }
     }
+    drop(instance);
 }
 
-/// After `run` returned: what the guest wrote goes to the client, then a
-/// FIN; a client that does not take it within `--send-timeout` is reset.
-async fn finish(mut output: Box<dyn OutputStream>, socket: &SockRef<'_>, within: Duration) {
-    let sent = match output.flush() {
-        Ok(()) => tokio::time::timeout(within, output.ready()).await.is_ok(),
-        // The client has gone: nothing to send.
-        Err(_) => true,
-    };
-    match sent {
-        true => {
-            let _ = socket.shutdown(Shutdown::Write);
-        }
-        false => {
-            let _ = socket.set_linger(Some(Duration::ZERO));
-        }
+/// The host closed the connection (`--idle-timeout`), or it failed (a
+/// reset, a send given up): the instance serving it is stopped.
+#[derive(Debug)]
+struct Gone;
+
+impl std::fmt::Display for Gone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client's connection is closed")
     }
+}
+
+impl std::error::Error for Gone {}
+
+/// After `run` returned: what the guest wrote goes to the client, then a
+/// FIN; a client that does not take it within `--send-timeout` is reset
+/// (the connection's background send does both).
+async fn finish(conn: &Connection) {
+    conn.shut_write();
+    conn.all_sent().await;
 }
 
 /// Closing with SO_LINGER 0 resets the connection.

@@ -15,14 +15,19 @@
 //! - Instances come from wasmtime's pooling allocator (`pool.rs`), on a
 //!   runtime with `--threads` threads: one instance runs on one thread at
 //!   a time, and many instances use every core.
+//! - Before a guest serves anyone (at start, and at each swap), one
+//!   instance of it must show that it runs (`trial.rs`): it asks its stdin
+//!   for a byte, or finishes cleanly, with no client.
 //! - SIGHUP loads the guest (and the policy) again: new clients get the
-//!   new guest, and the instances running finish with the old one.
+//!   new guest, once its trial passed, and the instances running finish
+//!   with the old one.
 //!   SIGQUIT closes the listeners and waits up to `--drain-timeout` for
 //!   the instances running; SIGINT and SIGTERM stop them all at once.
 
 mod client;
 mod listen;
 mod pool;
+mod trial;
 
 use crate::epoch::EpochTicker;
 use crate::notify::Notifier;
@@ -30,7 +35,7 @@ use crate::observe;
 use crate::settings::Settings;
 use crate::signals::{Received, Signals, SwapAsked};
 use crate::sockets::activation::Handed;
-use crate::sockets::{Listeners, SocketCap};
+use crate::sockets::{Caps, Listeners};
 use crate::swap::Guest;
 use anyhow::{Context, Result};
 use client::Clients;
@@ -41,13 +46,18 @@ use tokio::task::JoinHandle;
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
-pub async fn run(settings: Settings, handed: Vec<Handed>) -> Result<ExitCode> {
+pub async fn run(mut settings: Settings, handed: Vec<Handed>) -> Result<ExitCode> {
     let mut signals = Signals::install(crate::run::watched(&settings))?;
+    crate::settings::check_descriptors(&settings.terms())?;
+    crate::limits::set_total_memory(settings.terms().guest_memory());
     let listeners = listen::open(&settings.grants.listen, handed)?;
     let metrics = settings.metrics.map(observe::bind).transpose()?;
+    if let Some(bound) = metrics.as_ref().and_then(|m| m.local_addr().ok()) {
+        settings.metrics_bound_at(bound);
+    }
     let limits = settings.limits;
-    crate::settings::warn_if_the_cap_exceeds_the_descriptors(limits.max_connections);
-    let config = pool::config(limits.max_connections, limits.max_memory.0);
+    // One instance for each client, and one for a trial.
+    let config = pool::config(limits.max_connections + 1, limits.max_memory.0);
     let engine = Engine::new(&config)
         .map_err(anyhow::Error::from)
         .context("reserving the pool of guest instances")?;
@@ -60,7 +70,11 @@ pub async fn run(settings: Settings, handed: Vec<Handed>) -> Result<ExitCode> {
     let name = crate::guest::name(settings.guest.as_deref());
     warn_if_it_serves_clients_itself(&engine, &component, &name);
     let settings = Arc::new(settings);
-    let guest = link(&engine, &settings, &component, SocketCap::new(limits.max_connections))?;
+    let guest = link(&engine, &settings, &component, Caps::new(limits.max_connections, limits.max_files))?;
+    tokio::select! {
+        tried = trial::run(&guest) => tried.with_context(|| format!("{name} cannot serve"))?,
+        signal = signals.stop() => return Ok(crate::run::stopped(signal)),
+    }
     let clients = Clients::new(guest, &settings);
     tracing::info!(
         "running {name}, one instance per client ({} threads); granted: {}; everything else is \
@@ -68,6 +82,7 @@ pub async fn run(settings: Settings, handed: Vec<Handed>) -> Result<ExitCode> {
         settings.threads,
         settings.grants.summary()
     );
+    tracing::info!(event = "ledger", "ledger: {}", settings.terms().summary());
     let accepting: Vec<JoinHandle<()>> =
         listeners.into_iter().map(|l| tokio::spawn(Arc::clone(&clients).accept(l))).collect();
     let stopping = Arc::new(AtomicBool::new(false));
@@ -91,10 +106,10 @@ fn link(
     engine: &Engine,
     settings: &Settings,
     component: &Component,
-    cap: Arc<SocketCap>,
+    caps: Caps,
 ) -> Result<Guest> {
     let none = Listeners::open(&[], Vec::new())?;
-    Guest::new(engine, (&none, &cap), settings.for_each_client(), component)
+    Guest::new(engine, (&none, &caps), settings.for_each_client(), component)
 }
 
 /// A guest that opens TCP sockets serves clients itself: one instance per
@@ -190,11 +205,12 @@ impl Server {
         let said = asked.said(&name);
         tracing::info!(event = "swap", "{said}: loading {name} again, for new clients");
         let (engine, settings) = (self.engine.clone(), Arc::clone(&self.settings));
-        let (cap, read) = (self.clients.cap(), asked.bytes());
+        let (caps, read) = (self.clients.caps(), asked.bytes());
         tokio::spawn(async move {
-            let new = settings.reloaded()?;
+            let new = crate::swap::reload_policy(&settings).await?;
             let component = crate::swap::load_guest(&engine, &settings, &new, read).await?;
-            let guest = link(&engine, &new, &component, cap)?;
+            let guest = link(&engine, &new, &component, caps)?;
+            trial::run(&guest).await.context("the new guest cannot serve")?;
             Ok((guest, Arc::new(new)))
         })
     }

@@ -1,13 +1,18 @@
-//! The socket cap (`--max-connections`): how many sockets the host's
-//! guests hold at once, listeners, connections and UDP sockets alike. One
-//! cap for the whole process, shared by every guest instance (running,
-//! draining after a swap, restarting), so that together they never hold
-//! more sockets than it allows. (The host's own descriptors are not
-//! counted: its kept listeners, one per `--listen` address, and what it
-//! needs for files granted with `--dir` and for name lookups, which the
-//! guest's handle limit bounds.)
+//! The caps on the guests' descriptors, one each for the whole process,
+//! shared by every guest instance (running, draining after a swap,
+//! restarting, one per client), so that together they never hold more
+//! than the ledger allows (`ledger.rs`):
 //!
-//! Each socket holds a [`Place`] for as long as its descriptor is open,
+//! - the socket cap (`--max-connections`): listeners, connections and UDP
+//!   sockets alike;
+//! - the file cap (`--max-files`): files and directories opened under a
+//!   `--dir` grant, and each instance's `--dir` directories themselves.
+//!
+//! (The host's own descriptors are the ledger's other rows: its kept
+//! listeners, one per `--listen` address, its metrics connections, and
+//! name lookups under way.)
+//!
+//! Each socket or file holds a [`Place`] for as long as its descriptor is open,
 //! whoever holds it: a connection's place lives in the connection, which
 //! its socket, its two streams and a send still under way all share, so
 //! dropping the socket handle while keeping the streams frees nothing.
@@ -20,9 +25,34 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-pub struct SocketCap {
+/// One cap: how many of one kind of descriptor the guests hold at once.
+pub struct Cap {
     open: AtomicUsize,
     max: usize,
+    counts: Counts,
+}
+
+/// What a cap counts, for its refusals' log lines.
+#[derive(Clone, Copy)]
+enum Counts {
+    /// `--max-connections`.
+    Sockets,
+    /// `--max-files`.
+    Files,
+}
+
+/// The host's two caps on the guests' descriptors, shared by every
+/// guest instance.
+#[derive(Clone)]
+pub struct Caps {
+    pub sockets: Arc<Cap>,
+    pub files: Arc<Cap>,
+}
+
+impl Caps {
+    pub fn new(max_connections: usize, max_files: usize) -> Caps {
+        Caps { sockets: Cap::sockets(max_connections), files: Cap::files(max_files) }
+    }
 }
 
 /// Who asks for a place: the refusal's log line names it.
@@ -31,14 +61,25 @@ pub enum Asker {
     TcpSocket,
     UdpSocket,
     Client(SocketAddr),
+    /// A file or directory opened under a `--dir` grant.
+    File,
+    /// A `--dir` grant's directory, for a new guest instance.
+    Directory,
 }
 
 static REFUSED_SOCKETS: Kind = Kind::warn("refused new sockets");
 static REFUSED_CLIENTS: Kind = Kind::warn("clients turned away at the cap");
+static REFUSED_FILES: Kind = Kind::warn("refused opened files");
 
-impl SocketCap {
-    pub fn new(max: usize) -> Arc<Self> {
-        Arc::new(SocketCap { open: AtomicUsize::new(0), max })
+impl Cap {
+    /// The socket cap: `max` sockets (`--max-connections`).
+    pub fn sockets(max: usize) -> Arc<Self> {
+        Arc::new(Cap { open: AtomicUsize::new(0), max, counts: Counts::Sockets })
+    }
+
+    /// The file cap: `max` files and directories (`--max-files`).
+    pub fn files(max: usize) -> Arc<Self> {
+        Arc::new(Cap { open: AtomicUsize::new(0), max, counts: Counts::Files })
     }
 
     /// A place, given back when dropped; None (and a log line) at the cap.
@@ -64,12 +105,22 @@ impl SocketCap {
                 metrics::turned_away(TurnedAway::Cap);
                 (&REFUSED_CLIENTS, format!("a client from {peer}, turned away"))
             }
+            Asker::File => (&REFUSED_FILES, "opening a file".to_string()),
+            Asker::Directory => (&REFUSED_FILES, "a --dir directory for a new instance".to_string()),
         };
-        if kind.admit() {
-            tracing::warn!(
+        if !kind.admit() {
+            return;
+        }
+        match self.counts {
+            Counts::Sockets => tracing::warn!(
                 event = "limit",
                 "refused: {what}: the guests already hold {max} sockets (--max-connections {max})"
-            );
+            ),
+            Counts::Files => tracing::warn!(
+                event = "limit",
+                "refused: {what}: the guests already hold {max} files and directories \
+                 (--max-files {max})"
+            ),
         }
     }
 
@@ -80,8 +131,8 @@ impl SocketCap {
     }
 }
 
-/// One socket's place under the cap.
-pub struct Place(Arc<SocketCap>);
+/// One descriptor's place under its cap.
+pub struct Place(Arc<Cap>);
 
 impl Drop for Place {
     fn drop(&mut self) {
@@ -95,7 +146,7 @@ mod tests {
 
     #[test]
     fn sockets_are_refused_at_the_cap_and_counted_back_when_dropped() {
-        let cap = SocketCap::new(2);
+        let cap = Cap::sockets(2);
         let first = cap.take(Asker::TcpSocket).unwrap();
         let second = cap.take(Asker::UdpSocket).unwrap();
         assert!(cap.take(Asker::TcpSocket).is_none());

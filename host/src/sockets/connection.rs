@@ -75,6 +75,12 @@ pub struct Connection {
     reset: AtomicBool,
     instance: InstanceEnds,
     send_timeout: Duration,
+    /// The host closed the connection (idle), or it failed (a reset, a
+    /// send given up): whoever serves it through stdio stops its instance.
+    gone: AtomicBool,
+    gone_now: Notify,
+    /// A background send ended.
+    sent_now: Notify,
     _client: Option<Client>,
     _place: Place,
 }
@@ -97,6 +103,9 @@ impl Connection {
             reset: AtomicBool::new(false),
             instance: owner.instance,
             send_timeout: owner.timeouts.send,
+            gone: AtomicBool::new(false),
+            gone_now: Notify::new(),
+            sent_now: Notify::new(),
             _client: owner.client,
             _place: owner.place,
         });
@@ -137,7 +146,7 @@ impl Connection {
         tokio::spawn(async move {
             let mut instance = conn.instance.clone();
             let result = tokio::select! {
-                sent = send_all(&conn, rest) => sent,
+                sent = send_all(&conn, rest) => sent.inspect_err(|_| conn.failed()),
                 _ = instance.changed() => Err(conn.reset(ErrorKind::ConnectionAborted)),
                 () = conn.abandoned() => Err(conn.give_up()),
             };
@@ -154,6 +163,49 @@ impl Connection {
         if self.write_shut.load(SeqCst) && !self.reset.load(SeqCst) {
             let _ = SockRef::from(&self.stream).shutdown(Shutdown::Write);
         }
+        self.sent_now.notify_waiters();
+    }
+
+    /// Returns once no background send is under way: everything written
+    /// has gone to the system, or the send ended (`--send-timeout`, a
+    /// failure, the instance's end).
+    pub async fn all_sent(&self) {
+        loop {
+            let sent = self.sent_now.notified();
+            tokio::pin!(sent);
+            sent.as_mut().enable();
+            if !self.sending.load(SeqCst) {
+                return;
+            }
+            sent.await;
+        }
+    }
+
+    /// The connection failed (a reset, a broken pipe): it is gone.
+    pub(super) fn failed(&self) {
+        self.gone.store(true, SeqCst);
+        self.gone_now.notify_waiters();
+    }
+
+    /// Returns once the host has closed the connection on its own or it
+    /// has failed: nothing more can pass on it.
+    pub async fn gone(&self) {
+        loop {
+            let gone = self.gone_now.notified();
+            tokio::pin!(gone);
+            gone.as_mut().enable();
+            if self.gone.load(SeqCst) {
+                return;
+            }
+            gone.await;
+        }
+    }
+
+    /// Ends the connection with a reset when it closes (SO_LINGER 0): its
+    /// instance failed, and the client must not take what it got for the
+    /// whole.
+    pub fn reset_at_close(&self) {
+        let _ = self.reset(ErrorKind::ConnectionAborted);
     }
 
     /// Ends the connection with a reset once the last hold on it goes
@@ -183,6 +235,7 @@ impl Connection {
     fn give_up(&self) -> std::io::Error {
         static GAVE_UP: Kind = Kind::warn("sends given up");
         let error = self.reset(ErrorKind::TimedOut);
+        self.failed();
         metrics::closed(Closed::SendTimeout);
         if GAVE_UP.admit() {
             let peer = self.peer.map_or_else(|| "a peer".to_string(), |p| p.to_string());
@@ -204,6 +257,7 @@ impl Connection {
         self.read_shut.store(true, SeqCst);
         self.write_shut.store(true, SeqCst);
         let _ = SockRef::from(&self.stream).shutdown(Shutdown::Both);
+        self.failed();
         if CLOSED_IDLE.admit() {
             let peer = self.peer.map_or_else(|| "a client".to_string(), |p| p.to_string());
             tracing::info!(

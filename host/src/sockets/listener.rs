@@ -92,6 +92,11 @@ mod platform {
             Ok(())
         }
 
+        /// Whether it listens (its first listen() has happened).
+        pub fn is_listening(&self) -> bool {
+            self.ready.get().is_some()
+        }
+
         /// Ready when a client waits to be accepted (or accepting would fail).
         pub fn poll_ready(&self, cx: &mut TaskContext<'_>) -> Poll<()> {
             match self.ready.get() {
@@ -206,6 +211,11 @@ mod platform {
                 unsafe { std::net::TcpListener::from_raw_socket(self.socket.as_raw_socket()) };
             let _ = self.listening.set(tokio::net::TcpListener::from_std(std)?);
             Ok(())
+        }
+
+        /// Whether it listens (its first listen() has happened).
+        pub fn is_listening(&self) -> bool {
+            self.listening.get().is_some()
         }
 
         fn lock(&self) -> std::sync::MutexGuard<'_, Option<Accepted>> {

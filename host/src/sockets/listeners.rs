@@ -9,9 +9,18 @@
 //!
 //! A grant with a fixed port is bound when the host starts, so a port that
 //! is already taken is an error before the guest even loads. A grant of
-//! port 0 ("let the system pick") keeps the first listener the guest opens
-//! on that IP; later binds of port 0 on that IP get it back while it is
-//! free, and a port of their own while it is lent.
+//! port 0 ("let the system pick") is bound by the host when the guest
+//! first binds port 0 on that IP; later binds of port 0 on that IP get it
+//! back while it is free, and a port of their own while it is lent.
+//!
+//! A kept listener is the host's, whoever it is lent to: no guest changes
+//! its options. What a guest sets on a socket bound to one is kept on a
+//! socket of the guest's own (its "mirror", which reads back what the
+//! system made of each value) and set on each client that guest accepts,
+//! so an option reaches only the sockets its guest owns, and a guest that
+//! fails, or is swapped out, leaves nothing on the listener for the next
+//! one. Its listen backlog follows the turn: the backlog the instance
+//! offered clients asked for, or the host's own when none listens.
 
 pub use super::listener::Listener;
 use super::{spare, ErrorCode};
@@ -48,7 +57,13 @@ struct Holder {
     id: u64,
     /// It listens (and is not just bound).
     listening: bool,
+    /// The listen backlog it asked for.
+    backlog: u32,
 }
+
+/// The listen backlog of a kept listener that no guest instance listens
+/// on (std's, and wasmtime's, default): clients queue there for the next.
+pub const HOST_BACKLOG: u32 = 128;
 
 /// Which instance a kept listener's clients are offered to: the newest
 /// holder that listens and is not retired. So during a swap the old
@@ -90,12 +105,27 @@ impl Turn {
 }
 
 impl Place {
-    /// Gives the turn to the newest holder that listens and is not retired.
+    /// Gives the turn to the newest holder that listens and is not retired,
+    /// and the listener that holder's backlog (the host's, if none).
     fn pass_turn(&self, retired: u64, turns: &watch::Sender<()>) {
         let newest = self.holders.iter().rev().find(|h| h.listening && h.id > retired);
         if self.turn.set(newest.map_or(0, |h| h.id)) {
+            if let Some(listener) = self.kept.as_ref().filter(|l| l.is_listening()) {
+                let _ = listener.listen(newest.map_or(HOST_BACKLOG, |h| h.backlog));
+            }
             turns.send_replace(());
         }
+    }
+
+    /// A listener for a grant of port 0, bound now on a port the system
+    /// picks: the host's from the start, so that no guest socket (with
+    /// options of its own) becomes the one it keeps.
+    fn bind_port_zero(&mut self) -> Result<Arc<Listener>, ErrorCode> {
+        let socket = new_socket(self.grant)?;
+        socket.bind(&SockAddr::from(self.grant))?;
+        let listener = Listener::new(socket)?;
+        self.kept = Some(Arc::clone(&listener));
+        Ok(listener)
     }
 }
 
@@ -144,17 +174,19 @@ impl Listeners {
     ) -> Option<Result<Lease, ErrorCode>> {
         let (index, mut place) = self.place_covering(addr)?;
         let taken = place.holders.last().is_some_and(|newest| newest.id >= holder);
-        match (&place.kept, taken) {
-            (Some(listener), false) => {
-                let listener = Arc::clone(listener);
-                place.holders.push(Holder { id: holder, listening: false });
-                Some(Ok(self.lease(index, &place, listener, holder)))
-            }
+        let listener = match (&place.kept, taken) {
+            (Some(listener), false) => Arc::clone(listener),
             // Port 0 asks for any free port: one of its own will do.
-            _ if addr.port() == 0 => None,
-            (Some(_), true) => Some(Err(ErrorCode::AddressInUse)),
-            (None, _) => None,
-        }
+            _ if addr.port() == 0 && taken => return None,
+            (Some(_), true) => return Some(Err(ErrorCode::AddressInUse)),
+            (None, _) if place.grant.port() == 0 => match place.bind_port_zero() {
+                Ok(listener) => listener,
+                Err(e) => return Some(Err(e)),
+            },
+            (None, _) => return None,
+        };
+        place.holders.push(Holder { id: holder, listening: false, backlog: HOST_BACKLOG });
+        Some(Ok(self.lease(index, &place, listener, holder)))
     }
 
     fn place_covering(&self, addr: SocketAddr) -> Option<(usize, MutexGuard<'_, Place>)> {
@@ -165,22 +197,6 @@ impl Listeners {
                 && (addr.port() == place.grant.port() || Some(addr.port()) == kept_port);
             covers.then_some((index, place))
         })
-    }
-
-    /// At listen(): a guest listener on an IP granted with port 0, when the
-    /// host keeps none there yet, becomes the one it keeps.
-    pub fn adopt(self: &Arc<Self>, listener: Arc<Listener>, holder: u64) -> Lease {
-        let local = listener.local_addr();
-        for (index, place) in self.places.iter().enumerate() {
-            let mut place = lock(place);
-            if place.grant.port() == 0 && place.grant.ip() == local.ip() && place.kept.is_none() {
-                place.kept = Some(Arc::clone(&listener));
-                place.holders.push(Holder { id: holder, listening: true });
-                place.pass_turn(self.retired.load(Ordering::SeqCst), &self.turns);
-                return self.lease(index, &place, listener, holder);
-            }
-        }
-        Lease { listener, place: None }
     }
 
     fn lease(
@@ -283,6 +299,11 @@ struct Kept {
 }
 
 impl Lease {
+    /// A guest's own listener, in its hands alone.
+    pub fn own(listener: Arc<Listener>) -> Lease {
+        Lease { listener, place: None }
+    }
+
     /// The place of a listener the host keeps; None for the guest's own.
     pub fn kept_place(&self) -> Option<usize> {
         self.place.as_ref().map(|kept| kept.index)
@@ -306,26 +327,37 @@ impl Lease {
         }
     }
 
-    /// Whether its holder may change the listener (its backlog, its
-    /// options): a guest's own, always; a kept one, unless a newer instance
-    /// has its turn or its holder is retired (an old instance, draining,
-    /// must not change the listener the new one serves from).
-    pub fn may_change(&self) -> bool {
-        self.place.as_ref().is_none_or(|kept| {
-            let retired = kept.listeners.retired.load(Ordering::SeqCst);
-            kept.holder > retired && kept.holder >= kept.turn.current.load(Ordering::SeqCst)
-        })
+    /// listen(backlog) by its holder: the listener listens (its first
+    /// listen makes it do so), and the holder may get the turn, and with it
+    /// the backlog it asked for.
+    pub fn listen(&self, backlog: u32) -> Result<(), ErrorCode> {
+        let Some(kept) = &self.place else { return self.listener.listen(backlog) };
+        if !self.listener.is_listening() {
+            self.listener.listen(backlog)?;
+        }
+        let holder = kept.holder;
+        kept.listeners.update(kept.index, |holders| {
+            for h in holders.iter_mut().filter(|h| h.id == holder) {
+                (h.listening, h.backlog) = (true, backlog);
+            }
+        });
+        Ok(())
     }
 
-    /// Its holder listens now: it may get the turn.
-    pub fn listening(&self) {
-        if let Some(kept) = &self.place {
-            let holder = kept.holder;
-            kept.listeners.update(kept.index, |holders| {
-                holders.iter_mut().filter(|h| h.id == holder).for_each(|h| h.listening = true)
-            });
+    /// A new backlog, after listen: a guest's own listener takes it at
+    /// once; a kept one when its holder has the turn (now or later).
+    pub fn set_backlog(&self, backlog: u32) -> Result<(), ErrorCode> {
+        let Some(kept) = &self.place else { return self.listener.listen(backlog) };
+        let holder = kept.holder;
+        kept.listeners.update(kept.index, |holders| {
+            holders.iter_mut().filter(|h| h.id == holder).for_each(|h| h.backlog = backlog)
+        });
+        if self.is_current() {
+            self.listener.listen(backlog)?;
         }
+        Ok(())
     }
+
 }
 
 impl Drop for Lease {

@@ -20,6 +20,7 @@
 //! | `tenant.rs` | one guest instance: where it listens, how many clients it has |
 //! | `connection.rs` | a connection: what it owns, sends in the background, idle clients |
 //! | `streams.rs` | a connection's input and output streams |
+//! | `stdio.rs` | a client's connection as stdin and stdout (`--per-client`) |
 //! | `options.rs` | socket options and their ranges |
 //! | `addr.rs` | which addresses a socket may use |
 //! | `cap.rs` | the socket cap (`--max-connections`) |
@@ -45,10 +46,10 @@ mod streams;
 mod tcp;
 mod tenant;
 
-pub use cap::{Asker, Place, SocketCap};
-pub use connection::Timeouts;
+pub use cap::{Asker, Cap, Caps, Place};
+pub use connection::{Connection, Owner, Timeouts};
 pub use listeners::{bind_reserved, Listeners};
-pub use stdio::Connection as ClientStdio;
+pub use stdio::{ClientStdio, TrialStdio};
 pub use tcp::TcpSocket;
 pub use tenant::Tenant;
 
@@ -89,7 +90,7 @@ mod bindings {
 pub struct SocketsCtx {
     grants: Arc<Grants>,
     listeners: Arc<Listeners>,
-    cap: Arc<SocketCap>,
+    cap: Arc<Cap>,
     /// `--nagle` not given: TCP_NODELAY on every accepted client.
     nodelay: bool,
     tracer: Option<Tracer>,
@@ -101,6 +102,9 @@ pub struct SocketsCtx {
     /// Dropped with the instance's store: what the host still does for
     /// its connections on its own (`connection.rs`) stops then.
     instance: watch::Sender<()>,
+    /// Places a stream keeps while it lives, by the stream's handle: a
+    /// file's stream holds the file open after its descriptor is dropped.
+    held_by_streams: std::collections::HashMap<u32, Arc<Place>>,
 }
 
 /// How the sockets layer treats one guest instance's sockets.
@@ -116,12 +120,30 @@ impl SocketsCtx {
         grants: Arc<Grants>,
         listeners: Arc<Listeners>,
         tenant: Arc<Tenant>,
-        cap: Arc<SocketCap>,
+        cap: Arc<Cap>,
         options: Options,
     ) -> Self {
         let Options { nodelay, tracer, timeouts } = options;
         let (watched, instance) = (Default::default(), watch::Sender::new(()));
-        SocketsCtx { grants, listeners, tenant, cap, nodelay, tracer, watched, timeouts, instance }
+        let held_by_streams = Default::default();
+        SocketsCtx {
+            grants,
+            listeners,
+            tenant,
+            cap,
+            nodelay,
+            tracer,
+            watched,
+            timeouts,
+            instance,
+            held_by_streams,
+        }
+    }
+
+    /// Keeps `place` taken while the stream `rep` lives (the drop of a
+    /// stream is seen here, `poll.rs`).
+    pub fn hold_while_stream_lives(&mut self, rep: u32, place: Arc<Place>) {
+        self.held_by_streams.insert(rep, place);
     }
 
     /// What a new connection belongs to.

@@ -261,6 +261,7 @@ fn add_streams_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()
             Box::new(async move {
                 let view = store.data_mut().tcp();
                 view.ctx.watched.streams.remove(rep);
+                view.ctx.held_by_streams.remove(&rep);
                 HostInputStream::drop(view.table, Resource::new_own(rep)).await
             })
         },
@@ -272,6 +273,7 @@ fn add_streams_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()
             Box::new(async move {
                 let view = store.data_mut().tcp();
                 view.ctx.watched.streams.remove(rep);
+                view.ctx.held_by_streams.remove(&rep);
                 HostOutputStream::drop(view.table, Resource::new_own(rep)).await
             })
         },

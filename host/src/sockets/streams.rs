@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
 
 /// The most one read returns and one check-write grants.
-pub const MAX_CHUNK: usize = 64 * 1024;
+pub use crate::ledger::MAX_CHUNK;
 
 impl Connection {
     /// Readable, or at its end: a read would not answer "nothing yet".
@@ -61,6 +61,8 @@ pub struct Reader {
     conn: Held,
     state: ReadState,
     tracer: Option<Tracer>,
+    /// What the trace calls it: `input-stream`, or `stdin`.
+    name: &'static str,
 }
 
 enum ReadState {
@@ -71,7 +73,12 @@ enum ReadState {
 
 impl Reader {
     pub fn new(conn: &Arc<Connection>, tracer: Option<Tracer>) -> Self {
-        Reader { conn: Held::new(conn), state: ReadState::Open, tracer }
+        Reader { conn: Held::new(conn), state: ReadState::Open, tracer, name: "input-stream" }
+    }
+
+    /// A client's connection as an instance's stdin (`--per-client`).
+    pub fn stdin(conn: &Arc<Connection>, tracer: Option<Tracer>) -> Self {
+        Reader { name: "stdin", ..Reader::new(conn, tracer) }
     }
 
     pub fn connection(&self) -> &Arc<Connection> {
@@ -101,6 +108,7 @@ impl Reader {
             Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(Bytes::new()),
             Err(e) => {
                 self.state = ReadState::Closed;
+                self.conn.failed();
                 Err(StreamError::LastOperationFailed(e.into()))
             }
         }
@@ -133,7 +141,7 @@ impl InputStream for Reader {
     fn read(&mut self, size: usize) -> StreamResult<Bytes> {
         let result = self.read_now(size);
         if let Some(tracer) = &self.tracer {
-            tracer.recv("read", size, read_outcome(&result));
+            tracer.recv((self.name, "read"), size, read_outcome(&result));
         }
         result
     }
@@ -148,7 +156,7 @@ impl InputStream for Reader {
             }
         };
         if let Some(tracer) = &self.tracer {
-            tracer.recv("blocking-read", size, read_outcome(&result));
+            tracer.recv((self.name, "blocking-read"), size, read_outcome(&result));
         }
         result
     }
@@ -180,6 +188,11 @@ impl Pollable for Reader {
 pub struct Writer {
     conn: Held,
     tracer: Option<Tracer>,
+    /// What the trace calls it: `output-stream`, or `stdout`.
+    name: &'static str,
+    /// Dropping it ends the sending side (a socket's output stream); a
+    /// stdout handle, one of many the guest opens, does not.
+    shuts_when_dropped: bool,
 }
 
 impl WriteState {
@@ -257,6 +270,7 @@ impl Connection {
             Err(e) => {
                 // The spec: after a failure the stream is closed.
                 *state = WriteState::Closed;
+                self.failed();
                 return Err(failure(e));
             }
         };
@@ -274,17 +288,33 @@ impl Connection {
 /// The guest's `write` on one of the host's streams (`send.rs` passes the
 /// bytes where they lie in the guest's memory), traced.
 pub fn write(conn: &Arc<Connection>, tracer: Option<Tracer>, bytes: &[u8]) -> StreamResult<()> {
+    write_named(conn, (tracer, "output-stream"), bytes)
+}
+
+fn write_named(
+    conn: &Arc<Connection>,
+    (tracer, name): (Option<Tracer>, &str),
+    bytes: &[u8],
+) -> StreamResult<()> {
     let shown = tracer.map(|t| t.bytes(bytes));
     let result = conn.write_now(bytes);
     if let Some(tracer) = tracer {
-        tracer.send("write", bytes.len(), shown.unwrap_or_default(), write_outcome(&result));
+        let outcome = write_outcome(&result);
+        tracer.send((name, "write"), bytes.len(), shown.unwrap_or_default(), outcome);
     }
     result
 }
 
 impl Writer {
     pub fn new(conn: &Arc<Connection>, tracer: Option<Tracer>) -> Self {
-        Writer { conn: Held::new(conn), tracer }
+        let conn = Held::new(conn);
+        Writer { conn, tracer, name: "output-stream", shuts_when_dropped: true }
+    }
+
+    /// A client's connection as an instance's stdout (`--per-client`).
+    pub fn stdout(conn: &Arc<Connection>, tracer: Option<Tracer>) -> Self {
+        let conn = Held::new(conn);
+        Writer { conn, tracer, name: "stdout", shuts_when_dropped: false }
     }
 
     async fn write_all_now(&mut self, mut bytes: Bytes) -> StreamResult<()> {
@@ -319,13 +349,13 @@ impl OutputStream for Writer {
     /// Reached by wasmtime-wasi-io's `splice`; the guest's own `write`
     /// comes through `send.rs`.
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        write(&self.conn, self.tracer, &bytes)
+        write_named(&self.conn, (self.tracer, self.name), &bytes)
     }
 
     fn flush(&mut self) -> StreamResult<()> {
         let result = self.conn.flush_now();
         if let Some(tracer) = &self.tracer {
-            tracer.flush(write_outcome(&result));
+            tracer.flush(self.name, write_outcome(&result));
         }
         result
     }
@@ -333,7 +363,8 @@ impl OutputStream for Writer {
     fn check_write(&mut self) -> StreamResult<usize> {
         let result = self.conn.check_write_now();
         if let Some(tracer) = &self.tracer {
-            tracer.check_write(write_outcome(&result).map(|()| *result.as_ref().unwrap_or(&0)));
+            let room = write_outcome(&result).map(|()| *result.as_ref().unwrap_or(&0));
+            tracer.check_write(self.name, room);
         }
         result
     }
@@ -356,7 +387,8 @@ impl OutputStream for Writer {
         let result = self.write_all_now(bytes).await;
         if let Some(tracer) = &self.tracer {
             let outcome = write_outcome(&result);
-            tracer.send("blocking-write-and-flush", len, shown.unwrap_or_default(), outcome);
+            let call = (self.name, "blocking-write-and-flush");
+            tracer.send(call, len, shown.unwrap_or_default(), outcome);
         }
         result
     }
@@ -387,7 +419,9 @@ impl Drop for Writer {
     /// Dropping the output stream ends the sending side, as shutdown(send)
     /// does: the FIN follows whatever is still being sent.
     fn drop(&mut self) {
-        self.conn.shut_write();
+        if self.shuts_when_dropped {
+            self.conn.shut_write();
+        }
     }
 }
 

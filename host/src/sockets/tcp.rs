@@ -38,8 +38,9 @@ pub struct TcpSocket {
     /// The operation started and not yet finished.
     pending: Option<Op>,
     backlog: u32,
-    /// Options set while the socket had no kept listener, so that they can
-    /// follow it onto one.
+    /// The options the guest set, for the clients it accepts from a kept
+    /// listener (and, where the system does not copy a listener's options
+    /// to its clients, from its own).
     chosen: Chosen,
     /// Its place under the socket cap, while it has a descriptor of its
     /// own; a connection's is the connection's (`connection.rs`).
@@ -59,13 +60,20 @@ enum State {
     /// Bound to an address of its own.
     Bound(Socket),
     /// Bound to an address whose listener the host keeps, lent to it. Its
-    /// own socket stays unbound, for the rare guest that connects from it.
+    /// own socket stays unbound: it carries the options the guest sets
+    /// (`listeners.rs`), and serves the rare guest that connects from it.
     BoundKept {
         lease: Lease,
         own: Socket,
         asked: SocketAddr,
     },
-    Listening(Lease),
+    /// Listening on its own listener (`mirror: None`), or on a kept one,
+    /// with the guest's options on its own socket (`mirror`), for the
+    /// clients it accepts.
+    Listening {
+        lease: Lease,
+        mirror: Option<Socket>,
+    },
     /// Connecting, or connected: `pending == Some(Connect)` until
     /// finish-connect has seen the connection made.
     Connecting(Held),
@@ -126,11 +134,7 @@ impl TcpSocket {
             return Err(ErrorCode::AccessDenied);
         }
         let bound = match ctx.listeners.lend(addr, ctx.tenant.id) {
-            Some(lease) => {
-                let lease = lease?;
-                self.chosen.apply(SockRef::from(lease.listener.socket()), self.family)?;
-                Binding::Kept(lease)
-            }
+            Some(lease) => Binding::Kept(lease?),
             None => {
                 own.bind(&SockAddr::from(addr))?;
                 Binding::Own
@@ -158,21 +162,21 @@ impl TcpSocket {
         let local = self.local_address()?;
         let result = match std::mem::replace(&mut self.state, State::Closed) {
             _ if !ctx.allowed(local, SocketAddrUse::TcpListen) => Err(ErrorCode::AccessDenied),
-            State::BoundKept { lease, .. } => lease.listener.listen(self.backlog).map(|()| lease),
+            State::BoundKept { lease, own, .. } => {
+                lease.listen(self.backlog).map(|()| (lease, Some(own)))
+            }
             State::Bound(own) => {
-                let listener = Listener::new(own)?;
-                listener.listen(self.backlog)?;
-                Ok(ctx.listeners.adopt(listener, ctx.tenant.id))
+                let lease = Lease::own(Listener::new(own)?);
+                lease.listen(self.backlog).map(|()| (lease, None))
             }
             _ => unreachable!("checked above"),
         };
-        let lease = result?;
-        lease.listening();
+        let (lease, mirror) = result?;
         if lease.kept_place().is_some() {
             ctx.tenant.listened();
         }
         ctx.done(local, SocketAddrUse::TcpListen);
-        self.state = State::Listening(lease);
+        self.state = State::Listening { lease, mirror };
         self.pending = Some(Op::Listen);
         Ok(())
     }
@@ -253,7 +257,9 @@ impl TcpSocket {
     /// socket cap; others are reset before the guest sees them, at most
     /// [`TURNED_AWAY_PER_ACCEPT`] in one call.
     pub fn accept(&mut self, ctx: &SocketsCtx) -> Result<Accepted, ErrorCode> {
-        let State::Listening(lease) = &self.state else { return Err(ErrorCode::InvalidState) };
+        let State::Listening { lease, .. } = &self.state else {
+            return Err(ErrorCode::InvalidState);
+        };
         if self.pending == Some(Op::Listen) {
             return Err(ErrorCode::InvalidState);
         }
@@ -273,7 +279,7 @@ impl TcpSocket {
                 }
             };
             match place {
-                Some(place) => return self.accepted(ctx, client, peer, place),
+                Some(place) => return self.accepted(ctx, (client, peer), place, lease.kept_place()),
                 None => reset(client),
             }
         }
@@ -284,16 +290,19 @@ impl TcpSocket {
     fn accepted(
         &self,
         ctx: &SocketsCtx,
-        client: Socket,
-        peer: SocketAddr,
+        (client, peer): (Socket, SocketAddr),
         place: Place,
+        kept: Option<usize>,
     ) -> Result<Accepted, ErrorCode> {
         ctx.done(peer, SocketAddrUse::TcpAccept);
-        // Linux gives an accepted socket the listener's options; macOS and
-        // Windows not all of them (macOS drops the keep-alive times), so
-        // there the ones the guest chose are set on it again.
-        #[cfg(not(target_os = "linux"))]
-        self.chosen.apply(SockRef::from(&client), self.family)?;
+        // A kept listener has the host's options, never the guest's: the
+        // ones this guest chose are set on each client it accepts. Linux
+        // gives a client of the guest's own listener that listener's
+        // options; macOS and Windows not all of them (macOS drops the
+        // keep-alive times), so there they are set again too.
+        if kept.is_some() || cfg!(not(target_os = "linux")) {
+            self.chosen.apply(SockRef::from(&client), self.family)?;
+        }
         if ctx.nodelay {
             client.set_tcp_nodelay(true)?;
         }
@@ -311,7 +320,7 @@ impl TcpSocket {
         }
         let local = match &self.state {
             State::Bound(own) => own.local_addr()?,
-            State::BoundKept { lease, .. } | State::Listening(lease) => {
+            State::BoundKept { lease, .. } | State::Listening { lease, .. } => {
                 return Ok(lease.listener.local_addr())
             }
             State::Connecting(conn) | State::Connected(conn) => {
@@ -331,11 +340,12 @@ impl TcpSocket {
     }
 
     pub fn is_listening(&self) -> bool {
-        matches!(self.state, State::Listening(_)) && self.pending != Some(Op::Listen)
+        matches!(self.state, State::Listening { .. }) && self.pending != Some(Op::Listen)
     }
 
     /// listen(s, backlog)'s second argument: before listen it is kept for
-    /// it; after, the listener is asked to change (Linux allows it).
+    /// it; after, the listener is asked to change (Linux allows it), a kept
+    /// one while this instance is offered its clients (`listeners.rs`).
     pub fn set_listen_backlog_size(&mut self, value: u64) -> Result<(), ErrorCode> {
         if value == 0 {
             return Err(ErrorCode::InvalidArgument);
@@ -343,10 +353,7 @@ impl TcpSocket {
         let value = u32::try_from(value).unwrap_or(u32::MAX).min(i32::MAX as u32);
         match &self.state {
             State::Unbound(_) | State::Bound(_) | State::BoundKept { .. } => {}
-            State::Listening(lease) if lease.may_change() => lease.listener.listen(value)?,
-            // A kept listener an old instance no longer serves from: its
-            // backlog is the new instance's to choose.
-            State::Listening(_) => {}
+            State::Listening { lease, .. } => lease.set_backlog(value)?,
             State::Connecting(_) | State::Connected(_) | State::Closed => {
                 return Err(ErrorCode::InvalidState)
             }
@@ -355,13 +362,15 @@ impl TcpSocket {
         Ok(())
     }
 
-    /// The descriptor options apply to: the lent listener's, once there is one.
+    /// The descriptor options apply to: the socket's own, or, on a kept
+    /// listener (the host's), the guest's mirror of it.
     fn option_target(&self) -> Result<SockRef<'_>, ErrorCode> {
         Ok(match &self.state {
             State::Unbound(own) | State::Bound(own) => SockRef::from(own),
-            State::BoundKept { lease, .. } | State::Listening(lease) => {
-                SockRef::from(lease.listener.socket())
+            State::BoundKept { own, .. } | State::Listening { mirror: Some(own), .. } => {
+                SockRef::from(own)
             }
+            State::Listening { lease, mirror: None } => SockRef::from(lease.listener.socket()),
             State::Connecting(conn) | State::Connected(conn) => SockRef::from(&conn.stream),
             State::Closed => return Err(ErrorCode::InvalidState),
         })
@@ -372,15 +381,7 @@ impl TcpSocket {
     }
 
     pub fn set_option(&mut self, opt: Opt, value: u64) -> Result<(), ErrorCode> {
-        // Options on a kept listener an old instance no longer serves from
-        // are the new instance's to choose: noted, not applied.
-        let kept_by_another = match &self.state {
-            State::BoundKept { lease, .. } | State::Listening(lease) => !lease.may_change(),
-            _ => false,
-        };
-        if !kept_by_another {
-            options::set(self.option_target()?, self.family, opt, value)?;
-        }
+        options::set(self.option_target()?, self.family, opt, value)?;
         self.chosen.record(opt, value);
         Ok(())
     }
@@ -405,7 +406,7 @@ impl TcpSocket {
     /// and left alone. Returns the address and how many were reset.
     pub fn close_kept_listener(&self) -> Option<(SocketAddr, usize)> {
         match &self.state {
-            State::Listening(lease) if lease.kept_place().is_some() && lease.is_current() => {
+            State::Listening { lease, .. } if lease.kept_place().is_some() && lease.is_current() => {
                 Some((lease.listener.local_addr(), lease.listener.reset_waiting()))
             }
             _ => None,
@@ -420,7 +421,7 @@ impl TcpSocket {
             // A client waiting, on this instance's turn; until its turn
             // comes (the newer instance it lent the listener to failed,
             // say), woken by the turn, never by the listener itself.
-            (State::Listening(lease), None) => {
+            (State::Listening { lease, .. }, None) => {
                 ready!(lease.poll_turn(cx));
                 lease.listener.poll_ready(cx)
             }

@@ -292,6 +292,66 @@ fn metrics_count_the_clients_and_readiness_ends_with_sigquit() {
     assert!(host.wait().0.success());
 }
 
+/// A guest writing without end to a client that never reads makes the
+/// host hold no more than one send's worth for it (64 KiB), not the
+/// gigabytes it writes: a write past what check-write granted traps (the
+/// instance is stopped, its client reset); a flood that asks first waits
+/// for the client. When --idle-timeout closes that client (nothing moved),
+/// its instance is stopped too: it no longer runs, holding its memory.
+#[cfg(target_os = "linux")] // reads /proc
+fn a_guest_flooding_a_client_that_never_reads_holds_a_send_at_most() {
+    let (host, addr) = per_client("stdio-tricks", &["--idle-timeout", "2s"]);
+    let mut warm = connect(addr);
+    assert!(echo(&mut warm, b"warm up"));
+    drop(warm);
+    let before = host.memory("VmRSS");
+    let mut rude = connect(addr);
+    let rude_peer = rude.local_addr().unwrap();
+    rude.write_all(b"Z").unwrap();
+    host.wait_for("write of more bytes than check-write allowed");
+    host.wait_for(&format!("its client {rude_peer} was reset"));
+    assert_reset(&mut rude);
+    let mut stalled = connect(addr);
+    let peer = stalled.local_addr().unwrap();
+    stalled.write_all(b"Y").unwrap();
+    host.wait_for(&format!("closed the connection of {peer}: nothing received or sent for 2s"));
+    host.wait_for(&format!("stopped the instance of client {peer}: its connection is closed"));
+    let grown = host.memory("VmHWM").saturating_sub(before);
+    println!("the host's peak RSS grew by {} KiB", grown >> 10);
+    assert!(grown < 16 << 20, "the host's peak RSS grew by {} MiB\n{}", grown >> 20, host.report());
+    let mut after = connect(addr);
+    assert!(echo(&mut after, b"still served"), "{}", host.report());
+}
+
+/// A per-client swap runs one instance of the new guest, with no client,
+/// before it takes over: a guest that traps at start never serves anyone.
+/// The swap fails as it does without --per-client (`reload` says why, the
+/// host stays ready), and new clients keep getting the old guest.
+fn a_per_client_swap_to_a_guest_that_fails_its_trial_keeps_the_old_guest() {
+    let runtime = tempfile::tempdir().unwrap();
+    let (_dir, file) = installed(&test_guest("echo-stdio"));
+    let mut cmd = crate::support::host_command();
+    cmd.env("RUNTIME_DIRECTORY", runtime.path());
+    cmd.args(["--per-client", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]);
+    let host = Host::start_command(cmd.arg(&file));
+    let (addr, metrics) = (host.per_client_addr(1), host.metrics_addr());
+    install(&test_guest("trap"), &file);
+    let reload = std::process::Command::new(crate::support::HOST_BIN)
+        .env("RUNTIME_DIRECTORY", runtime.path())
+        .args(["reload", &host.pid().to_string()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&reload.stdout).to_string()
+        + &String::from_utf8_lossy(&reload.stderr);
+    assert!(!reload.status.success(), "{said}\n{}", host.report());
+    assert!(said.contains("the new guest cannot serve: its trial instance"), "{said}");
+    host.wait_for("swap failed: the new guest cannot serve: its trial instance, with no client");
+    let mut client = connect(addr);
+    assert!(echo(&mut client, b"the old guest"), "{}", host.report());
+    assert_eq!(http_get(metrics, "/readyz").0, 200);
+    assert!(!host.output().contains("new clients get the new guest"), "{}", host.report());
+}
+
 /// Options that make no sense together are refused with one line.
 fn threads_without_per_client_is_refused() {
     let host = Host::start(&["--threads", "2", "--listen", "127.0.0.1:0"]);
@@ -317,6 +377,9 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         sighup_gives_new_clients_the_new_guest,
         sigquit_refuses_new_clients_and_serves_those_connected,
         threads_without_per_client_is_refused,
+        #[cfg(target_os = "linux")]
+        a_guest_flooding_a_client_that_never_reads_holds_a_send_at_most,
+        a_per_client_swap_to_a_guest_that_fails_its_trial_keeps_the_old_guest,
         a_guest_that_serves_clients_itself_is_named_at_start_and_refused,
         metrics_count_the_clients_and_readiness_ends_with_sigquit,
     ]

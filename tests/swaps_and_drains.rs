@@ -149,6 +149,96 @@ fn the_running_guest_failing_during_a_swap_leaves_the_new_one_to_serve() {
     assert!(!host.output().contains("restarting it in"), "{}", host.report());
 }
 
+/// A swapped-in guest that binds the granted address, sets every option
+/// it can to a value no one wants (hop limit 1, one-byte buffers, a
+/// one-second keep-alive, a backlog of 1), then traps: the swap fails, and
+/// nothing of it is left behind. The old guest's new clients get the
+/// system's options (read in the host's own socket, through the kernel),
+/// and so does the kept listener. And a guest that sets them and serves
+/// (its backlog, 1, is the listener's while it has the turn) leaves none of
+/// them behind either once a clean guest is swapped in for it.
+#[cfg(target_os = "linux")]
+fn a_swapped_out_guest_leaves_none_of_its_socket_options_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    let mode = |mode: &str| std::fs::write(&policy, format!("env = {{ MODE = \"{mode}\" }}\n"));
+    mode("report").unwrap();
+    let guest = test_guest("listener-options");
+    let policy_arg = policy.to_str().unwrap();
+    let host =
+        Host::start(&["--listen", "127.0.0.1:0", "--policy", policy_arg, guest.to_str().unwrap()]);
+    host.wait_for("report: listening");
+    let addr = host.listen_addr();
+    let fresh = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let system = (fresh.ttl_v4().unwrap(), fresh.keepalive().unwrap());
+    let before = client_options(&host, addr);
+    assert_eq!((before.0, before.1), system, "{}", host.report());
+    let kept_listener = || {
+        let listener = crate::support::host_socket(&host, |s| {
+            s.local_addr().ok().and_then(|a| a.as_socket()) == Some(addr)
+                && s.is_listener().unwrap_or(false)
+        });
+        let listener = listener.expect("the kept listener");
+        (listener.ttl_v4().unwrap(), listener.keepalive().unwrap())
+    };
+
+    mode("poison").unwrap();
+    host.signal(libc::SIGHUP);
+    host.wait_for("poison: bound with hop-limit=1 keep-alive=true");
+    host.wait_for("swap failed: the new guest ended before listening");
+    let after = client_options(&host, addr);
+    assert_eq!(after, before, "a client of the old guest after the failed swap\n{}", host.report());
+    assert_eq!(kept_listener(), system);
+    assert_eq!(listen_backlog(addr.port()), 128, "the old guest's backlog\n{}", host.report());
+
+    mode("poison-listen").unwrap();
+    host.signal(libc::SIGHUP);
+    host.wait_for("poison: listening with hop-limit=1 keep-alive=true");
+    host.wait_for_nth("takes every new client", 1);
+    assert_eq!(listen_backlog(addr.port()), 1, "its turn, its backlog\n{}", host.report());
+    assert_eq!(kept_listener(), system, "the listener itself is the host's");
+    mode("report").unwrap();
+    host.signal(libc::SIGHUP);
+    host.wait_for_nth("report: listening", 2);
+    host.wait_for_nth("takes every new client", 2);
+    assert_eq!(listen_backlog(addr.port()), 128, "the clean guest's backlog\n{}", host.report());
+    assert_eq!(client_options(&host, addr), before, "{}", host.report());
+}
+
+/// A client's connection to `addr`, and the options of the host's side of
+/// it, read from the host's own socket: hop limit, keep-alive, and the
+/// receive and send buffers as the kernel has them.
+#[cfg(target_os = "linux")]
+fn client_options(host: &Host, addr: SocketAddr) -> (u32, bool, usize, usize) {
+    let mut client = connect(addr);
+    assert!(echo(&mut client, b"options?"), "{}", host.report());
+    let local = client.local_addr().unwrap();
+    let server = crate::support::host_socket(host, |s| {
+        s.peer_addr().ok().and_then(|a| a.as_socket()) == Some(local)
+    })
+    .expect("the host's side of the connection");
+    let options = (
+        server.ttl_v4().unwrap(),
+        server.keepalive().unwrap(),
+        server.recv_buffer_size().unwrap(),
+        server.send_buffer_size().unwrap(),
+    );
+    drop(client);
+    options
+}
+
+/// A listening socket's backlog on loopback: the Send-Q `ss` shows for it.
+#[cfg(target_os = "linux")]
+fn listen_backlog(port: u16) -> usize {
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .expect("ss runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text.lines().next().unwrap_or_else(|| panic!("no listener on {port}: {text}"));
+    row.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
 /// SIGHUP and a second SIGQUIT during a graceful stop change nothing: the
 /// connected client is served until it leaves, then the host exits.
 fn sighup_and_sigquit_during_a_graceful_stop_change_nothing() {
@@ -223,6 +313,8 @@ fn sigquit_drains_the_instances_still_draining_from_a_swap() {
 
 pub fn tests() -> Vec<libtest_mimic::Trial> {
     crate::tests![
+        #[cfg(target_os = "linux")]
+        a_swapped_out_guest_leaves_none_of_its_socket_options_behind,
         a_failed_swap_serves_the_client_that_arrived_during_it_and_every_later_one,
         a_draining_instance_closing_its_listener_resets_no_client_of_the_new_one,
         a_draining_instance_closing_its_listener_leaves_the_new_one_awake,

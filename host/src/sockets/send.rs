@@ -7,9 +7,12 @@
 //! host's `write` sends from the guest's memory where the bytes lie, and
 //! copies only what the system does not take at once (for the background
 //! send, `streams.rs`). A write to any other stream (stdout, a file) is
-//! wasmtime-wasi-io's, as before.
+//! wasmtime-wasi-io's, as before, but for one longer than any stream of
+//! this host grants (`MAX_CHUNK`): that traps before the host copies it.
 
 use super::{streams, HasTcp};
+use crate::ledger::MAX_CHUNK;
+use wasmtime_wasi::p2::StreamError;
 use crate::wasi_version::versioned;
 use wasmtime::component::{Linker, Resource, WasmList};
 use wasmtime::StoreContextMut;
@@ -27,6 +30,12 @@ pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()> {
                     let tracer = view.ctx.tracer;
                     streams::write(&conn, tracer, contents.as_le_slice(&store))
                 }
+                // No stream of this host grants more than MAX_CHUNK: a
+                // longer write breaks the contract whatever the stream, and
+                // traps before the host copies a byte of it.
+                None if contents.len() > MAX_CHUNK => Err(StreamError::trap(
+                    "write of more bytes than check-write allowed",
+                )),
                 None => {
                     let bytes = contents.as_le_slice(&store).to_vec();
                     HostOutputStream::write(store.data_mut().tcp().table, stream, bytes)

@@ -7,6 +7,9 @@
 //! - `W` writes 60 000 bytes in one non-blocking write, no flush, and
 //!   returns at once: the host must still send them before it closes;
 //! - `E` writes `REMOTE_ADDR=... REMOTE_PORT=... VARS=<names>` and a newline;
+//! - `Z` floods stdout with 8 MiB writes that ignore check-write (a trap,
+//!   says the spec); `Y` floods it for ever as check-write allows (for a
+//!   client that never reads);
 //! - `K` keeps what follows it in a static; `R` writes back what this
 //!   instance keeps (`(nothing)` in a fresh one): one client's instance
 //!   must never see another's memory.
@@ -52,6 +55,8 @@ fn main() {
             _ if got.contains(&b'S') => spin(),
             _ if got.contains(&b'X') => std::process::exit(3),
             _ if got.contains(&b'W') => return write_and_leave(),
+            _ if got.contains(&b'Z') => flood_ignoring_check_write(),
+            _ if got.contains(&b'Y') => return flood(&mut output),
             _ if got.contains(&b'E') => environment().into_bytes(),
             _ if got.contains(&b'R') => match KEPT.lock().unwrap().clone() {
                 kept if kept.is_empty() => b"(nothing)".to_vec(),
@@ -82,6 +87,21 @@ fn write_and_leave() {
     stdout.subscribe().block();
     assert!(stdout.check_write().unwrap() >= bytes.len() as u64);
     stdout.write(&bytes).unwrap();
+}
+
+fn flood_ignoring_check_write() -> ! {
+    let stdout = wasi::cli::stdout::get_stdout();
+    let chunk = vec![b'Z'; 8 << 20];
+    loop {
+        if stdout.write(&chunk).is_err() {
+            std::process::exit(1);
+        }
+    }
+}
+
+fn flood(output: &mut impl Write) {
+    let chunk = vec![b'Y'; 64 << 10];
+    while output.write_all(&chunk).is_ok() {}
 }
 
 fn allocate_for_ever() -> ! {

@@ -6,11 +6,10 @@
 //! process (a child of this one) for `getsockopt`.
 
 use crate::support::guests::{default_guest, test_guest};
-use crate::support::{connect, Host};
+use crate::support::{connect, host_socket, Host};
 use socket2::SockRef;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// TCP_NODELAY on the host's end of `client`'s connection.
 fn nodelay_at_host(host: &Host, client: &TcpStream) -> bool {
@@ -20,35 +19,8 @@ fn nodelay_at_host(host: &Host, client: &TcpStream) -> bool {
     SockRef::from(&theirs).tcp_nodelay().unwrap()
 }
 
-/// The first socket of the host process that `is_it` picks, copied out.
-fn host_socket(host: &Host, is_it: impl Fn(&SockRef) -> bool) -> Option<OwnedFd> {
-    let pidfd = syscall(libc::SYS_pidfd_open, host.pid() as RawFd, 0)
-        .unwrap_or_else(|e| panic!("pidfd_open: {e}"));
-    let fds = std::fs::read_dir(format!("/proc/{}/fd", host.pid())).unwrap();
-    fds.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
-        .filter_map(|fd| match syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd) {
-            Ok(copy) => Some(copy),
-            // Closed since it was listed.
-            Err(e) if e.raw_os_error() == Some(libc::EBADF) => None,
-            Err(e) => panic!("pidfd_getfd (copying the host's descriptor {fd}): {e}"),
-        })
-        .find(|fd| is_it(&SockRef::from(fd)))
-}
-
 fn peer(socket: &SockRef) -> Option<SocketAddr> {
     socket.peer_addr().ok()?.as_socket()
-}
-
-/// `pidfd_open(pid, 0)` or `pidfd_getfd(pidfd, fd, 0)`: a new descriptor.
-fn syscall(number: libc::c_long, a: RawFd, b: RawFd) -> std::io::Result<OwnedFd> {
-    // SAFETY: both calls take two integers and a zero flag, and return a
-    // new descriptor that nothing else owns, or -1.
-    let fd = unsafe { libc::syscall(number, a, b, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: see above.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Connects and has one echo, so that the guest has accepted this client;

@@ -187,6 +187,113 @@ fn the_metrics_address_is_the_hosts_alone() {
     assert!(output.contains("is where the guest listens too"), "{output}");
 }
 
+/// Health cannot be starved by whoever reaches the metrics port: with 200
+/// connections open to it that send nothing (far more than it serves at
+/// once), each of ten probes made as kubelet makes them (a new connection,
+/// a one-second timeout) gets its answer, from /healthz and /readyz.
+fn health_answers_however_many_idle_connections_hold_the_metrics_port() {
+    let (host, _addr, metrics) = observed(&[]);
+    let idle: Vec<TcpStream> = (0..200).map(|_| TcpStream::connect(metrics).unwrap()).collect();
+    for path in ["/healthz", "/readyz"].iter().cycle().take(10) {
+        let (status, body) = probe(metrics, path, Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("a probe of {path} failed: {e}\n{}", host.report()));
+        assert_eq!(status, 200, "{body}");
+    }
+    drop(idle);
+}
+
+/// One HTTP GET as a kubelet probe makes it: a connection of its own and a
+/// timeout on everything; the status and the body.
+fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body).to_string();
+    Ok((status, body))
+}
+
+/// `--metrics 127.0.0.1:0`: the port the system picked is the host's
+/// alone too; a guest told it (after the host started) and granted every
+/// port on loopback is refused there.
+fn a_metrics_port_the_system_picked_is_the_hosts_alone() {
+    let control = Control::new();
+    let guest = test_guest("connect-where-told");
+    let host = Host::start(&[
+        "--no-listen",
+        "--metrics",
+        "127.0.0.1:0",
+        "--allow-connect",
+        "127.0.0.1:*",
+        guest.to_str().unwrap(),
+        "--",
+        &control.addr(),
+    ]);
+    let metrics = host.metrics_addr();
+    let mut told = control.accept();
+    std::io::Write::write_all(&mut told, format!("{metrics}\n").as_bytes()).unwrap();
+    let (status, output) = host.wait();
+    assert!(status.success(), "{output}");
+    assert!(output.contains(&format!("connect {metrics}: refused")), "{output}");
+    assert!(output.contains("it is the host's own metrics address, which no grant reaches"));
+}
+
+/// A metrics listener that cannot accept (the process out of descriptors:
+/// its limit lowered under what it holds) tries again after a pause, not
+/// in a loop that burns a core: over two seconds with clients waiting, the
+/// host uses a small part of one second of CPU.
+#[cfg(target_os = "linux")]
+fn a_metrics_listener_that_cannot_accept_backs_off() {
+    let (host, _addr, metrics) = observed(&[]);
+    let open = std::fs::read_dir(format!("/proc/{}/fd", host.pid())).unwrap().count() as u64;
+    let limit = libc::rlimit { rlim_cur: open, rlim_max: open };
+    // SAFETY: prlimit only reads `limit`, for the host's process (a child of ours).
+    let set = unsafe {
+        libc::prlimit(host.pid() as libc::pid_t, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut())
+    };
+    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let waiting: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(metrics).unwrap()).collect();
+    host.wait_for("the metrics listener could not accept");
+    let before = host.cpu_time();
+    std::thread::sleep(Duration::from_secs(2));
+    let used = host.cpu_time() - before;
+    assert!(used < Duration::from_millis(500), "{used:?} of CPU in 2 s\n{}", host.report());
+    drop(waiting);
+}
+
+/// SIGHUP reads the policy file off the thread that serves: a policy file
+/// that takes its time to read (a FIFO, here, until the test writes it)
+/// stalls no client meanwhile; the swap happens once it is read.
+#[cfg(unix)]
+fn reading_the_policy_again_never_stalls_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    let text = "listen = [\"127.0.0.1:0\"]\n";
+    std::fs::write(&policy, text).unwrap();
+    let host = Host::start(&["--policy", policy.to_str().unwrap(), "--drain-timeout", "1s"]);
+    let addr = host.listen_addr();
+    let mut client = connect(addr);
+    assert!(echo(&mut client, b"before"));
+    std::fs::remove_file(&policy).unwrap();
+    let fifo = std::ffi::CString::new(policy.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    host.signal(libc::SIGHUP);
+    host.wait_for("SIGHUP received: loading");
+    for i in 0..20 {
+        let message = format!("while the policy is read {i}");
+        assert!(echo(&mut client, message.as_bytes()), "{}", host.report());
+        assert!(echo(&mut connect(addr), b"a new client"), "{}", host.report());
+    }
+    std::fs::write(&policy, text).unwrap();
+    host.wait_for("swap: the new guest instance #2 listens on 127.0.0.1:");
+}
+
 /// `Type=notify`: READY=1 once the guest listens, RELOADING=1 then READY=1
 /// (with the outcome) for each swap, STOPPING=1 at the end.
 fn systemd_hears_ready_reloading_and_stopping() {
@@ -393,6 +500,12 @@ fn listening_ports(pid: u32, n: usize) -> Vec<u16> {
 
 pub fn tests() -> Vec<libtest_mimic::Trial> {
     crate::tests![
+        health_answers_however_many_idle_connections_hold_the_metrics_port,
+        a_metrics_port_the_system_picked_is_the_hosts_alone,
+        #[cfg(target_os = "linux")]
+        a_metrics_listener_that_cannot_accept_backs_off,
+        #[cfg(unix)]
+        reading_the_policy_again_never_stalls_serving,
         the_metrics_count_clients_bytes_and_refusals,
         health_and_readiness_follow_the_guest_and_a_graceful_stop,
         a_guest_that_keeps_failing_is_never_ready,

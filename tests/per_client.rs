@@ -183,9 +183,7 @@ fn an_idle_client_is_closed_and_its_instance_ends() {
     host.wait_for(&format!(
         "closed the connection of {peer}: nothing received or sent for 1s (--idle-timeout)"
     ));
-    host.wait_for(&format!(
-        "stopped the instance of client {peer}: its connection is closed"
-    ));
+    host.wait_for(&format!("stopped the instance of client {peer}: its connection is closed"));
 }
 
 /// --allow-client turns a client away before any instance starts for it.
@@ -316,9 +314,12 @@ fn a_guest_flooding_a_client_that_never_reads_holds_a_send_at_most() {
     stalled.write_all(b"Y").unwrap();
     host.wait_for(&format!("closed the connection of {peer}: nothing received or sent for 2s"));
     host.wait_for(&format!("stopped the instance of client {peer}: its connection is closed"));
+    // The rude guest's 8 MiB chunk is its own linear memory (under
+    // --max-memory); beyond it the host holds a send (64 KiB) at most, and
+    // each instance's bookkeeping: never a copy of the chunk.
     let grown = host.memory("VmHWM").saturating_sub(before);
     println!("the host's peak RSS grew by {} KiB", grown >> 10);
-    assert!(grown < 16 << 20, "the host's peak RSS grew by {} MiB\n{}", grown >> 20, host.report());
+    assert!(grown < 12 << 20, "the host's peak RSS grew by {} MiB\n{}", grown >> 20, host.report());
     let mut after = connect(addr);
     assert!(echo(&mut after, b"still served"), "{}", host.report());
 }

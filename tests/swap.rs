@@ -6,6 +6,8 @@
 use crate::support::guests::test_guest;
 use crate::support::traffic::{every_traffic_shape, reset};
 use crate::support::{connect, host_command, Host};
+use std::io::Write;
+use std::process::Command;
 
 fn the_rust_std_guest_echoes() {
     let (_host, addr) = Host::serve(Some(&test_guest("echo-std")));
@@ -67,8 +69,67 @@ fn a_guest_file_is_compiled_once_then_loaded_from_the_cache() {
     assert_eq!(std::fs::read_dir(unused.path()).unwrap().count(), 0, "--no-cache wrote nothing");
 }
 
+/// Compiled code another user planted in the cache is never run, even
+/// after the directory is made private: while the cache directory is open
+/// to others the host refuses it (and says `chmod go-w`); meanwhile user
+/// `nobody` plants, under the name of the operator's guest, another
+/// guest's compiled code (one that traps at once). Once the operator has
+/// run the chmod, the host finds the entry is not its user's, removes it,
+/// compiles the guest again, and the guest that serves is the real one.
+#[cfg(unix)]
+fn compiled_code_planted_by_another_user_is_never_run() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let (guest, trap) = (test_guest("echo-std"), test_guest("trap"));
+    let compiled_into = |dir: &std::path::Path, guest: &std::path::Path| {
+        let cache = ["--listen", "127.0.0.1:0", "--cache-dir", dir.to_str().unwrap()];
+        let host = Host::start(&[&cache[..], &[guest.to_str().unwrap()]].concat());
+        host.wait_for("cached in");
+        drop(host);
+        let entry = std::fs::read_dir(dir).unwrap().next().unwrap().unwrap().path();
+        (entry.file_name().unwrap().to_owned(), std::fs::read(&entry).unwrap())
+    };
+    let (names, codes) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (name, _) = compiled_into(names.path(), &guest);
+    let (_, trap_code) = compiled_into(codes.path(), &trap);
+
+    let parent = tempfile::tempdir().unwrap();
+    mode(parent.path(), 0o755);
+    let cache = parent.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    mode(&cache, 0o777);
+    let cache_dir = cache.to_str().unwrap();
+    let with_cache = ["--listen", "127.0.0.1:0", "--cache-dir", cache_dir, guest.to_str().unwrap()];
+    let host = Host::start(&with_cache);
+    host.wait_for(&format!("not caching compiled guests in {cache_dir}: others may write to it"));
+    host.wait_for("chmod go-w it");
+    drop(host);
+
+    let mut plant = Command::new("sh");
+    plant.args(["-c", "cat > \"$0\"", cache.join(&name).to_str().unwrap()]);
+    plant.uid(65534).gid(65534).stdin(std::process::Stdio::piped());
+    let mut planter = plant.spawn().unwrap();
+    planter.stdin.take().unwrap().write_all(&trap_code).unwrap();
+    assert!(planter.wait().unwrap().success(), "user nobody could not plant the entry");
+    mode(&cache, 0o755);
+
+    let host = Host::start(&with_cache);
+    let removed = host.wait_for("removed the compiled copy of");
+    assert!(removed.contains("it belongs to user 65534"), "{removed}");
+    every_traffic_shape(host.listen_addr());
+    assert!(!host.output().contains("trapped"), "{}", host.report());
+    use std::os::unix::fs::MetadataExt;
+    let entry = std::fs::metadata(cache.join(&name)).unwrap();
+    assert_eq!(entry.uid(), 0, "the entry now is the host's own");
+}
+
 pub fn tests() -> Vec<libtest_mimic::Trial> {
     crate::tests![
+        #[cfg(unix)]
+        compiled_code_planted_by_another_user_is_never_run [needs crate::support::need::root()],
         the_rust_std_guest_echoes,
         the_rust_std_guest_dies_on_an_early_reset_and_restart_keeps_it_up,
         a_guest_file_is_compiled_once_then_loaded_from_the_cache,

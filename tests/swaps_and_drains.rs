@@ -178,7 +178,7 @@ fn a_swapped_out_guest_leaves_none_of_its_socket_options_behind() {
             s.local_addr().ok().and_then(|a| a.as_socket()) == Some(addr)
                 && s.is_listener().unwrap_or(false)
         });
-        let listener = listener.expect("the kept listener");
+        let listener = socket2::Socket::from(listener.expect("the kept listener"));
         (listener.ttl_v4().unwrap(), listener.keepalive().unwrap())
     };
 
@@ -215,8 +215,8 @@ fn client_options(host: &Host, addr: SocketAddr) -> (u32, bool, usize, usize) {
     let local = client.local_addr().unwrap();
     let server = crate::support::host_socket(host, |s| {
         s.peer_addr().ok().and_then(|a| a.as_socket()) == Some(local)
-    })
-    .expect("the host's side of the connection");
+    });
+    let server = socket2::Socket::from(server.expect("the host's side of the connection"));
     let options = (
         server.ttl_v4().unwrap(),
         server.keepalive().unwrap(),
@@ -314,7 +314,7 @@ fn sigquit_drains_the_instances_still_draining_from_a_swap() {
 pub fn tests() -> Vec<libtest_mimic::Trial> {
     crate::tests![
         #[cfg(target_os = "linux")]
-        a_swapped_out_guest_leaves_none_of_its_socket_options_behind,
+        a_swapped_out_guest_leaves_none_of_its_socket_options_behind [needs crate::support::need::pidfd_getfd()],
         a_failed_swap_serves_the_client_that_arrived_during_it_and_every_later_one,
         a_draining_instance_closing_its_listener_resets_no_client_of_the_new_one,
         a_draining_instance_closing_its_listener_leaves_the_new_one_awake,

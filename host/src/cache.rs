@@ -384,7 +384,8 @@ mod platform {
 
         pub fn store(&self, name: &str, code: &[u8]) -> Result<()> {
             let (entry, temp) = (self.path.join(name), self.path.join(format!("{name}.part")));
-            std::fs::write(&temp, code).with_context(|| format!("cannot write {}", temp.display()))?;
+            std::fs::write(&temp, code)
+                .with_context(|| format!("cannot write {}", temp.display()))?;
             std::fs::rename(&temp, &entry).with_context(|| {
                 let _ = std::fs::remove_file(&temp);
                 format!("cannot write {}", entry.display())
@@ -395,7 +396,9 @@ mod platform {
             let Ok(listing) = std::fs::read_dir(&self.path) else { return };
             let entries = listing
                 .filter_map(|e| e.ok())
-                .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.file_name().into_string().ok()?)))
+                .filter_map(|e| {
+                    Some((e.metadata().ok()?.modified().ok()?, e.file_name().into_string().ok()?))
+                })
                 .filter(|(_, name)| name.ends_with(".cwasm"))
                 .collect();
             for name in to_prune(entries, keep) {
@@ -540,7 +543,10 @@ mod tests {
         };
         let nobodys = |entry: &Path| std::os::unix::fs::chown(entry, Some(65534), None).unwrap();
         let plantings: Vec<(&str, &dyn Fn(&Path))> = match root {
-            true => vec![("others may write to it", &others_may_write), ("belongs to user 65534", &nobodys)],
+            true => vec![
+                ("others may write to it", &others_may_write),
+                ("belongs to user 65534", &nobodys),
+            ],
             false => vec![("others may write to it", &others_may_write)],
         };
         for (why, make_untrusted) in plantings {

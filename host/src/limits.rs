@@ -41,7 +41,9 @@ pub fn set_total_memory(bytes: u64) {
 /// Charges `added` bytes to the process-wide total, if it fits.
 fn charge_total(added: u64) -> bool {
     let max = ALL_GUESTS_MAX.load(SeqCst);
-    ALL_GUESTS.fetch_update(SeqCst, SeqCst, |all| all.checked_add(added).filter(|a| *a <= max)).is_ok()
+    ALL_GUESTS
+        .fetch_update(SeqCst, SeqCst, |all| all.checked_add(added).filter(|a| *a <= max))
+        .is_ok()
 }
 
 /// A guest's memory and tables, counted against their totals. wasmtime

@@ -80,19 +80,22 @@ pub async fn serve(listener: std::net::TcpListener, ready: Readiness) {
         pause = ACCEPT_PAUSES.0;
         let ready = Arc::clone(&ready);
         let id = open.next_id();
-        let (open_, task) = (Arc::clone(&open), tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let response = respond(&request, &ready);
-                async move { Ok::<_, std::convert::Infallible>(response) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(REQUEST_WITHIN)
-                .max_buf_size(MAX_REQUEST)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        }));
+        let (open_, task) = (
+            Arc::clone(&open),
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let response = respond(&request, &ready);
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(REQUEST_WITHIN)
+                    .max_buf_size(MAX_REQUEST)
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            }),
+        );
         open_.add(id, task.abort_handle());
         tokio::spawn(async move {
             let _ = task.await;

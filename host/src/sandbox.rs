@@ -35,17 +35,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use wasmtime::component::{Linker, Resource, ResourceTable, ResourceType};
 use wasmtime::{Engine, StoreContextMut};
+use wasmtime_wasi::filesystem::WasiFilesystemView;
 use wasmtime_wasi::p2::bindings::filesystem::types::{
     Descriptor, DescriptorFlags, ErrorCode as FsErrorCode, Host as FsHost, HostDescriptor,
     OpenFlags, PathFlags,
 };
-use wasmtime_wasi::p2::FsResult;
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::ResolveAddressStream;
 use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddressFamily, Network};
 use wasmtime_wasi::p2::bindings::sockets::udp_create_socket;
+use wasmtime_wasi::p2::FsResult;
 use wasmtime_wasi::p2::UdpSocket;
 use wasmtime_wasi::sockets::WasiSocketsView;
-use wasmtime_wasi::filesystem::WasiFilesystemView;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 pub use crate::ledger::table_capacity;

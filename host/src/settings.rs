@@ -171,8 +171,12 @@ impl Settings {
         }
         let per_client = file.per_client || flags.per_client;
         let threads = threads(&file, &flags, per_client)?;
-        let listen =
-            listen_grants(&run, file.listen.clone(), flags.listen.clone(), file.no_listen || flags.no_listen)?;
+        let listen = listen_grants(
+            &run,
+            file.listen.clone(),
+            flags.listen.clone(),
+            file.no_listen || flags.no_listen,
+        )?;
         let dns = file.allow_dns || flags.allow_dns;
         let metrics = flags.metrics.or(file.metrics);
         let dirs = [file.dir.clone(), flags.dir.clone()].concat();
@@ -256,7 +260,10 @@ impl Settings {
         unchanged("max-connections (one socket cap for the whole host)", cap)?;
         let files = new.limits.max_files == self.limits.max_files;
         unchanged("max-files (with dir grants, one cap for the whole host)", files)?;
-        unchanged("allow-dns (its lookups are counted in the host's descriptors)", new.grants.dns == self.grants.dns)?;
+        unchanged(
+            "allow-dns (its lookups are counted in the host's descriptors)",
+            new.grants.dns == self.grants.dns,
+        )?;
         unchanged("the metrics address", new.metrics == self.metrics)?;
         unchanged("per-client", new.per_client == self.per_client)?;
         unchanged("threads", new.threads == self.threads)?;

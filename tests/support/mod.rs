@@ -525,43 +525,43 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// A copy of one of the host's own sockets, taken from its process
-/// (pidfd_getfd: the tests run as the host's parent, with the right to),
-/// to read its options as the kernel has them: the first socket of the
-/// host's that `matches`.
+/// The first socket of the host process that `is_it` picks, copied out of
+/// it (`pidfd_getfd`: the tests run as the host's parent, with the right
+/// to; tests that use this need `need::pidfd_getfd()`), to read its
+/// options as the kernel has them.
 #[cfg(target_os = "linux")]
 pub fn host_socket(
     host: &Host,
-    matches: impl Fn(&socket2::Socket) -> bool,
-) -> Option<socket2::Socket> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open takes a pid and flags; it returns a new descriptor or -1.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, host.pid() as libc::pid_t, 0) };
-    assert!(pidfd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
-    // SAFETY: a descriptor just opened, owned here alone.
-    let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(pidfd as i32) };
+    is_it: impl Fn(&socket2::SockRef) -> bool,
+) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, RawFd};
+    let pidfd = pidfd_syscall(libc::SYS_pidfd_open, host.pid() as RawFd, 0)
+        .unwrap_or_else(|e| panic!("pidfd_open: {e}"));
     let fds = std::fs::read_dir(format!("/proc/{}/fd", host.pid())).unwrap();
-    for fd in fds.flatten() {
-        let is_socket = std::fs::read_link(fd.path())
-            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
-        let Some(number) = fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        if !is_socket {
-            continue;
-        }
-        use std::os::fd::AsRawFd;
-        // SAFETY: pidfd_getfd copies descriptor `number` of the process
-        // into this one, or returns -1.
-        let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), number, 0) };
-        if copy < 0 {
-            continue;
-        }
-        // SAFETY: a descriptor just made, owned here alone.
-        let socket = unsafe { socket2::Socket::from_raw_fd(copy as i32) };
-        if matches(&socket) {
-            return Some(socket);
-        }
+    fds.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
+        .filter_map(|fd| match pidfd_syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd) {
+            Ok(copy) => Some(copy),
+            // Closed since it was listed.
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) => None,
+            Err(e) => panic!("pidfd_getfd (copying the host's descriptor {fd}): {e}"),
+        })
+        .find(|fd| is_it(&socket2::SockRef::from(fd)))
+}
+
+/// `pidfd_open(pid, 0)` or `pidfd_getfd(pidfd, fd, 0)`: a new descriptor.
+#[cfg(target_os = "linux")]
+fn pidfd_syscall(
+    number: libc::c_long,
+    a: std::os::fd::RawFd,
+    b: std::os::fd::RawFd,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: both calls take two integers and a zero flag, and return a
+    // new descriptor that nothing else owns, or -1.
+    let fd = unsafe { libc::syscall(number, a, b, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    None
+    // SAFETY: see above.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) })
 }

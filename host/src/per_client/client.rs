@@ -13,9 +13,7 @@ use crate::metrics::{self, TurnedAway};
 use crate::run::split_first_line;
 use crate::sandbox::Stdio;
 use crate::settings::{Settings, TraceDetail};
-use crate::sockets::{
-    spare, Asker, Caps, ClientStdio, Connection, Owner, Place, Tenant, Timeouts,
-};
+use crate::sockets::{spare, Asker, Caps, ClientStdio, Connection, Owner, Place, Tenant, Timeouts};
 use crate::swap::Guest;
 use crate::trace::Tracer;
 use socket2::SockRef;
@@ -117,7 +115,9 @@ impl Clients {
             metrics::turned_away(TurnedAway::NotAllowed);
             return reset(&stream);
         }
-        let Some(place) = self.caps.sockets.take(Asker::Client(peer)) else { return reset(&stream) };
+        let Some(place) = self.caps.sockets.take(Asker::Client(peer)) else {
+            return reset(&stream);
+        };
         let settings = &guest.shared.sandbox.settings;
         if !settings.nagle {
             let _ = stream.set_nodelay(true);

@@ -70,7 +70,8 @@ pub async fn run(mut settings: Settings, handed: Vec<Handed>) -> Result<ExitCode
     let name = crate::guest::name(settings.guest.as_deref());
     warn_if_it_serves_clients_itself(&engine, &component, &name);
     let settings = Arc::new(settings);
-    let guest = link(&engine, &settings, &component, Caps::new(limits.max_connections, limits.max_files))?;
+    let guest =
+        link(&engine, &settings, &component, Caps::new(limits.max_connections, limits.max_files))?;
     tokio::select! {
         tried = trial::run(&guest) => tried.with_context(|| format!("{name} cannot serve"))?,
         signal = signals.stop() => return Ok(crate::run::stopped(signal)),
@@ -102,12 +103,7 @@ pub async fn run(mut settings: Settings, handed: Vec<Handed>) -> Result<ExitCode
 /// no listen address of its own (the host listens) and nothing to lend.
 /// The one socket cap (`cap`) counts the clients' connections and the
 /// sockets the instances open, whichever guest they run.
-fn link(
-    engine: &Engine,
-    settings: &Settings,
-    component: &Component,
-    caps: Caps,
-) -> Result<Guest> {
+fn link(engine: &Engine, settings: &Settings, component: &Component, caps: Caps) -> Result<Guest> {
     let none = Listeners::open(&[], Vec::new())?;
     Guest::new(engine, (&none, &caps), settings.for_each_client(), component)
 }

@@ -106,7 +106,9 @@ impl Cap {
                 (&REFUSED_CLIENTS, format!("a client from {peer}, turned away"))
             }
             Asker::File => (&REFUSED_FILES, "opening a file".to_string()),
-            Asker::Directory => (&REFUSED_FILES, "a --dir directory for a new instance".to_string()),
+            Asker::Directory => {
+                (&REFUSED_FILES, "a --dir directory for a new instance".to_string())
+            }
         };
         if !kind.admit() {
             return;

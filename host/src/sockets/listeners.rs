@@ -357,7 +357,6 @@ impl Lease {
         }
         Ok(())
     }
-
 }
 
 impl Drop for Lease {

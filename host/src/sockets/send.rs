@@ -12,12 +12,12 @@
 
 use super::{streams, HasTcp};
 use crate::ledger::MAX_CHUNK;
-use wasmtime_wasi::p2::StreamError;
 use crate::wasi_version::versioned;
 use wasmtime::component::{Linker, Resource, WasmList};
 use wasmtime::StoreContextMut;
 use wasmtime_wasi::p2::bindings::io::streams::{Host as StreamsHost, HostOutputStream};
 use wasmtime_wasi::p2::DynOutputStream;
+use wasmtime_wasi::p2::StreamError;
 
 pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()> {
     linker.instance(&versioned("wasi:io/streams"))?.func_wrap(
@@ -33,9 +33,9 @@ pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()> {
                 // No stream of this host grants more than MAX_CHUNK: a
                 // longer write breaks the contract whatever the stream, and
                 // traps before the host copies a byte of it.
-                None if contents.len() > MAX_CHUNK => Err(StreamError::trap(
-                    "write of more bytes than check-write allowed",
-                )),
+                None if contents.len() > MAX_CHUNK => {
+                    Err(StreamError::trap("write of more bytes than check-write allowed"))
+                }
                 None => {
                     let bytes = contents.as_le_slice(&store).to_vec();
                     HostOutputStream::write(store.data_mut().tcp().table, stream, bytes)

@@ -279,7 +279,9 @@ impl TcpSocket {
                 }
             };
             match place {
-                Some(place) => return self.accepted(ctx, (client, peer), place, lease.kept_place()),
+                Some(place) => {
+                    return self.accepted(ctx, (client, peer), place, lease.kept_place())
+                }
                 None => reset(client),
             }
         }
@@ -406,7 +408,9 @@ impl TcpSocket {
     /// and left alone. Returns the address and how many were reset.
     pub fn close_kept_listener(&self) -> Option<(SocketAddr, usize)> {
         match &self.state {
-            State::Listening { lease, .. } if lease.kept_place().is_some() && lease.is_current() => {
+            State::Listening { lease, .. }
+                if lease.kept_place().is_some() && lease.is_current() =>
+            {
                 Some((lease.listener.local_addr(), lease.listener.reset_waiting()))
             }
             _ => None,

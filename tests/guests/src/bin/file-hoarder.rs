@@ -22,8 +22,13 @@ fn main() {
                 println!("refused after {} files: {}", held.len(), e.name());
                 let again = (0..99).filter(|i| {
                     let name = format!("g{i}");
-                    dir.open_at(PathFlags::empty(), &name, OpenFlags::CREATE, DescriptorFlags::WRITE)
-                        .is_err()
+                    dir.open_at(
+                        PathFlags::empty(),
+                        &name,
+                        OpenFlags::CREATE,
+                        DescriptorFlags::WRITE,
+                    )
+                    .is_err()
                 });
                 println!("refused {} times more", again.count());
                 return;

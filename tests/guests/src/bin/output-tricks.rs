@@ -45,7 +45,9 @@ fn main() {
             println!("still here");
         }
         Some("forge") => {
-            eprintln!("innocent\rWARN forged over it\n2026-12-06T00:00:00.000000Z ERROR forged line");
+            eprintln!(
+                "innocent\rWARN forged over it\n2026-12-06T00:00:00.000000Z ERROR forged line"
+            );
             eprintln!("escape \x1b[2J\x1b[31mred\x1b[0m");
             println!("<0>emergency from the guest");
             println!("done");

@@ -18,6 +18,7 @@ mod meta;
 mod nodelay;
 mod observe;
 mod operate;
+mod output;
 mod per_client;
 mod sandbox;
 mod shutdown;
@@ -43,6 +44,7 @@ pub fn all() -> Vec<libtest_mimic::Trial> {
         nodelay::tests(),
         observe::tests(),
         operate::tests(),
+        output::tests(),
         per_client::tests(),
         sandbox::tests(),
         shutdown::tests(),

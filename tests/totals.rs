@@ -3,7 +3,7 @@
 //! kept, several memories, pollables without end, sends left behind.
 
 use crate::support::clients::assert_reset;
-use crate::support::guests::test_guest;
+use crate::support::guests::{component_from_wat, run_export, test_guest};
 use crate::support::{connect, connect_unless_reset, Host};
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
@@ -231,25 +231,6 @@ fn memories_in_one_module(memories: usize) -> String {
         "  (core module $main {declared}(func (export \"run\") (result i32) i32.const 0))\n"
     );
     format!("(component\n{main}{}", run_export("(core instance $run (instantiate $main))"))
-}
-
-/// Exports `wasi:cli/run` from core instance `$run`'s `run` (instantiated by `instance`).
-fn run_export(instance: &str) -> String {
-    format!(
-        r#"  {instance}
-  (func $run (result (result)) (canon lift (core func $run "run")))
-  (instance $exports (export "run" (func $run)))
-  (export "wasi:cli/run@0.2.12" (instance $exports))
-)
-"#
-    )
-}
-
-fn component_from_wat(wat: &str) -> tempfile::NamedTempFile {
-    let bytes = wat::parse_str(wat).unwrap_or_else(|e| panic!("{e}\n{wat}"));
-    let file = tempfile::Builder::new().suffix(".wasm").tempfile().unwrap();
-    std::fs::write(file.path(), bytes).unwrap();
-    file
 }
 
 /// Reads what was sent, until the reset that ends it.

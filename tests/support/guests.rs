@@ -144,3 +144,22 @@ impl Control {
         }
     }
 }
+
+/// Exports `wasi:cli/run` from core instance `$run`'s `run` (instantiated by `instance`).
+pub fn run_export(instance: &str) -> String {
+    format!(
+        r#"  {instance}
+  (func $run (result (result)) (canon lift (core func $run "run")))
+  (instance $exports (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.12" (instance $exports))
+)
+"#
+    )
+}
+
+pub fn component_from_wat(wat: &str) -> tempfile::NamedTempFile {
+    let bytes = wat::parse_str(wat).unwrap_or_else(|e| panic!("{e}\n{wat}"));
+    let file = tempfile::Builder::new().suffix(".wasm").tempfile().unwrap();
+    std::fs::write(file.path(), bytes).unwrap();
+    file
+}

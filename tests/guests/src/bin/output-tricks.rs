@@ -2,7 +2,8 @@
 //! the argument it is given:
 //!
 //! - `dels N`: N lines of 4 096 DEL characters on stdout (each grows six
-//!   times when escaped), then `done`; for a stdout nobody reads;
+//!   times when escaped), then says so on stderr and waits for ever; for a
+//!   stdout nobody reads;
 //! - `stderr-dels`: one line of 4 096 DEL characters on stderr;
 //! - `huge-stderr`: 100 MiB on stderr in one `write_all`, no newline (std
 //!   splits it as check-write allows), then `still here`;
@@ -25,7 +26,10 @@ fn main() {
             for _ in 0..n {
                 stdout.write_all(&line).unwrap();
             }
-            stdout.write_all(b"done\n").unwrap();
+            eprintln!("output-tricks: wrote {n} lines");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
         }
         Some("stderr-dels") => {
             let mut line = vec![0x7f; 4096];

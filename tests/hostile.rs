@@ -6,7 +6,7 @@ use crate::support::guests::test_guest;
 use crate::support::traffic::reset;
 use crate::support::{assert_echoes, connect, host_command, Host};
 use std::io::{Read, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn guest(name: &str) -> String {
     test_guest(name).display().to_string()
@@ -183,6 +183,82 @@ fn a_spinning_guest_is_stopped_by_its_cpu_budget() {
     );
 }
 
+/// --cpu-budget charges the CPU the guest causes, host calls included: a
+/// guest that only asks the host for random bytes (a megabyte at a time:
+/// all its time in host calls) is stopped once it has used its budget,
+/// within twice it, counted as the host process's CPU time from its start.
+#[cfg(target_os = "linux")] // reads /proc
+fn a_guest_looping_on_host_calls_is_stopped_within_twice_its_cpu_budget() {
+    let budget = Duration::from_secs(1);
+    let host =
+        Host::start(&["--listen", "127.0.0.1:0", "--cpu-budget", "1s", &guest("random-loop")]);
+    host.wait_for("asking");
+    let start = host.cpu_time();
+    let mut last = start;
+    let deadline = Instant::now() + crate::support::PATIENCE;
+    while std::fs::metadata(format!("/proc/{}/stat", host.pid())).is_ok() {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| host.cpu_time())) {
+            Ok(now) => last = now,
+            Err(_) => break,
+        }
+        if host.output().contains("--cpu-budget") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never stopped\n{}", host.report());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (status, output) = host.wait();
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("the guest used up its CPU budget of 1s (--cpu-budget)"), "{output}");
+    let used = last - start;
+    assert!(used <= 2 * budget, "stopped after {used:?} of CPU\n{output}");
+    assert!(used >= budget / 2, "stopped after only {used:?} of CPU\n{output}");
+}
+
+/// --cpu-budget charges what the guest uses, not a tick: a client that
+/// sends one byte every 11 ms for three seconds wakes the guest 270 times,
+/// a few dozen microseconds each. Charged a 10 ms tick for each wake, it
+/// would spend a 300 ms budget nine times over; it is served throughout,
+/// and the metric reports what it used.
+fn sparse_traffic_is_not_charged_more_than_it_uses() {
+    let host = Host::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--cpu-budget",
+        "300ms",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let (addr, metrics) = (host.listen_addr(), host.metrics_addr());
+    let mut client = connect(addr);
+    let started = Instant::now();
+    let mut wakes = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        assert!(
+            crate::support::clients::echo(&mut client, b"x"),
+            "wake {wakes}\n{}",
+            host.report()
+        );
+        wakes += 1;
+        std::thread::sleep(Duration::from_millis(11));
+    }
+    assert!(wakes > 200, "{wakes} wakes");
+    assert!(!host.output().contains("--cpu-budget"), "{}", host.report());
+    let (_, text) = crate::support::http_get(metrics, "/metrics");
+    let used = crate::support::sample(&text, "wasi_tcp_host_guest_cpu_seconds_total").unwrap();
+    assert!(used < 0.3, "the metric says {used} s for {wakes} wakes\n{text}");
+}
+
+/// A guest may ask for at most 1 MiB of random bytes at a time (the host
+/// makes them before the guest's memory takes them): more traps.
+fn random_bytes_are_asked_for_a_megabyte_at_most() {
+    let (status, output) =
+        Host::start(&["--listen", "127.0.0.1:0", &guest("random-loop"), "--", "too-many"]).wait();
+    assert!(!status.success(), "{output}");
+    assert!(!output.contains("got more than 1 MiB"), "{output}");
+    assert!(output.contains("requested len 1048577 exceeds limit 1048576"), "{output}");
+}
+
 fn a_bad_client_input_cannot_take_the_service_down_with_restart_on_failure() {
     let host = Host::start(&[
         "--listen",
@@ -332,6 +408,10 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         clients_beyond_the_cap_are_turned_away_until_a_place_is_free,
         clients_outside_allow_client_never_reach_the_guest,
         a_spinning_guest_is_stopped_by_its_cpu_budget,
+        #[cfg(target_os = "linux")]
+        a_guest_looping_on_host_calls_is_stopped_within_twice_its_cpu_budget,
+        sparse_traffic_is_not_charged_more_than_it_uses,
+        random_bytes_are_asked_for_a_megabyte_at_most,
         a_bad_client_input_cannot_take_the_service_down_with_restart_on_failure,
         a_guest_that_keeps_failing_is_given_up_on,
         with_json_logs_stderr_is_one_json_object_per_line_and_nothing_else,

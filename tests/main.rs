@@ -25,6 +25,7 @@ mod shutdown;
 mod sockets;
 mod swap;
 mod swaps_and_drains;
+mod sweep;
 mod totals;
 mod watch;
 
@@ -50,6 +51,7 @@ pub fn all() -> Vec<libtest_mimic::Trial> {
         shutdown::tests(),
         sockets::tests(),
         swap::tests(),
+        sweep::tests(),
         swaps_and_drains::tests(),
         totals::tests(),
         watch::tests(),

@@ -247,8 +247,37 @@ fn assert_reset_after_data(client: &mut TcpStream) {
     }
 }
 
+/// Files count as descriptors: a guest opening files under its --dir grant
+/// without end, and keeping each open through a stream after dropping its
+/// descriptor, is refused at --max-files (the granted directory itself
+/// holding one place), with `quota`; the log says so at most ten times a
+/// second and counts the rest.
+fn a_guest_opening_files_without_end_is_refused_at_the_file_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let grant = format!("{}::/data:rw", dir.path().display());
+    let (status, output) = Host::start(&[
+        "--no-listen",
+        "--dir",
+        &grant,
+        "--max-files",
+        "20",
+        &test_guest("file-hoarder").display().to_string(),
+    ])
+    .wait();
+    assert!(status.success(), "{output}");
+    assert!(output.contains("refused after 19 files: quota"), "{output}");
+    assert!(output.contains("refused 99 times more"), "{output}");
+    let line = "refused: opening a file: the guests already hold 20 files and directories \
+                (--max-files 20)";
+    let written = output.matches(line).count();
+    assert!((1..=20).contains(&written), "{written} lines\n{output}");
+    assert!(output.contains("ledger: this policy can hold at most"), "{output}");
+    assert!(output.contains("20 files"), "the ledger counts them\n{output}");
+}
+
 pub fn tests() -> Vec<libtest_mimic::Trial> {
     crate::tests![
+        a_guest_opening_files_without_end_is_refused_at_the_file_cap,
         a_guest_keeping_streams_without_their_sockets_is_held_to_the_cap,
         memory_is_limited_as_a_total_over_all_of_a_guests_memories,
         a_guest_with_too_many_instances_or_memories_is_refused_naming_the_limit,

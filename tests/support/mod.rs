@@ -160,6 +160,14 @@ impl Host {
     }
 
     #[cfg(target_os = "linux")]
+    /// Whether the host process has exited (it is a zombie, not waited
+    /// for yet, or gone).
+    pub fn has_exited(&self) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()));
+        stat.map_or(true, |stat| stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'))
+    }
+
+    #[cfg(target_os = "linux")]
     /// The CPU time the host process has used so far (user and system),
     /// from /proc, in clock ticks (10 ms on Linux).
     pub fn cpu_time(&self) -> Duration {

@@ -361,6 +361,47 @@ fn reload_waits_for_the_swap_and_fails_when_it_does() {
     );
 }
 
+/// The swap outcome `reload` waits for, in a RUNTIME_DIRECTORY others may
+/// write to: a link planted where the host writes is not followed (the
+/// file it points to is untouched), and an outcome another user wrote is
+/// not believed: `reload` reports the real one.
+#[cfg(target_os = "linux")]
+fn a_reload_outcome_cannot_be_redirected_or_forged() {
+    use std::os::unix::fs::PermissionsExt;
+    let runtime = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(runtime.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let victim = runtime.path().join("victim");
+    std::fs::write(&victim, "untouched").unwrap();
+    std::os::unix::fs::symlink(&victim, runtime.path().join("reload.next")).unwrap();
+    let (_guest_dir, file) = installed(&default_guest());
+    let mut cmd = crate::support::host_command();
+    cmd.env("RUNTIME_DIRECTORY", runtime.path());
+    let host = Host::start_command(cmd.args(["--listen", "127.0.0.1:0", file.to_str().unwrap()]));
+    host.listen_addr();
+    let reload = || {
+        let out = Command::new(HOST_BIN)
+            .env("RUNTIME_DIRECTORY", runtime.path())
+            .args(["reload", &host.pid().to_string()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = reload();
+    assert!(ok && text.contains("the new guest serves"), "{text}\n{}", host.report());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+
+    let outcome = runtime.path().join("reload");
+    std::fs::remove_file(&outcome).unwrap();
+    std::fs::write(&outcome, "99 ok the new guest serves\n").unwrap();
+    std::os::unix::fs::chown(&outcome, Some(65534), Some(65534)).unwrap();
+    std::fs::write(&file, b"not a component").unwrap();
+    let (ok, text) = reload();
+    assert!(!ok, "the forged outcome was believed: {text}");
+    assert!(text.contains("is not a WebAssembly component"), "{text}");
+}
+
 /// SIGHUP reads the policy file again: a changed grant applies to the new
 /// instance; a change only a restart can make is refused, and the running
 /// guest goes on as it was.
@@ -506,6 +547,8 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         a_metrics_listener_that_cannot_accept_backs_off,
         #[cfg(unix)]
         reading_the_policy_again_never_stalls_serving,
+        #[cfg(target_os = "linux")]
+        a_reload_outcome_cannot_be_redirected_or_forged [needs crate::support::need::root()],
         the_metrics_count_clients_bytes_and_refusals,
         health_and_readiness_follow_the_guest_and_a_graceful_stop,
         a_guest_that_keeps_failing_is_never_ready,

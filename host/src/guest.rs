@@ -33,11 +33,11 @@ pub async fn load_in_background(
 ) -> Result<Component> {
     let engine = engine.clone();
     let (path, cache) = (path.map(Path::to_path_buf), cache.map(Path::to_path_buf));
-    let loading = tokio::task::spawn_blocking(move || match (path.as_deref(), read) {
+    let loading = crate::off_thread::run("guest-loader", move || match (path.as_deref(), read) {
         (Some(path), Some(bytes)) => compile_file(&engine, path, &bytes, cache.as_deref()),
         (path, _) => load(&engine, path, cache.as_deref()),
     });
-    loading.await.context("loading the guest")?
+    loading.await.map_err(|e| anyhow::anyhow!("loading the guest: {e}"))?
 }
 
 /// Loads the guest to run. A file is compiled, or its compiled code is

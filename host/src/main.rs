@@ -24,6 +24,7 @@ mod logging;
 mod metrics;
 mod notify;
 mod observe;
+mod off_thread;
 mod output;
 mod per_client;
 mod policy;

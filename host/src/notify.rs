@@ -73,8 +73,7 @@ impl Notifier {
         self.send(&format!("READY=1\nSTATUS={message}"));
         if let Some(path) = &self.outcomes {
             let line = format!("{} {word} {message}\n", self.swaps);
-            let next = path.with_extension("next");
-            let _ = std::fs::write(&next, line).and_then(|()| std::fs::rename(&next, path));
+            let _ = write_outcome(path, &line);
         }
     }
 
@@ -82,6 +81,21 @@ impl Notifier {
     pub fn stopping(&self, why: &str) {
         self.send(&format!("STOPPING=1\nSTATUS={why}"));
     }
+}
+
+/// Writes the outcome file whole (a new file, then a rename), never
+/// through a link: a file of that name someone else left in a shared
+/// directory is removed first, and the new one is created, not opened.
+fn write_outcome(path: &std::path::Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let next = path.with_extension("next");
+    let _ = std::fs::remove_file(&next);
+    let mut options = std::fs::File::options();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+    options.open(&next)?.write_all(line.as_bytes())?;
+    std::fs::rename(&next, path)
 }
 
 /// NOTIFY_SOCKET: a path, or `@` and an abstract name (Linux's).
@@ -119,10 +133,18 @@ fn monotonic_usec() -> u64 {
     now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
 }
 
-/// The last swap's outcome: its number, and the line.
-#[cfg_attr(windows, allow(dead_code))]
-fn last_outcome(path: &std::path::Path) -> (u64, String) {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+/// The last swap's outcome: its number, and the line; nothing from a file
+/// `owner` (the host's user) did not write, or others may write.
+#[cfg(unix)]
+fn last_outcome(path: &std::path::Path, owner: Option<u32>) -> (u64, String) {
+    use std::os::unix::fs::MetadataExt;
+    let trusted = std::fs::symlink_metadata(path).is_ok_and(|meta| {
+        meta.is_file() && meta.mode() & 0o022 == 0 && owner.is_none_or(|uid| meta.uid() == uid)
+    });
+    let text = match trusted {
+        true => std::fs::read_to_string(path).unwrap_or_default(),
+        false => String::new(),
+    };
     let number = text.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
     (number, text.trim_end().to_string())
 }
@@ -136,11 +158,12 @@ pub fn reload(pid: u32, within: Duration) -> Result<String> {
         "RUNTIME_DIRECTORY is not set: the host reports swaps there (systemd's RuntimeDirectory=)",
     )?;
     let path = PathBuf::from(dir).join("reload");
-    let (before, _) = last_outcome(&path);
+    let owner = process_owner(pid);
+    let (before, _) = last_outcome(&path, owner);
     hang_up(pid)?;
     let deadline = Instant::now() + within;
     loop {
-        let (number, line) = last_outcome(&path);
+        let (number, line) = last_outcome(&path, owner);
         if number > before {
             let outcome = line.split_once(' ').map_or("", |(_, rest)| rest);
             return match outcome.split_once(' ') {
@@ -154,6 +177,14 @@ pub fn reload(pid: u32, within: Duration) -> Result<String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The user a process runs as (Linux: its /proc directory's owner); None
+/// where that cannot be told.
+#[cfg(unix)]
+fn process_owner(pid: u32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}")).ok().map(|meta| meta.uid())
 }
 
 #[cfg(unix)]

@@ -54,7 +54,7 @@ pub async fn load_guest(
 /// must not stall the clients).
 pub async fn reload_policy(settings: &Arc<Settings>) -> Result<Settings> {
     let settings = Arc::clone(settings);
-    tokio::task::spawn_blocking(move || settings.reloaded())
+    crate::off_thread::run("policy-reader", move || settings.reloaded())
         .await
         .map_err(|e| anyhow::anyhow!("reading the policy file again: {e}"))?
 }

@@ -91,7 +91,8 @@ impl Watch {
             // Reading and validating megabytes takes a while: off the
             // thread that serves the clients, as loading a guest is.
             let (path, current) = (self.path.clone(), self.current);
-            let read = tokio::task::spawn_blocking(move || Read::of(&path, &current)).await;
+            let read = crate::off_thread::run("guest-watcher", move || Read::of(&path, &current));
+            let read = read.await;
             let read = read.unwrap_or(Read::Unreadable);
             if let Read::Unreadable = read {
                 // (Open by a writer that shares nothing, say): next look.

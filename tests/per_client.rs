@@ -353,6 +353,61 @@ fn a_per_client_swap_to_a_guest_that_fails_its_trial_keeps_the_old_guest() {
     assert!(!host.output().contains("new clients get the new guest"), "{}", host.report());
 }
 
+/// Guests holding every thread the host has for blocking work (each
+/// instance reads a FIFO no one writes, in its granted directory) cannot
+/// stall a swap: the host loads the new guest on a thread of its own, and
+/// new clients get it.
+#[cfg(target_os = "linux")] // reads /proc
+fn guests_holding_every_blocking_thread_cannot_stall_a_swap() {
+    let data = tempfile::tempdir().unwrap();
+    let pipe = std::ffi::CString::new(data.path().join("pipe").to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(pipe.as_ptr(), 0o600) }, 0);
+    let (_dir, file) = installed(&test_guest("stdio-tricks"));
+    let grant = format!("{}::/data", data.path().display());
+    let args = ["--per-client", "--listen", "127.0.0.1:0", "--dir", &grant, "--max-files", "64"];
+    // With --allow-dns, the ledger says how many blocking threads there are
+    // (a name lookup under way holds one, and a descriptor).
+    let host = Host::start(&[&args[..], &["--allow-dns", file.to_str().unwrap()]].concat());
+    let addr = host.per_client_addr(1);
+    let ledger = host.wait_for("ledger: ");
+    let threads: usize = ledger.split("name lookups ").nth(1).unwrap().parse().unwrap();
+    let stuck: Vec<TcpStream> = (0..24)
+        .map(|_| {
+            let mut client = connect(addr);
+            client.write_all(b"P").unwrap();
+            client
+        })
+        .collect();
+    wait_for_threads_in(&host, "wait_for_partner", threads);
+    install(&test_guest("echo-stdio"), &file);
+    host.signal(libc::SIGHUP);
+    host.wait_for("swap: new clients get the new guest");
+    let mut client = connect(addr);
+    assert!(echo(&mut client, b"the new guest"), "{}", host.report());
+    drop(stuck);
+}
+
+/// Waits until `n` of the host's threads wait in the kernel function
+/// `wchan` (a FIFO's open waits in `wait_for_partner`).
+#[cfg(target_os = "linux")]
+fn wait_for_threads_in(host: &Host, wchan: &str, n: usize) {
+    crate::support::harness::waiting_for(|| format!("{n} host threads in {wchan}"));
+    let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+    loop {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", host.pid())).unwrap();
+        let waiting = tasks
+            .flatten()
+            .filter(|t| std::fs::read_to_string(t.path().join("wchan")).is_ok_and(|w| w == wchan))
+            .count();
+        if waiting >= n {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{waiting} threads in {wchan}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Options that make no sense together are refused with one line.
 fn threads_without_per_client_is_refused() {
     let host = Host::start(&["--threads", "2", "--listen", "127.0.0.1:0"]);
@@ -381,6 +436,8 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         #[cfg(target_os = "linux")]
         a_guest_flooding_a_client_that_never_reads_holds_a_send_at_most,
         a_per_client_swap_to_a_guest_that_fails_its_trial_keeps_the_old_guest,
+        #[cfg(target_os = "linux")]
+        guests_holding_every_blocking_thread_cannot_stall_a_swap,
         a_guest_that_serves_clients_itself_is_named_at_start_and_refused,
         metrics_count_the_clients_and_readiness_ends_with_sigquit,
     ]

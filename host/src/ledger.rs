@@ -171,22 +171,22 @@ impl Terms {
     /// The start-up line: the totals, and what makes them.
     pub fn summary(&self) -> String {
         let mib = |bytes: u64| bytes.div_ceil(1 << 20);
-        let guests = self.guest_memory();
-        let counts: Vec<String> = self
+        let memory: Vec<String> =
+            self.memory_rows().iter().map(|r| format!("{} {} MiB", r.what, mib(r.bytes))).collect();
+        let descriptors: Vec<String> = self
             .descriptor_rows()
             .iter()
             .filter(|r| r.count > 0)
-            .map(|r| format!("{} {}", r.count, r.what))
+            .map(|r| format!("{} {}", r.what, r.count))
             .collect();
         format!(
-            "this policy can hold at most {} MiB and {} descriptors: {} MiB of guest memory over \
-             {} instances at most, {} MiB for the host's part; descriptors: {}",
+            "this policy can hold at most {} MiB and {} descriptors; memory: {} ({} guest \
+             instances at most); descriptors: {}",
             mib(self.memory()),
             self.descriptors(),
-            mib(guests),
+            memory.join(", "),
             self.instances(),
-            mib(self.memory() - guests),
-            counts.join(", ")
+            descriptors.join(", ")
         )
     }
 }

@@ -7,6 +7,9 @@
 //! - `W` writes 60 000 bytes in one non-blocking write, no flush, and
 //!   returns at once: the host must still send them before it closes;
 //! - `E` writes `REMOTE_ADDR=... REMOTE_PORT=... VARS=<names>` and a newline;
+//! - `P` reads `/data/pipe` (a FIFO no one writes, in a granted directory:
+//!   the read waits for ever, holding one of the host's threads for
+//!   blocking work);
 //! - `Z` floods stdout with 8 MiB writes that ignore check-write (a trap,
 //!   says the spec); `Y` floods it for ever as check-write allows (for a
 //!   client that never reads);
@@ -55,6 +58,7 @@ fn main() {
             _ if got.contains(&b'S') => spin(),
             _ if got.contains(&b'X') => std::process::exit(3),
             _ if got.contains(&b'W') => return write_and_leave(),
+            _ if got.contains(&b'P') => std::fs::read("/data/pipe").unwrap_or_default(),
             _ if got.contains(&b'Z') => flood_ignoring_check_write(),
             _ if got.contains(&b'Y') => return flood(&mut output),
             _ if got.contains(&b'E') => environment().into_bytes(),

@@ -149,6 +149,35 @@ fn the_running_guest_failing_during_a_swap_leaves_the_new_one_to_serve() {
     assert!(!host.output().contains("restarting it in"), "{}", host.report());
 }
 
+/// At most two old instances drain at once (the ledger counts four alive:
+/// serving, starting, two draining): a SIGHUP while two still drain fails,
+/// saying why (the running guest keeps serving), and once one of them has
+/// finished, a swap goes through again.
+fn a_swap_while_two_instances_drain_fails_until_one_finishes() {
+    let (_dir, file) = installed(&default_guest());
+    let host =
+        Host::start(&["--listen", "127.0.0.1:0", "--drain-timeout", "5m", file.to_str().unwrap()]);
+    let addr = host.listen_addr();
+    let mut clients = Vec::new();
+    for n in 2..=3 {
+        let mut client = connect(addr);
+        assert!(echo(&mut client, b"kept by its instance"), "{}", host.report());
+        clients.push(client);
+        host.signal(libc::SIGHUP);
+        host.wait_for(&format!("swap: the new guest instance #{n} listens"));
+    }
+    host.signal(libc::SIGHUP);
+    let failed = host.wait_for("swap failed: SIGHUP received, but 2 older guest instances");
+    assert!(failed.ends_with("the running guest keeps serving"), "{failed}");
+    let mut client = connect(addr);
+    assert!(echo(&mut client, b"still served"), "{}", host.report());
+    drop(clients.remove(0));
+    host.wait_for("swap: guest instance #1 has no clients left; stopped it");
+    host.signal(libc::SIGHUP);
+    host.wait_for("swap: the new guest instance #4 listens");
+    assert!(echo(&mut connect(addr), b"the fourth"), "{}", host.report());
+}
+
 /// A swapped-in guest that binds the granted address, sets every option
 /// it can to a value no one wants (hop limit 1, one-byte buffers, a
 /// one-second keep-alive, a backlog of 1), then traps: the swap fails, and
@@ -313,6 +342,7 @@ fn sigquit_drains_the_instances_still_draining_from_a_swap() {
 
 pub fn tests() -> Vec<libtest_mimic::Trial> {
     crate::tests![
+        a_swap_while_two_instances_drain_fails_until_one_finishes,
         #[cfg(target_os = "linux")]
         a_swapped_out_guest_leaves_none_of_its_socket_options_behind [needs crate::support::need::pidfd_getfd()],
         a_failed_swap_serves_the_client_that_arrived_during_it_and_every_later_one,

@@ -421,6 +421,12 @@ mod tests {
 
         let port = policy.metrics.unwrap().port();
         assert_eq!(value_after(service, "\nSocketBindAllow=tcp:"), port.to_string());
+        // Only the monitoring namespace reaches the metrics port: its rule
+        // is the one with a namespace selector.
+        let network = include_str!("../../deploy/kubernetes/networkpolicy.yaml");
+        let (_, metrics_rule) = network.split_once("namespaceSelector:").unwrap();
+        assert!(metrics_rule.contains("kubernetes.io/metadata.name: monitoring"), "{network}");
+        assert_eq!(value_after(metrics_rule, "- port:"), port.to_string());
         let (_, metrics_port) = deployment.split_once("- name: metrics").unwrap();
         assert_eq!(value_after(metrics_port, "containerPort:"), port.to_string());
         assert_eq!(value_after(deployment, "prometheus.io/port:"), port.to_string());

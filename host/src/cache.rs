@@ -18,7 +18,7 @@
 //!   the check (planted while the directory was open to others, say) is
 //!   removed, with one line, and the guest compiled again.
 //!
-//! On Windows the directory is `%LOCALAPPDATA%\wasi-echo`, inside the
+//! On Windows the directory is `%LOCALAPPDATA%\wasi-tcp-host`, inside the
 //! user's profile, which Windows' default permissions let only the user,
 //! SYSTEM and administrators write to; the host checks that it, and each
 //! entry, is a real directory or file, not a link or junction that could
@@ -39,8 +39,8 @@ pub use platform::CacheDir;
 const KEEP: usize = 16;
 
 /// Where compiled guests go unless `--cache-dir` says otherwise:
-/// `$XDG_CACHE_HOME/wasi-echo` or `~/.cache/wasi-echo`; on macOS
-/// `~/Library/Caches/wasi-echo`; on Windows `%LOCALAPPDATA%\wasi-echo`.
+/// `$XDG_CACHE_HOME/wasi-tcp-host` or `~/.cache/wasi-tcp-host`; on macOS
+/// `~/Library/Caches/wasi-tcp-host`; on Windows `%LOCALAPPDATA%\wasi-tcp-host`.
 pub fn default_dir() -> Option<PathBuf> {
     let set = |var: &str| std::env::var_os(var).filter(|dir| !dir.is_empty()).map(PathBuf::from);
     let base = if cfg!(windows) {
@@ -50,7 +50,7 @@ pub fn default_dir() -> Option<PathBuf> {
     } else {
         set("XDG_CACHE_HOME").or_else(|| Some(set("HOME")?.join(".cache")))?
     };
-    Some(base.join("wasi-echo"))
+    Some(base.join("wasi-tcp-host"))
 }
 
 /// What an entry held.

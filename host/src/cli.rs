@@ -115,8 +115,9 @@ pub struct Args {
     #[arg(long, value_name = "DURATION")]
     pub send_timeout: Option<humantime::Duration>,
 
-    /// On SIGHUP the guest is swapped for a freshly loaded one; the old
-    /// instance serves its clients until they leave, or this long, e.g. 30s
+    /// After a swap (SIGHUP, or --watch) the old instance, and after a
+    /// graceful stop (SIGQUIT; Ctrl-Break on Windows) every instance, serves
+    /// the clients it has until they leave, or this long, e.g. 30s
     /// [default: 30s].
     #[arg(long, value_name = "DURATION")]
     pub drain_timeout: Option<humantime::Duration>,
@@ -137,9 +138,9 @@ pub struct Args {
     pub trace_data: bool,
 
     /// Where compiled guests are kept between runs, so that a guest file
-    /// is compiled once, not at every start [default: $XDG_CACHE_HOME/wasi-echo
-    /// or ~/.cache/wasi-echo; ~/Library/Caches/wasi-echo on macOS;
-    /// %LOCALAPPDATA%\wasi-echo on Windows].
+    /// is compiled once, not at every start [default: $XDG_CACHE_HOME/wasi-tcp-host
+    /// or ~/.cache/wasi-tcp-host; ~/Library/Caches/wasi-tcp-host on macOS;
+    /// %LOCALAPPDATA%\wasi-tcp-host on Windows].
     #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
     pub cache_dir: Option<PathBuf>,
 

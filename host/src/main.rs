@@ -7,6 +7,7 @@
 //! cargo run -p host -- guest.wasm          # your own component
 //! ```
 
+mod audit;
 mod cache;
 mod cli;
 mod cpu;
@@ -33,6 +34,7 @@ mod sandbox;
 mod settings;
 mod signals;
 mod sockets;
+mod supervise;
 mod swap;
 mod trace;
 mod wasi_version;
@@ -143,7 +145,7 @@ fn fail(e: anyhow::Error, _format: LogFormat) -> ExitCode {
 
 /// The same with JSON logs: one JSON object, the backtrace a field of it.
 fn fail_json(e: &anyhow::Error) {
-    let (message, backtrace) = run::split_first_line(e);
+    let (message, backtrace) = supervise::split_first_line(e);
     tracing::error!(event = "exit", backtrace, "wasi-tcp-host: error: {message}");
 }
 

@@ -131,7 +131,7 @@ pub struct Metrics {
     pub guest_failures: Family<FailureLabels, Counter>,
     pub swaps: Family<SwapLabels, Counter>,
     pub drains: Family<DrainLabels, Counter>,
-    /// The current instance's linear memory, over all its memories.
+    /// Every live instance's linear memory, over all its memories.
     pub guest_memory: Gauge<u64, AtomicU64>,
     pub guest_memory_limit: Gauge<u64, AtomicU64>,
     /// Compute time the guests used (in epoch ticks of 10 ms), in all.
@@ -219,7 +219,7 @@ impl Metrics {
         r.register("drains", "Drains of old instances, by outcome", self.drains.clone());
         r.register(
             "guest_memory_bytes",
-            "The current guest's linear memory",
+            "Linear memory of every guest instance alive (serving, starting, draining)",
             self.guest_memory.clone(),
         );
         r.register(

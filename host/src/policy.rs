@@ -1,14 +1,12 @@
 //! What the operator granted, and the one check every socket use passes.
 //!
-//! wasmtime-wasi calls [`Grants::check`] before each bind, listen, accept,
-//! connect and UDP use. Anything not granted is refused with
-//! `access-denied`, and the host says so in one log line that names the
-//! option which would grant it. Allowed binds, listens, accepts and
-//! connects are logged too: together they are the audit trail. A guest or
-//! a client can cause these at will, so each kind is written at most ten
-//! times a second, and the rest counted (`log_limit.rs`).
+//! [`Grants::check`] decides each bind, listen, accept, connect and UDP use:
+//! the host's own TCP calls it (`sockets/`), so does the per-client accept
+//! loop (`per_client/client.rs`), and wasmtime-wasi for UDP (its address
+//! check, installed by `sandbox.rs`). Anything not granted is refused with
+//! `access-denied`; `audit.rs` writes the decision to the log, with the
+//! words this module gives ([`describe`], [`Grants::how_to_grant`]).
 
-use crate::log_limit::Kind;
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -57,40 +55,6 @@ impl Grants {
         }
     }
 
-    /// The audit line for one decision.
-    pub fn log(&self, addr: SocketAddr, use_: SocketAddrUse, allowed: bool) {
-        if audit_kind(use_, allowed, addr).is_some_and(|kind| !kind.admit()) {
-            return;
-        }
-        let what = describe(use_);
-        match (allowed, use_) {
-            (true, SocketAddrUse::TcpBind) if !is_any_port_wildcard(addr) => {
-                tracing::info!(event = "bind", %addr, "guest bound {addr}")
-            }
-            (true, SocketAddrUse::TcpListen) => {
-                tracing::info!(event = "listen", %addr, "guest listening on {addr}")
-            }
-            (true, SocketAddrUse::TcpAccept) => {
-                tracing::info!(event = "accept", peer = %addr, "guest accepted a client from {addr}")
-            }
-            (true, SocketAddrUse::TcpConnect) => {
-                tracing::info!(event = "connect", %addr, "guest connecting to {addr}")
-            }
-            (true, SocketAddrUse::UdpBind) => {
-                tracing::info!(event = "udp-bind", %addr, "guest bound UDP {addr}")
-            }
-            // Per datagram (and the implicit bind of a connect): too many
-            // to log by default.
-            (true, _) => tracing::debug!(event = "allowed", %addr, "allowed: {what} {addr}"),
-            (false, _) => tracing::warn!(
-                event = "denied",
-                %addr,
-                "denied: {what} {addr} ({})",
-                self.how_to_grant(addr, use_)
-            ),
-        }
-    }
-
     /// The host's metrics address (every address on its port, if it
     /// listens on all of them).
     fn is_host_only(&self, addr: SocketAddr) -> bool {
@@ -99,7 +63,8 @@ impl Grants {
         })
     }
 
-    fn how_to_grant(&self, addr: SocketAddr, use_: SocketAddrUse) -> String {
+    /// Which option would grant a use the policy refused, in words.
+    pub fn how_to_grant(&self, addr: SocketAddr, use_: SocketAddrUse) -> String {
         if matches!(use_, SocketAddrUse::TcpConnect) && self.is_host_only(addr) {
             return "it is the host's own metrics address, which no grant reaches".to_string();
         }
@@ -157,7 +122,7 @@ fn join<T: std::fmt::Display>(items: &[T]) -> String {
 }
 
 /// `0.0.0.0:0` or `[::]:0`: the address a connect() binds to implicitly.
-fn is_any_port_wildcard(addr: SocketAddr) -> bool {
+pub fn is_any_port_wildcard(addr: SocketAddr) -> bool {
     addr.ip().is_unspecified() && addr.port() == 0
 }
 
@@ -167,36 +132,8 @@ fn listen_matches(granted: SocketAddr, actual: SocketAddr) -> bool {
     granted.ip() == actual.ip() && (granted.port() == 0 || granted.port() == actual.port())
 }
 
-/// The kind an audit line counts as, for the log's rate limit; None for
-/// the lines only `RUST_LOG=debug` shows (not limited: asked for).
-fn audit_kind(use_: SocketAddrUse, allowed: bool, addr: SocketAddr) -> Option<&'static Kind> {
-    static BOUND: Kind = Kind::info("binds");
-    static LISTENING: Kind = Kind::info("listens");
-    static ACCEPTED: Kind = Kind::info("accepted clients");
-    static CONNECTING: Kind = Kind::info("connects");
-    static UDP_BOUND: Kind = Kind::info("UDP binds");
-    static DENIED_BINDS: Kind = Kind::warn("denied TCP binds");
-    static DENIED_LISTENS: Kind = Kind::warn("denied TCP listens");
-    static DENIED_CLIENTS: Kind = Kind::warn("denied TCP clients");
-    static DENIED_CONNECTS: Kind = Kind::warn("denied TCP connects");
-    static DENIED_UDP: Kind = Kind::warn("denied UDP uses");
-    let kind = match (allowed, use_) {
-        (true, SocketAddrUse::TcpBind) if !is_any_port_wildcard(addr) => &BOUND,
-        (true, SocketAddrUse::TcpListen) => &LISTENING,
-        (true, SocketAddrUse::TcpAccept) => &ACCEPTED,
-        (true, SocketAddrUse::TcpConnect) => &CONNECTING,
-        (true, SocketAddrUse::UdpBind) => &UDP_BOUND,
-        (true, _) => return None,
-        (false, SocketAddrUse::TcpBind) => &DENIED_BINDS,
-        (false, SocketAddrUse::TcpListen) => &DENIED_LISTENS,
-        (false, SocketAddrUse::TcpAccept) => &DENIED_CLIENTS,
-        (false, SocketAddrUse::TcpConnect) => &DENIED_CONNECTS,
-        (false, _) => &DENIED_UDP,
-    };
-    Some(kind)
-}
-
-fn describe(use_: SocketAddrUse) -> &'static str {
+/// What a use of an address is, in words: "TCP bind to".
+pub fn describe(use_: SocketAddrUse) -> &'static str {
     match use_ {
         SocketAddrUse::TcpBind => "TCP bind to",
         SocketAddrUse::TcpListen => "TCP listen on",

@@ -21,7 +21,8 @@ use crate::observe;
 use crate::settings::{Restart, Settings};
 use crate::signals::{Received, Signals, SwapAsked};
 use crate::sockets::{activation, Caps, Listeners};
-use crate::swap::{self, Drained, Guest, Swap, SwapStep};
+use crate::supervise::{self, split_first_line, stopped, swap_failed, watched, Linked};
+use crate::swap::{self, Drained, Swap, SwapStep};
 use anyhow::Result;
 use std::collections::VecDeque;
 use std::process::ExitCode;
@@ -52,8 +53,7 @@ pub async fn run(mut settings: Settings, handed: Vec<Handed>) -> Result<ExitCode
     // Listen for the signals from the start, so that SIGINT and SIGTERM
     // always mean "stop gracefully" and never the default "die at once".
     let mut signals = Signals::install(watched(&settings))?;
-    crate::settings::check_descriptors(&settings.terms())?;
-    crate::limits::set_total_memory(settings.terms().guest_memory());
+    supervise::account(&settings)?;
     // Bound now, so that a port already in use is reported before the
     // guest loads; kept until the host exits, across guest instances.
     let handed = handed.into_iter().map(|h| h.socket).collect();
@@ -75,8 +75,8 @@ pub async fn run(mut settings: Settings, handed: Vec<Handed>) -> Result<ExitCode
         "running {name}; granted: {}; everything else is denied",
         settings.grants.summary()
     );
-    tracing::info!(event = "ledger", "ledger: {}", settings.terms().summary());
-    let guest = Guest::new(&engine, (&listeners, &caps), settings, &component)?;
+    supervise::announce(&settings);
+    let guest = Linked::new(&engine, (&listeners, &caps), settings, &component)?;
     let supervisor = Supervisor::new(guest);
     if let Some(metrics) = metrics {
         tokio::spawn(observe::serve(metrics, supervisor.readiness()));
@@ -84,21 +84,9 @@ pub async fn run(mut settings: Settings, handed: Vec<Handed>) -> Result<ExitCode
     supervisor.serve(signals).await
 }
 
-/// The guest file to watch, with `--watch`.
-pub(crate) fn watched(settings: &Settings) -> Option<&std::path::Path> {
-    settings.guest.as_deref().filter(|_| settings.watch)
-}
-
-pub(crate) fn stopped(signal: &str) -> ExitCode {
-    // Returning drops every instance (cancelling it wherever it is) and its
-    // store, which closes its sockets.
-    tracing::info!(event = "stop", "{signal} received: stopping the guest");
-    ExitCode::SUCCESS
-}
-
 struct Supervisor {
     /// What runs: settings, imports, guest (a swap may change all three).
-    guest: Guest,
+    guest: Linked,
     /// The id the next instance gets: newer instances have larger ids.
     next_id: u64,
     current: Current,
@@ -117,12 +105,18 @@ struct Supervisor {
 
 /// The instance offered new clients, or why there is none.
 enum Current {
+    /// None yet: the first starts when the supervisor serves.
+    NotStarted,
     Running(Instance),
     /// It failed; it starts again then.
     Restarting(Instant),
     /// It ended while a swap's new instance was starting: if the swap
     /// fails, this is what happens.
     AfterSwap(Decision),
+    /// It ended, and what follows is being decided (a restart, or the exit).
+    Ended,
+    /// The host stops gracefully: no instance is offered clients again.
+    Stopping,
 }
 
 /// What to do when the current instance has ended.
@@ -158,9 +152,9 @@ impl Current {
 }
 
 impl Supervisor {
-    fn new(guest: Guest) -> Self {
+    fn new(guest: Linked) -> Self {
         Supervisor {
-            current: Current::Restarting(Instant::now()),
+            current: Current::NotStarted,
             guest,
             next_id: 1,
             swap: None,
@@ -180,7 +174,7 @@ impl Supervisor {
     }
 
     /// Starts instance number `next_id` of `guest`.
-    fn start(&mut self, guest: &Guest) -> Instance {
+    fn start(&mut self, guest: &Linked) -> Instance {
         self.next_id += 1;
         Instance::start(&guest.shared, &guest.pre, self.next_id - 1)
     }
@@ -192,10 +186,12 @@ impl Supervisor {
         self.set_current(Current::Running(Instance::start(&shared, &pre, self.next_id - 1)));
     }
 
-    fn set_current(&mut self, current: Current) {
+    /// Makes `current` the current state; returns the one it replaces.
+    fn set_current(&mut self, current: Current) -> Current {
         self.serving.store(matches!(current, Current::Running(_)), Ordering::SeqCst);
-        self.current = current;
+        let old = std::mem::replace(&mut self.current, current);
         self.notify_readiness();
+        old
     }
 
     fn notify_readiness(&mut self) {
@@ -263,7 +259,7 @@ impl Supervisor {
 
     fn swap_later(&mut self, asked: SwapAsked) {
         let name = guest::name(self.guest.shared.sandbox.settings.guest.as_deref());
-        if let Some(next) = swap::asked_during_a_swap(asked, &name) {
+        if let Some(next) = supervise::asked_during_a_swap(asked, &name) {
             self.next_swap = Some(next);
         }
     }
@@ -298,7 +294,7 @@ impl Supervisor {
                     "{MAX_DRAINING} older guest instances still drain (at most --drain-timeout \
                      {timeout:?}); try again once one has finished"
                 );
-                swap::failed(&format!("{said}, but {why}"));
+                swap_failed(&format!("{said}, but {why}"));
                 self.notifier.reloaded(Err(&why));
             }
             SwapAsked::FileChanged(_) => {
@@ -393,7 +389,7 @@ impl Supervisor {
             Ok(guest) => guest,
             Err(e) => {
                 let why = format!("{e:#}");
-                swap::failed(&why);
+                swap_failed(&why);
                 self.notifier.reloaded(Err(&why));
                 self.swap_ended();
                 return;
@@ -416,16 +412,13 @@ impl Supervisor {
     /// The new instance listens everywhere: it is the current one, and its
     /// guest (and settings) are what runs from now on; the old one (if any)
     /// serves only the clients it has.
-    fn took_over(&mut self, new: Instance, guest: Guest) {
+    fn took_over(&mut self, new: Instance, guest: Linked) {
         self.guest.shared.sandbox.listeners.retire_through(new.tenant.id - 1);
         let timeout = self.guest.shared.sandbox.settings.drain_timeout;
-        let old = std::mem::replace(&mut self.current, Current::Running(new));
-        if let Current::Running(old) = old {
+        (self.guest, self.swap) = (guest, None);
+        if let Current::Running(old) = self.set_current(Current::Running(new)) {
             self.draining.spawn(swap::drain(old, timeout, "swap"));
         }
-        (self.guest, self.swap) = (guest, None);
-        let current = std::mem::replace(&mut self.current, Current::Restarting(Instant::now()));
-        self.set_current(current);
         self.notifier.reloaded(Ok(()));
         self.swap_ended();
     }
@@ -433,16 +426,14 @@ impl Supervisor {
     fn swap_failed(&mut self, why: &str) -> Option<Result<ExitCode>> {
         self.swap = None;
         self.notifier.reloaded(Err(why));
-        let Current::AfterSwap(_) = &self.current else {
+        if !matches!(self.current, Current::AfterSwap(_)) {
             self.swap_ended();
             return None;
-        };
-        let Current::AfterSwap(decision) =
-            std::mem::replace(&mut self.current, Current::Restarting(Instant::now()))
-        else {
-            unreachable!("matched above")
-        };
-        self.carry_out(decision)
+        }
+        match self.set_current(Current::Ended) {
+            Current::AfterSwap(decision) => self.carry_out(decision),
+            _ => None,
+        }
     }
 
     /// SIGQUIT (Ctrl-Break on Windows): no new clients for anyone (the host's listeners close);
@@ -461,7 +452,7 @@ impl Supervisor {
             self.draining.spawn(swap::drain(instance, timeout, "stop"));
         }
         let mut exit = Ok(ExitCode::SUCCESS);
-        match std::mem::replace(&mut self.current, Current::Restarting(Instant::now())) {
+        match self.set_current(Current::Stopping) {
             Current::Running(current) => {
                 self.draining.spawn(swap::drain(current, timeout, "stop"));
             }
@@ -511,15 +502,6 @@ fn ready(listeners: &Listeners, serving: &AtomicBool) -> Result<(), String> {
     match listeners.unserved() {
         Some(addr) => Err(format!("no guest listens on {addr} yet")),
         None => Ok(()),
-    }
-}
-
-/// An error's first line, and the rest (a trap's wasm backtrace).
-pub fn split_first_line(e: &anyhow::Error) -> (String, String) {
-    let text = format!("{e:#}");
-    match text.split_once('\n') {
-        Some((first, rest)) => (first.to_string(), rest.to_string()),
-        None => (text, String::new()),
     }
 }
 

@@ -155,7 +155,7 @@ impl GuestState {
         let udp_grants = Arc::clone(grants);
         wasi.socket_addr_check(move |addr, use_| {
             let allowed = udp_grants.check(addr, use_);
-            udp_grants.log(addr, use_, allowed);
+            crate::audit::log(&udp_grants, addr, use_, allowed);
             Box::pin(async move { allowed })
         });
         let options = sockets::Options {

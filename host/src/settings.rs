@@ -299,7 +299,8 @@ impl Settings {
         settings
     }
 
-    /// A copy (settings made without a source: nothing to read again).
+    /// A copy, read again from `source` on SIGHUP (None: nothing to read
+    /// again, as for settings a test made).
     fn clone_for_reload(&self, source: Option<Source>) -> Settings {
         Settings {
             guest: self.guest.clone(),

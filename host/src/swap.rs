@@ -20,108 +20,28 @@
 //! swap fails is served all the same (one the new instance had accepted
 //! goes with it). Each step is an audit event (`swap`).
 
-use crate::instance::{command_pre, Instance, Shared};
+use crate::instance::{Instance, Shared};
 use crate::metrics::{self, DrainOutcome, SwapOutcome};
-use crate::sandbox::{self, GuestState, Sandbox};
 use crate::settings::Settings;
 use crate::signals::SwapAsked;
-use crate::sockets::{Caps, Listeners};
+use crate::sockets::Listeners;
+use crate::supervise::{load_guest, reload_policy, swap_failed, Linked};
 use anyhow::Result;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use wasmtime::component::Component;
-use wasmtime::Engine;
-use wasmtime_wasi::p2::bindings::CommandPre;
-
-/// The guest `new` settings name: from the bytes `--watch` read, when it
-/// is still the file watched (the policy may have named another).
-pub async fn load_guest(
-    engine: &Engine,
-    old: &Settings,
-    new: &Settings,
-    read: Option<Arc<Vec<u8>>>,
-) -> Result<Component> {
-    let read = read.filter(|_| old.guest == new.guest);
-    crate::guest::load_in_background(engine, new.guest.as_deref(), read, new.cache_dir.as_deref())
-        .await
-}
-
-/// The settings as the policy file says now: read, and its host names
-/// resolved, on a thread for blocking work, never the one that serves
-/// (a policy file on a slow disk, or a name server that does not answer,
-/// must not stall the clients).
-pub async fn reload_policy(settings: &Arc<Settings>) -> Result<Settings> {
-    let settings = Arc::clone(settings);
-    crate::off_thread::run("policy-reader", move || settings.reloaded())
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the policy file again: {e}"))?
-}
-
-/// A swap asked for while one is under way: SIGHUP is ignored; a changed
-/// file (`--watch`) is kept, to be swapped in next (the newest one), so
-/// that what runs in the end is what the file holds.
-pub fn asked_during_a_swap(asked: SwapAsked, guest: &str) -> Option<SwapAsked> {
-    let said = asked.said(guest);
-    match asked {
-        SwapAsked::Hangup => {
-            tracing::warn!(event = "swap", "{said} while a swap is under way; ignored");
-            None
-        }
-        SwapAsked::FileChanged(_) => {
-            tracing::info!(event = "swap", "{said} while a swap is under way: swapping it in next");
-            Some(asked)
-        }
-    }
-}
 
 /// How long a new instance has to listen where the old one did.
 const LISTEN_WITHIN: Duration = Duration::from_secs(10);
-
-/// What runs: the settings and sandbox, and the guest linked for them.
-pub struct Guest {
-    pub shared: Arc<Shared>,
-    pub pre: CommandPre<GuestState>,
-}
-
-impl Guest {
-    /// `component`, linked for `settings`, with the host's engine, its
-    /// listeners and its caps.
-    pub fn new(
-        engine: &Engine,
-        (listeners, caps): (&Arc<Listeners>, &Caps),
-        settings: Settings,
-        component: &Component,
-    ) -> Result<Guest> {
-        let linker = sandbox::linker(engine, &settings)?;
-        let pre = command_pre(&linker, component)?;
-        let name = crate::guest::name(settings.guest.as_deref());
-        let argv = std::iter::once(name).chain(settings.guest_args.iter().cloned()).collect();
-        let sandbox = Sandbox {
-            grants: Arc::new(settings.grants.clone()),
-            settings: Arc::new(settings),
-            listeners: Arc::clone(listeners),
-            caps: caps.clone(),
-            argv,
-        };
-        let shared = Arc::new(Shared { engine: engine.clone(), sandbox });
-        Ok(Guest { shared, pre })
-    }
-
-    /// Another guest, with new settings, in the same host.
-    pub fn next(&self, settings: Settings, component: &Component) -> Result<Guest> {
-        let Shared { engine, sandbox } = &*self.shared;
-        Guest::new(engine, (&sandbox.listeners, &sandbox.caps), settings, component)
-    }
-}
 
 pub enum Swap {
     Loading(JoinHandle<Result<(Component, Settings)>>),
     Starting {
         instance: Instance,
-        guest: Guest,
-        /// The places (kept listeners) the old instance held.
+        guest: Linked,
+        /// The granted addresses (their indices) the old instance held.
         required: Vec<usize>,
         listeners: Arc<Listeners>,
         deadline: Instant,
@@ -130,7 +50,7 @@ pub enum Swap {
 
 pub enum SwapStep {
     Loaded(Component, Settings),
-    TookOver(Instance, Guest),
+    TookOver(Instance, Linked),
     Failed(String),
 }
 
@@ -152,7 +72,7 @@ impl Swap {
 
     pub fn starting(
         instance: Instance,
-        guest: Guest,
+        guest: Linked,
         required: Vec<usize>,
         listeners: &Arc<Listeners>,
     ) -> Swap {
@@ -177,7 +97,7 @@ pub async fn step(swap: &mut Option<Swap>) -> SwapStep {
             let tenant = Arc::clone(&instance.tenant);
             loop {
                 let listening = listeners.listened_on_by(tenant.id);
-                if required.iter().all(|place| listening.contains(place)) {
+                if required.iter().all(|granted| listening.contains(granted)) {
                     break;
                 }
                 tokio::select! {
@@ -210,14 +130,8 @@ pub async fn step(swap: &mut Option<Swap>) -> SwapStep {
     }
 }
 
-/// One line for a swap that did not happen; the running guest keeps going.
-pub fn failed(why: &str) {
-    metrics::swapped(SwapOutcome::Failed);
-    tracing::warn!(event = "swap", "swap failed: {why}; the running guest keeps serving");
-}
-
 fn fail(why: &str) -> SwapStep {
-    failed(why);
+    swap_failed(why);
     SwapStep::Failed(why.to_string())
 }
 

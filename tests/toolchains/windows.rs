@@ -131,14 +131,14 @@ pub fn the_built_in_guest_echoes_and_ctrl_c_stops_it(needs: Needs<'_>) {
     assert!(output.contains("INFO Ctrl-C received: stopping the guest"), "{output}");
 }
 
-/// A guest from a file: compiled once into %LOCALAPPDATA%\wasi-echo (in
+/// A guest from a file: compiled once into %LOCALAPPDATA%\wasi-tcp-host (in
 /// the Wine prefix's user profile), then loaded from there.
 pub fn a_guest_file_is_cached_under_localappdata(needs: Needs<'_>) {
     let prepared = host(needs);
     let users = prepared.prefix.join("drive_c/users");
     let caches = || -> Vec<PathBuf> {
         let users = std::fs::read_dir(&users).unwrap().flatten();
-        users.map(|u| u.path().join("AppData/Local/wasi-echo")).filter(|d| d.is_dir()).collect()
+        users.map(|u| u.path().join("AppData/Local/wasi-tcp-host")).filter(|d| d.is_dir()).collect()
     };
     caches().into_iter().for_each(|dir| std::fs::remove_dir_all(dir).unwrap());
     let guest = default_guest();
@@ -147,10 +147,10 @@ pub fn a_guest_file_is_cached_under_localappdata(needs: Needs<'_>) {
         let host = Host::start_command(prepared.command().args(args));
         assert_echoes(host.listen_addr(), b"from a file");
         let line = host.wait_for(says);
-        assert!(line.contains(r"AppData\Local\wasi-echo"), "run {run}: {line}");
+        assert!(line.contains(r"AppData\Local\wasi-tcp-host"), "run {run}: {line}");
     }
     let cached: Vec<_> = caches().iter().flat_map(|d| std::fs::read_dir(d).unwrap()).collect();
-    assert_eq!(cached.len(), 1, "one compiled guest in %LOCALAPPDATA%\\wasi-echo");
+    assert_eq!(cached.len(), 1, "one compiled guest in %LOCALAPPDATA%\\wasi-tcp-host");
 }
 
 /// The sandbox: a bind without --listen and a connect without

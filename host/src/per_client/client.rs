@@ -10,11 +10,11 @@
 use crate::instance::{run_once, Exited};
 use crate::log_limit::Kind;
 use crate::metrics::{self, TurnedAway};
-use crate::run::split_first_line;
+use crate::supervise::split_first_line;
 use crate::sandbox::Stdio;
 use crate::settings::{Settings, TraceDetail};
 use crate::sockets::{spare, Asker, Caps, ClientStdio, Connection, Owner, Place, Tenant, Timeouts};
-use crate::swap::Guest;
+use crate::supervise::Linked;
 use crate::trace::Tracer;
 use socket2::SockRef;
 use std::net::SocketAddr;
@@ -32,7 +32,7 @@ static GONE: Kind = Kind::info("guest instances stopped with their connection");
 
 pub struct Clients {
     /// What a new client's instance runs (SIGHUP replaces it).
-    guest: RwLock<Arc<Guest>>,
+    guest: RwLock<Arc<Linked>>,
     /// One permit for each instance alive: `--max-connections` of them.
     slots: Arc<Semaphore>,
     max: u32,
@@ -53,7 +53,7 @@ impl Drop for Alive {
 }
 
 impl Clients {
-    pub fn new(guest: Guest, settings: &Settings) -> Arc<Clients> {
+    pub fn new(guest: Linked, settings: &Settings) -> Arc<Clients> {
         let max = u32::try_from(settings.limits.max_connections)
             .unwrap_or(u32::MAX)
             .min(Semaphore::MAX_PERMITS as u32);
@@ -74,7 +74,7 @@ impl Clients {
     }
 
     /// Clients from now on get `guest`; the instances running keep theirs.
-    pub fn swap(&self, guest: Guest) {
+    pub fn swap(&self, guest: Linked) {
         *self.guest.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(guest);
         tracing::info!(
             event = "swap",
@@ -111,7 +111,7 @@ impl Clients {
         let guest = Arc::clone(&self.guest.read().unwrap_or_else(|e| e.into_inner()));
         let grants = &guest.shared.sandbox.grants;
         if !grants.check(peer, SocketAddrUse::TcpAccept) {
-            grants.log(peer, SocketAddrUse::TcpAccept, false);
+            crate::audit::log(&grants, peer, SocketAddrUse::TcpAccept, false);
             metrics::turned_away(TurnedAway::NotAllowed);
             return reset(&stream);
         }
@@ -123,7 +123,7 @@ impl Clients {
             let _ = stream.set_nodelay(true);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        grants.log(peer, SocketAddrUse::TcpAccept, true);
+        crate::audit::log(&grants, peer, SocketAddrUse::TcpAccept, true);
         self.alive.fetch_add(1, Ordering::Relaxed);
         let held = (slot, place, Alive(Arc::clone(&self.alive)));
         let span = tracing::info_span!("instance", client = %format_args!("#{id} {peer}"));
@@ -133,7 +133,7 @@ impl Clients {
 
 /// One client, from its instance's start to its connection's close.
 async fn serve(
-    guest: Arc<Guest>,
+    guest: Arc<Linked>,
     stream: TcpStream,
     peer: SocketAddr,
     id: u64,

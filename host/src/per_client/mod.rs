@@ -36,7 +36,7 @@ use crate::settings::Settings;
 use crate::signals::{Received, Signals, SwapAsked};
 use crate::sockets::activation::Handed;
 use crate::sockets::{Caps, Listeners};
-use crate::swap::Guest;
+use crate::supervise::{self, Linked};
 use anyhow::{Context, Result};
 use client::Clients;
 use std::process::ExitCode;
@@ -47,9 +47,8 @@ use wasmtime::component::Component;
 use wasmtime::Engine;
 
 pub async fn run(mut settings: Settings, handed: Vec<Handed>) -> Result<ExitCode> {
-    let mut signals = Signals::install(crate::run::watched(&settings))?;
-    crate::settings::check_descriptors(&settings.terms())?;
-    crate::limits::set_total_memory(settings.terms().guest_memory());
+    let mut signals = Signals::install(supervise::watched(&settings))?;
+    supervise::account(&settings)?;
     let listeners = listen::open(&settings.grants.listen, handed)?;
     let metrics = settings.metrics.map(observe::bind).transpose()?;
     if let Some(bound) = metrics.as_ref().and_then(|m| m.local_addr().ok()) {
@@ -64,7 +63,7 @@ pub async fn run(mut settings: Settings, handed: Vec<Handed>) -> Result<ExitCode
     let (path, cache) = (settings.guest.as_deref(), settings.cache_dir.as_deref());
     let component = tokio::select! {
         loaded = crate::guest::load_in_background(&engine, path, None, cache) => loaded?,
-        signal = signals.stop() => return Ok(crate::run::stopped(signal)),
+        signal = signals.stop() => return Ok(supervise::stopped(signal)),
     };
     let _ticker = EpochTicker::start(&engine)?;
     let name = crate::guest::name(settings.guest.as_deref());
@@ -74,7 +73,7 @@ pub async fn run(mut settings: Settings, handed: Vec<Handed>) -> Result<ExitCode
         link(&engine, &settings, &component, Caps::new(limits.max_connections, limits.max_files))?;
     tokio::select! {
         tried = trial::run(&guest) => tried.with_context(|| format!("{name} cannot serve"))?,
-        signal = signals.stop() => return Ok(crate::run::stopped(signal)),
+        signal = signals.stop() => return Ok(supervise::stopped(signal)),
     }
     let clients = Clients::new(guest, &settings);
     tracing::info!(
@@ -83,7 +82,7 @@ pub async fn run(mut settings: Settings, handed: Vec<Handed>) -> Result<ExitCode
         settings.threads,
         settings.grants.summary()
     );
-    tracing::info!(event = "ledger", "ledger: {}", settings.terms().summary());
+    supervise::announce(&settings);
     let accepting: Vec<JoinHandle<()>> =
         listeners.into_iter().map(|l| tokio::spawn(Arc::clone(&clients).accept(l))).collect();
     let stopping = Arc::new(AtomicBool::new(false));
@@ -103,9 +102,9 @@ pub async fn run(mut settings: Settings, handed: Vec<Handed>) -> Result<ExitCode
 /// no listen address of its own (the host listens) and nothing to lend.
 /// The one socket cap (`cap`) counts the clients' connections and the
 /// sockets the instances open, whichever guest they run.
-fn link(engine: &Engine, settings: &Settings, component: &Component, caps: Caps) -> Result<Guest> {
+fn link(engine: &Engine, settings: &Settings, component: &Component, caps: Caps) -> Result<Linked> {
     let none = Listeners::open(&[], Vec::new())?;
-    Guest::new(engine, (&none, &caps), settings.for_each_client(), component)
+    Linked::new(engine, (&none, &caps), settings.for_each_client(), component)
 }
 
 /// A guest that opens TCP sockets serves clients itself: one instance per
@@ -132,11 +131,11 @@ struct Server {
 }
 
 /// SIGHUP: the guest and the policy, loading.
-type Loading = JoinHandle<Result<(Guest, Arc<Settings>)>>;
+type Loading = JoinHandle<Result<(Linked, Arc<Settings>)>>;
 
 enum Event {
     Signal(Received),
-    Loaded(Result<(Guest, Arc<Settings>)>),
+    Loaded(Result<(Linked, Arc<Settings>)>),
 }
 
 async fn loaded(loading: &mut Option<Loading>) -> Event {
@@ -166,7 +165,7 @@ impl Server {
             match event {
                 Event::Signal(Received::Stop(signal)) => {
                     notifier.stopping(&format!("{signal} received: stopping"));
-                    return Ok(crate::run::stopped(signal));
+                    return Ok(supervise::stopped(signal));
                 }
                 Event::Signal(Received::Quit(signal)) => {
                     notifier.stopping(&format!("{signal} received: serving the clients connected"));
@@ -174,7 +173,7 @@ impl Server {
                 }
                 Event::Signal(Received::Swap(asked)) if loading.is_some() => {
                     let name = crate::guest::name(self.settings.guest.as_deref());
-                    next = crate::swap::asked_during_a_swap(asked, &name).or(next);
+                    next = supervise::asked_during_a_swap(asked, &name).or(next);
                 }
                 Event::Signal(Received::Swap(asked)) => {
                     notifier.reloading();
@@ -187,7 +186,7 @@ impl Server {
                 }
                 Event::Loaded(Err(e)) => {
                     let why = format!("{e:#}");
-                    crate::swap::failed(&why);
+                    supervise::swap_failed(&why);
                     notifier.reloaded(Err(&why));
                 }
             }
@@ -203,8 +202,8 @@ impl Server {
         let (engine, settings) = (self.engine.clone(), Arc::clone(&self.settings));
         let (caps, read) = (self.clients.caps(), asked.bytes());
         tokio::spawn(async move {
-            let new = crate::swap::reload_policy(&settings).await?;
-            let component = crate::swap::load_guest(&engine, &settings, &new, read).await?;
+            let new = supervise::reload_policy(&settings).await?;
+            let component = supervise::load_guest(&engine, &settings, &new, read).await?;
             let guest = link(&engine, &new, &component, caps)?;
             trial::run(&guest).await.context("the new guest cannot serve")?;
             Ok((guest, Arc::new(new)))

@@ -11,7 +11,7 @@
 use crate::instance::run_once;
 use crate::sandbox::Stdio;
 use crate::sockets::{Tenant, TrialStdio};
-use crate::swap::Guest;
+use crate::supervise::Linked;
 use anyhow::{bail, Result};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +23,7 @@ const TRIAL_WITHIN: Duration = Duration::from_secs(10);
 const TRIAL_ID: u64 = 0;
 
 /// Runs `guest`'s trial instance; Err says how it failed.
-pub async fn run(guest: &Guest) -> Result<()> {
+pub async fn run(guest: &Linked) -> Result<()> {
     let stdio = TrialStdio::default();
     let shared = Arc::clone(&guest.shared);
     let instance =

@@ -5,7 +5,7 @@
 use super::bindings::wasi::sockets::tcp::{self, ShutdownType};
 use super::bindings::wasi::sockets::tcp_create_socket;
 use super::options::Opt;
-use super::poll::Watch;
+use super::poll::WaitFor;
 use super::streams::{Reader, Writer};
 use super::tcp::{Op, TcpSocket};
 use super::{Asker, ErrorCode, SocketsView};
@@ -78,8 +78,8 @@ impl SocketsView<'_> {
         let conn = Arc::clone(reader.connection());
         let input = self.table.push(Box::new(reader) as DynInputStream)?;
         let output = self.table.push(Box::new(writer) as DynOutputStream)?;
-        self.ctx.watched.stream(input.rep(), Watch::Readable(Arc::clone(&conn)));
-        self.ctx.watched.stream(output.rep(), Watch::Writable(conn));
+        self.ctx.waits.stream(input.rep(), WaitFor::Readable(Arc::clone(&conn)));
+        self.ctx.waits.stream(output.rep(), WaitFor::Writable(conn));
         Ok((input, output))
     }
 }
@@ -338,7 +338,7 @@ impl tcp::HostTcpSocket for SocketsView<'_> {
     fn subscribe(&mut self, this: Resource<TcpSocket>) -> wasmtime::Result<Resource<DynPollable>> {
         let socket = this.rep();
         let pollable = wasmtime_wasi::p2::subscribe(self.table, this)?;
-        self.ctx.watched.pollable(pollable.rep(), Watch::Socket(socket));
+        self.ctx.waits.pollable(pollable.rep(), WaitFor::Socket(socket));
         Ok(pollable)
     }
 

@@ -32,9 +32,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll, Waker};
 use tokio::sync::watch;
 
-/// The host's listeners, one place per `--listen` grant.
+/// The host's listeners, one for each `--listen` grant.
 pub struct Listeners {
-    places: Vec<Mutex<Place>>,
+    granted: Vec<Mutex<Granted>>,
     /// Instances with ids up to this one are offered no client again: they
     /// drain (after a swap), or the host stops gracefully.
     retired: AtomicU64,
@@ -42,7 +42,9 @@ pub struct Listeners {
     turns: watch::Sender<()>,
 }
 
-struct Place {
+/// One granted address: the listener the host keeps there, and the guest
+/// instances it is lent to.
+struct Granted {
     grant: SocketAddr,
     kept: Option<Arc<Listener>>,
     /// Handed over by a service manager (socket activation): its socket
@@ -104,7 +106,7 @@ impl Turn {
     }
 }
 
-impl Place {
+impl Granted {
     /// Gives the turn to the newest holder that listens and is not retired,
     /// and the listener that holder's backlog (the host's, if none).
     fn pass_turn(&self, retired: u64, turns: &watch::Sender<()>) {
@@ -138,7 +140,7 @@ impl Listeners {
             .into_iter()
             .map(|socket| Ok((socket.local_addr()?.as_socket(), socket)))
             .collect::<std::io::Result<Vec<_>>>()?;
-        let mut places = Vec::new();
+        let mut granted = Vec::new();
         for &grant in grants {
             let handed = activated.iter().position(|(addr, _)| *addr == Some(grant));
             let socket = match (handed, grant.port()) {
@@ -149,7 +151,7 @@ impl Listeners {
             let kept = socket.map(Listener::new).transpose().context("registering a listener")?;
             let turn = Arc::new(Turn { current: AtomicU64::new(0), waiting: Mutex::default() });
             let handed = handed.is_some();
-            places.push(Mutex::new(Place { grant, kept, handed, holders: Vec::new(), turn }));
+            granted.push(Mutex::new(Granted { grant, kept, handed, holders: Vec::new(), turn }));
         }
         if let Some((addr, _)) = activated.first() {
             bail!(
@@ -159,7 +161,7 @@ impl Listeners {
         }
         spare::reserve();
         let turns = watch::Sender::new(());
-        Ok(Arc::new(Listeners { places, retired: AtomicU64::new(0), turns }))
+        Ok(Arc::new(Listeners { granted, retired: AtomicU64::new(0), turns }))
     }
 
     /// At bind(addr) by guest instance `holder`: a kept listener for this
@@ -172,7 +174,7 @@ impl Listeners {
         addr: SocketAddr,
         holder: u64,
     ) -> Option<Result<Lease, ErrorCode>> {
-        let (index, mut place) = self.place_covering(addr)?;
+        let (index, mut place) = self.granted_covering(addr)?;
         let taken = place.holders.last().is_some_and(|newest| newest.id >= holder);
         let listener = match (&place.kept, taken) {
             (Some(listener), false) => Arc::clone(listener),
@@ -189,8 +191,8 @@ impl Listeners {
         Some(Ok(self.lease(index, &place, listener, holder)))
     }
 
-    fn place_covering(&self, addr: SocketAddr) -> Option<(usize, MutexGuard<'_, Place>)> {
-        self.places.iter().enumerate().find_map(|(index, place)| {
+    fn granted_covering(&self, addr: SocketAddr) -> Option<(usize, MutexGuard<'_, Granted>)> {
+        self.granted.iter().enumerate().find_map(|(index, place)| {
             let place = lock(place);
             let kept_port = place.kept.as_ref().map(|l| l.local_addr().port());
             let covers = place.grant.ip() == addr.ip()
@@ -202,7 +204,7 @@ impl Listeners {
     fn lease(
         self: &Arc<Self>,
         index: usize,
-        place: &Place,
+        place: &Granted,
         listener: Arc<Listener>,
         holder: u64,
     ) -> Lease {
@@ -211,41 +213,41 @@ impl Listeners {
         Lease { listener, place: Some(kept) }
     }
 
-    /// Changes one place's holders, then passes its turn on.
+    /// Changes one granted address's holders, then passes its turn on.
     fn update(&self, index: usize, change: impl FnOnce(&mut Vec<Holder>)) {
-        let mut place = lock(&self.places[index]);
+        let mut place = lock(&self.granted[index]);
         change(&mut place.holders);
         place.pass_turn(self.retired.load(Ordering::SeqCst), &self.turns);
     }
 
-    /// The places guest instance `holder` holds a lease on.
+    /// The granted addresses (their indices) guest instance `holder` holds a lease on.
     pub fn held_by(&self, holder: u64) -> Vec<usize> {
-        let holds = |(index, place): (usize, &Mutex<Place>)| {
+        let holds = |(index, place): (usize, &Mutex<Granted>)| {
             lock(place).holders.iter().any(|h| h.id == holder).then_some(index)
         };
-        self.places.iter().enumerate().filter_map(holds).collect()
+        self.granted.iter().enumerate().filter_map(holds).collect()
     }
 
-    /// The places where guest instance `holder` listens now.
+    /// The granted addresses where guest instance `holder` listens now.
     pub fn listened_on_by(&self, holder: u64) -> Vec<usize> {
-        let listens = |(index, place): (usize, &Mutex<Place>)| {
+        let listens = |(index, place): (usize, &Mutex<Granted>)| {
             let place = lock(place);
             place.holders.iter().any(|h| h.id == holder && h.listening).then_some(index)
         };
-        self.places.iter().enumerate().filter_map(listens).collect()
+        self.granted.iter().enumerate().filter_map(listens).collect()
     }
 
-    /// The places with a listener the host keeps.
+    /// The granted addresses with a listener the host keeps.
     pub fn kept(&self) -> Vec<usize> {
         let kept =
-            |(index, place): (usize, &Mutex<Place>)| lock(place).kept.is_some().then_some(index);
-        self.places.iter().enumerate().filter_map(kept).collect()
+            |(index, place): (usize, &Mutex<Granted>)| lock(place).kept.is_some().then_some(index);
+        self.granted.iter().enumerate().filter_map(kept).collect()
     }
 
     /// Offers no client to instance `id` or any older one from now on.
     pub fn retire_through(&self, id: u64) {
         self.retired.fetch_max(id, Ordering::SeqCst);
-        for index in 0..self.places.len() {
+        for index in 0..self.granted.len() {
             self.update(index, |_| {});
         }
     }
@@ -256,7 +258,7 @@ impl Listeners {
     /// handed over stays open: it queues clients for the next start).
     pub fn stop_offering(&self) {
         self.retire_through(u64::MAX);
-        for place in &self.places {
+        for place in &self.granted {
             let place = lock(place);
             if let (Some(listener), false) = (&place.kept, place.handed) {
                 Listener::close(listener);
@@ -267,7 +269,7 @@ impl Listeners {
     /// The first granted address no guest instance serves now (no listener
     /// kept there yet, or none with its turn); None when all are served.
     pub fn unserved(&self) -> Option<SocketAddr> {
-        self.places.iter().map(lock).find_map(|place| {
+        self.granted.iter().map(lock).find_map(|place| {
             let served = place.kept.is_some() && place.turn.current.load(Ordering::SeqCst) != 0;
             (!served).then_some(place.grant)
         })
@@ -278,9 +280,9 @@ impl Listeners {
         self.turns.subscribe()
     }
 
-    /// The granted address of a place, for log lines.
+    /// A granted address, by its index, for log lines.
     pub fn grant(&self, index: usize) -> SocketAddr {
-        lock(&self.places[index]).grant
+        lock(&self.granted[index]).grant
     }
 }
 
@@ -304,8 +306,9 @@ impl Lease {
         Lease { listener, place: None }
     }
 
-    /// The place of a listener the host keeps; None for the guest's own.
-    pub fn kept_place(&self) -> Option<usize> {
+    /// The granted address (its index) of a listener the host keeps; None
+    /// for the guest's own.
+    pub fn kept_address(&self) -> Option<usize> {
         self.place.as_ref().map(|kept| kept.index)
     }
 
@@ -368,7 +371,7 @@ impl Drop for Lease {
     }
 }
 
-fn lock(place: &Mutex<Place>) -> MutexGuard<'_, Place> {
+fn lock(place: &Mutex<Granted>) -> MutexGuard<'_, Granted> {
     place.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -95,7 +95,7 @@ pub struct SocketsCtx {
     nodelay: bool,
     tracer: Option<Tracer>,
     /// The host's own streams and pollables (`poll.rs`).
-    watched: poll::Watched,
+    waits: poll::Waits,
     /// This guest instance, as the listeners and the supervisor see it.
     tenant: Arc<Tenant>,
     timeouts: Timeouts,
@@ -124,7 +124,7 @@ impl SocketsCtx {
         options: Options,
     ) -> Self {
         let Options { nodelay, tracer, timeouts } = options;
-        let (watched, instance) = (Default::default(), watch::Sender::new(()));
+        let (waits, instance) = (Default::default(), watch::Sender::new(()));
         let held_by_streams = Default::default();
         SocketsCtx {
             grants,
@@ -133,7 +133,7 @@ impl SocketsCtx {
             cap,
             nodelay,
             tracer,
-            watched,
+            waits,
             timeouts,
             instance,
             held_by_streams,
@@ -161,14 +161,14 @@ impl SocketsCtx {
     fn allowed(&self, addr: SocketAddr, use_: SocketAddrUse) -> bool {
         let allowed = self.grants.check(addr, use_);
         if !allowed {
-            self.grants.log(addr, use_, false);
+            crate::audit::log(&self.grants, addr, use_, false);
         }
         allowed
     }
 
     /// The audit line for an allowed use that succeeded.
     fn done(&self, addr: SocketAddr, use_: SocketAddrUse) {
-        self.grants.log(addr, use_, true);
+        crate::audit::log(&self.grants, addr, use_, true);
     }
 }
 

@@ -32,7 +32,7 @@ use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable};
 
 /// What one of the host's pollables (or streams) waits for.
 #[derive(Clone)]
-pub enum Watch {
+pub enum WaitFor {
     Readable(Arc<Connection>),
     Writable(Arc<Connection>),
     /// A TCP socket (by its handle): a connect finishing, a client to accept.
@@ -41,7 +41,7 @@ pub enum Watch {
 
 /// The host's own streams and pollables, by handle.
 #[derive(Default)]
-pub struct Watched {
+pub struct Waits {
     streams: ByHandle,
     pollables: ByHandle,
     /// Polls answered without waiting, in a row.
@@ -56,19 +56,19 @@ pub struct Watched {
 /// meanwhile is seen.
 const AT_ONCE_BEFORE_A_LOOK: u32 = 32;
 
-impl Watched {
-    pub fn stream(&mut self, rep: u32, watch: Watch) {
-        self.streams.insert(rep, watch);
+impl Waits {
+    pub fn stream(&mut self, rep: u32, wait: WaitFor) {
+        self.streams.insert(rep, wait);
     }
 
-    pub fn pollable(&mut self, rep: u32, watch: Watch) {
-        self.pollables.insert(rep, watch);
+    pub fn pollable(&mut self, rep: u32, wait: WaitFor) {
+        self.pollables.insert(rep, wait);
     }
 
     /// The connection behind an output stream, if the stream is the host's.
     pub fn output(&self, rep: u32) -> Option<&Arc<Connection>> {
         match self.streams.get(rep) {
-            Some(Watch::Writable(conn)) => Some(conn),
+            Some(WaitFor::Writable(conn)) => Some(conn),
             _ => None,
         }
     }
@@ -80,18 +80,18 @@ impl Watched {
 /// list on every call, and this is one bounds check where a hash map
 /// hashed each one.
 #[derive(Default)]
-struct ByHandle(Vec<Option<Watch>>);
+struct ByHandle(Vec<Option<WaitFor>>);
 
 impl ByHandle {
-    fn insert(&mut self, rep: u32, watch: Watch) {
+    fn insert(&mut self, rep: u32, wait: WaitFor) {
         let index = rep as usize;
         if index >= self.0.len() {
             self.0.resize(index + 1, None);
         }
-        self.0[index] = Some(watch);
+        self.0[index] = Some(wait);
     }
 
-    fn get(&self, rep: u32) -> Option<&Watch> {
+    fn get(&self, rep: u32) -> Option<&WaitFor> {
         self.0.get(rep as usize)?.as_ref()
     }
 
@@ -106,10 +106,10 @@ impl SocketsView<'_> {
     /// Whether the host's own `pollable` is ready, registering `cx` to be
     /// woken when it may be; None for a pollable that is not the host's.
     fn poll_own(&mut self, pollable: u32, cx: &mut Context<'_>) -> wasmtime::Result<Option<bool>> {
-        let ready = match self.ctx.watched.pollables.get(pollable) {
-            Some(Watch::Readable(conn)) => conn.poll_readable(cx),
-            Some(Watch::Writable(conn)) => conn.poll_writable(cx),
-            Some(Watch::Socket(socket)) => {
+        let ready = match self.ctx.waits.pollables.get(pollable) {
+            Some(WaitFor::Readable(conn)) => conn.poll_readable(cx),
+            Some(WaitFor::Writable(conn)) => conn.poll_writable(cx),
+            Some(WaitFor::Socket(socket)) => {
                 let socket = Resource::<TcpSocket>::new_borrow(*socket);
                 self.table.get_mut(&socket)?.poll_ready(cx)
             }
@@ -128,15 +128,15 @@ async fn poll(
         // The spec: poll traps on an empty list (it could never return).
         wasmtime::bail!("empty poll list");
     }
-    if view.ctx.watched.answered_at_once >= AT_ONCE_BEFORE_A_LOOK {
-        view.ctx.watched.answered_at_once = 0;
+    if view.ctx.waits.answered_at_once >= AT_ONCE_BEFORE_A_LOOK {
+        view.ctx.waits.answered_at_once = 0;
         tokio::task::yield_now().await;
     }
     let mut waited = false;
     let ready = noting_a_wait(&mut waited, answer(&mut view, &pollables)).await?;
-    view.ctx.watched.answered_at_once = match waited {
+    view.ctx.waits.answered_at_once = match waited {
         true => 0,
-        false => view.ctx.watched.answered_at_once + 1,
+        false => view.ctx.waits.answered_at_once + 1,
     };
     if let Some(tracer) = &view.ctx.tracer {
         tracer.poll(pollables.len(), &ready);
@@ -148,7 +148,7 @@ async fn answer(
     view: &mut SocketsView<'_>,
     pollables: &[Resource<DynPollable>],
 ) -> wasmtime::Result<Vec<u32>> {
-    match pollables.iter().all(|p| view.ctx.watched.pollables.get(p.rep()).is_some()) {
+    match pollables.iter().all(|p| view.ctx.waits.pollables.get(p.rep()).is_some()) {
         // Every pollable is the host's: one pass asks each, leaving the
         // task's waker with those not ready, and answers at once if any is.
         true => poll_fn(|cx| wait_own(view, pollables, cx)).await,
@@ -221,7 +221,7 @@ pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()> {
     )?;
     io.resource("pollable", ResourceType::host::<DynPollable>(), |mut store, rep| {
         let view = store.data_mut().tcp();
-        view.ctx.watched.pollables.remove(rep);
+        view.ctx.waits.pollables.remove(rep);
         HostPollable::drop(view.table, Resource::new_own(rep))
     })?;
     add_streams_to_linker(linker)
@@ -234,10 +234,10 @@ fn add_streams_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()
         "[method]input-stream.subscribe",
         |mut store: StoreContextMut<T>, (stream,): (Resource<DynInputStream>,)| {
             let view = store.data_mut().tcp();
-            let watch = view.ctx.watched.streams.get(stream.rep()).cloned();
+            let wait = view.ctx.waits.streams.get(stream.rep()).cloned();
             let pollable = HostInputStream::subscribe(view.table, stream)?;
-            if let Some(watch) = watch {
-                view.ctx.watched.pollables.insert(pollable.rep(), watch);
+            if let Some(wait) = wait {
+                view.ctx.waits.pollables.insert(pollable.rep(), wait);
             }
             Ok((pollable,))
         },
@@ -246,10 +246,10 @@ fn add_streams_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()
         "[method]output-stream.subscribe",
         |mut store: StoreContextMut<T>, (stream,): (Resource<DynOutputStream>,)| {
             let view = store.data_mut().tcp();
-            let watch = view.ctx.watched.streams.get(stream.rep()).cloned();
+            let wait = view.ctx.waits.streams.get(stream.rep()).cloned();
             let pollable = HostOutputStream::subscribe(view.table, stream)?;
-            if let Some(watch) = watch {
-                view.ctx.watched.pollables.insert(pollable.rep(), watch);
+            if let Some(wait) = wait {
+                view.ctx.waits.pollables.insert(pollable.rep(), wait);
             }
             Ok((pollable,))
         },
@@ -260,7 +260,7 @@ fn add_streams_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()
         |mut store, rep| {
             Box::new(async move {
                 let view = store.data_mut().tcp();
-                view.ctx.watched.streams.remove(rep);
+                view.ctx.waits.streams.remove(rep);
                 view.ctx.held_by_streams.remove(&rep);
                 HostInputStream::drop(view.table, Resource::new_own(rep)).await
             })
@@ -272,7 +272,7 @@ fn add_streams_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()
         |mut store, rep| {
             Box::new(async move {
                 let view = store.data_mut().tcp();
-                view.ctx.watched.streams.remove(rep);
+                view.ctx.waits.streams.remove(rep);
                 view.ctx.held_by_streams.remove(&rep);
                 HostOutputStream::drop(view.table, Resource::new_own(rep)).await
             })

@@ -25,7 +25,7 @@ pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()> {
         |mut store: StoreContextMut<T>,
          (stream, contents): (Resource<DynOutputStream>, WasmList<u8>)| {
             let view = store.data_mut().tcp();
-            let result = match view.ctx.watched.output(stream.rep()).cloned() {
+            let result = match view.ctx.waits.output(stream.rep()).cloned() {
                 Some(conn) => {
                     let tracer = view.ctx.tracer;
                     streams::write(&conn, tracer, contents.as_le_slice(&store))

@@ -172,7 +172,7 @@ impl TcpSocket {
             _ => unreachable!("checked above"),
         };
         let (lease, mirror) = result?;
-        if lease.kept_place().is_some() {
+        if lease.kept_address().is_some() {
             ctx.tenant.listened();
         }
         ctx.done(local, SocketAddrUse::TcpListen);
@@ -273,14 +273,14 @@ impl TcpSocket {
             let place = match ctx.grants.check(peer, SocketAddrUse::TcpAccept) {
                 true => ctx.cap.take(Asker::Client(peer)),
                 false => {
-                    ctx.grants.log(peer, SocketAddrUse::TcpAccept, false);
+                    crate::audit::log(&ctx.grants, peer, SocketAddrUse::TcpAccept, false);
                     metrics::turned_away(TurnedAway::NotAllowed);
                     None
                 }
             };
             match place {
                 Some(place) => {
-                    return self.accepted(ctx, (client, peer), place, lease.kept_place())
+                    return self.accepted(ctx, (client, peer), place, lease.kept_address())
                 }
                 None => reset(client),
             }
@@ -409,7 +409,7 @@ impl TcpSocket {
     pub fn close_kept_listener(&self) -> Option<(SocketAddr, usize)> {
         match &self.state {
             State::Listening { lease, .. }
-                if lease.kept_place().is_some() && lease.is_current() =>
+                if lease.kept_address().is_some() && lease.is_current() =>
             {
                 Some((lease.listener.local_addr(), lease.listener.reset_waiting()))
             }

@@ -1,0 +1,140 @@
+//! What both supervisors stand on (`run.rs`, one instance at a time, and
+//! `per_client/`, an instance per client): the guest linked for its
+//! settings, loading it and the policy again for a swap (off the serving
+//! thread), the one line a swap that failed writes, what a swap asked for
+//! while one is under way becomes, the start-up accounting, a stop, and an
+//! error's first line. Neither supervisor uses the other.
+
+use crate::instance::{command_pre, Shared};
+use crate::metrics::{self, SwapOutcome};
+use crate::sandbox::{self, GuestState, Sandbox};
+use crate::settings::Settings;
+use crate::signals::SwapAsked;
+use crate::sockets::{Caps, Listeners};
+use anyhow::Result;
+use std::process::ExitCode;
+use std::sync::Arc;
+use wasmtime::component::Component;
+use wasmtime::Engine;
+use wasmtime_wasi::p2::bindings::CommandPre;
+
+/// Checks that the process may open the descriptors the policy needs, sets
+/// the process-wide total of the guests' memory, and says both (the
+/// ledger, `ledger.rs`). Before anything is served.
+pub fn account(settings: &Settings) -> Result<()> {
+    let terms = settings.terms();
+    crate::settings::check_descriptors(&terms)?;
+    crate::limits::set_total_memory(terms.guest_memory());
+    Ok(())
+}
+
+/// The start-up line that says the ledger's totals.
+pub fn announce(settings: &Settings) {
+    tracing::info!(event = "ledger", "ledger: {}", settings.terms().summary());
+}
+
+/// What runs: the settings and sandbox, and the guest linked for them.
+pub struct Linked {
+    pub shared: Arc<Shared>,
+    pub pre: CommandPre<GuestState>,
+}
+
+impl Linked {
+    /// `component`, linked for `settings`, with the host's engine, its
+    /// listeners and its caps.
+    pub fn new(
+        engine: &Engine,
+        (listeners, caps): (&Arc<Listeners>, &Caps),
+        settings: Settings,
+        component: &Component,
+    ) -> Result<Linked> {
+        let linker = sandbox::linker(engine, &settings)?;
+        let pre = command_pre(&linker, component)?;
+        let name = crate::guest::name(settings.guest.as_deref());
+        let argv = std::iter::once(name).chain(settings.guest_args.iter().cloned()).collect();
+        let sandbox = Sandbox {
+            grants: Arc::new(settings.grants.clone()),
+            settings: Arc::new(settings),
+            listeners: Arc::clone(listeners),
+            caps: caps.clone(),
+            argv,
+        };
+        let shared = Arc::new(Shared { engine: engine.clone(), sandbox });
+        Ok(Linked { shared, pre })
+    }
+
+    /// Another guest, with new settings, in the same host.
+    pub fn next(&self, settings: Settings, component: &Component) -> Result<Linked> {
+        let Shared { engine, sandbox } = &*self.shared;
+        Linked::new(engine, (&sandbox.listeners, &sandbox.caps), settings, component)
+    }
+}
+
+/// The guest `new` settings name: from the bytes `--watch` read, when it
+/// is still the file watched (the policy may have named another).
+pub async fn load_guest(
+    engine: &Engine,
+    old: &Settings,
+    new: &Settings,
+    read: Option<Arc<Vec<u8>>>,
+) -> Result<Component> {
+    let read = read.filter(|_| old.guest == new.guest);
+    crate::guest::load_in_background(engine, new.guest.as_deref(), read, new.cache_dir.as_deref())
+        .await
+}
+
+/// The settings as the policy file says now: read, and its host names
+/// resolved, on a thread for blocking work, never the one that serves
+/// (a policy file on a slow disk, or a name server that does not answer,
+/// must not stall the clients).
+pub async fn reload_policy(settings: &Arc<Settings>) -> Result<Settings> {
+    let settings = Arc::clone(settings);
+    crate::off_thread::run("policy-reader", move || settings.reloaded())
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the policy file again: {e}"))?
+}
+
+/// A swap asked for while one is under way: SIGHUP is ignored; a changed
+/// file (`--watch`) is kept, to be swapped in next (the newest one), so
+/// that what runs in the end is what the file holds.
+pub fn asked_during_a_swap(asked: SwapAsked, guest: &str) -> Option<SwapAsked> {
+    let said = asked.said(guest);
+    match asked {
+        SwapAsked::Hangup => {
+            tracing::warn!(event = "swap", "{said} while a swap is under way; ignored");
+            None
+        }
+        SwapAsked::FileChanged(_) => {
+            tracing::info!(event = "swap", "{said} while a swap is under way: swapping it in next");
+            Some(asked)
+        }
+    }
+}
+
+/// One line for a swap that did not happen; the running guest keeps going.
+pub fn swap_failed(why: &str) {
+    metrics::swapped(SwapOutcome::Failed);
+    tracing::warn!(event = "swap", "swap failed: {why}; the running guest keeps serving");
+}
+
+/// The guest file to watch, with `--watch`.
+pub(crate) fn watched(settings: &Settings) -> Option<&std::path::Path> {
+    settings.guest.as_deref().filter(|_| settings.watch)
+}
+
+pub(crate) fn stopped(signal: &str) -> ExitCode {
+    // Returning drops every instance (cancelling it wherever it is) and its
+    // store, which closes its sockets.
+    tracing::info!(event = "stop", "{signal} received: stopping the guest");
+    ExitCode::SUCCESS
+}
+
+/// An error's first line, and the rest (a trap's wasm backtrace).
+pub fn split_first_line(e: &anyhow::Error) -> (String, String) {
+    let text = format!("{e:#}");
+    match text.split_once('\n') {
+        Some((first, rest)) => (first.to_string(), rest.to_string()),
+        None => (text, String::new()),
+    }
+}
+

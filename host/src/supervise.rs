@@ -137,4 +137,3 @@ pub fn split_first_line(e: &anyhow::Error) -> (String, String) {
         None => (text, String::new()),
     }
 }
-

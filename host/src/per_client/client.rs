@@ -10,10 +10,10 @@
 use crate::instance::{run_once, Exited};
 use crate::log_limit::Kind;
 use crate::metrics::{self, TurnedAway};
-use crate::supervise::split_first_line;
 use crate::sandbox::Stdio;
 use crate::settings::{Settings, TraceDetail};
 use crate::sockets::{spare, Asker, Caps, ClientStdio, Connection, Owner, Place, Tenant, Timeouts};
+use crate::supervise::split_first_line;
 use crate::supervise::Linked;
 use crate::trace::Tracer;
 use socket2::SockRef;

@@ -1,6 +1,8 @@
-//! One TCP connection, shared by the guest's socket and its two streams,
-//! and what the host does for it on its own: finish a send the system did
-//! not take at once, and close it when it sits idle.
+//! One TCP connection, shared by the guest's socket and its two streams
+//! (or, with `--per-client`, by every stdin and stdout handle), its sending
+//! side (what `check-write` allows, a write sent at once, the rest in one
+//! background send), and what the host does for it on its own: finish a
+//! send the system did not take at once, and close it when it sits idle.
 //!
 //! The connection owns what it costs: its place under the socket cap and
 //! its count as a client of its guest instance go when the connection does,
@@ -13,19 +15,22 @@
 
 use super::cap::Place;
 use super::tenant::Client;
+use crate::ledger::MAX_CHUNK;
 use crate::log_limit::Kind;
 use crate::metrics::{self, Closed, METRICS};
 use bytes::Bytes;
 use socket2::SockRef;
+use std::future::Future;
 use std::io::ErrorKind;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::task::Waker;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
+use wasmtime_wasi::p2::{StreamError, StreamResult};
 
 /// What ends with a guest instance: the host's tasks for its connections.
 /// The sending half lives in the instance's store; when the store goes,
@@ -50,20 +55,20 @@ pub struct Owner {
 }
 
 pub struct Connection {
-    pub stream: TcpStream,
+    stream: TcpStream,
     /// The client's address (accepted connections), for log lines.
     pub peer: Option<SocketAddr>,
     /// shutdown(receive), or closed for idleness: reads report `closed`.
-    pub(super) read_shut: AtomicBool,
+    read_shut: AtomicBool,
     /// shutdown(send), or the output stream dropped: send the FIN once
     /// everything written has gone out.
-    pub(super) write_shut: AtomicBool,
+    write_shut: AtomicBool,
     /// A background send is under way.
-    pub(super) sending: AtomicBool,
+    sending: AtomicBool,
     /// Who to wake when it is done (a `poll` waiting to write).
-    pub(super) when_sent: Mutex<Option<Waker>>,
+    when_sent: Mutex<Option<Waker>>,
     /// The output stream's state (`streams.rs`).
-    pub(super) output: Mutex<WriteState>,
+    output: Mutex<WriteState>,
     /// The guest's handles on it (socket, input, output) still open.
     held: AtomicUsize,
     let_go: Notify,
@@ -353,7 +358,7 @@ pub(super) fn since_epoch() -> u64 {
 
 /// The sending side of a connection (written by its output stream,
 /// `streams.rs`).
-pub(super) enum WriteState {
+enum WriteState {
     /// May write up to `permit` bytes (granted by the last check-write).
     Ready {
         permit: usize,
@@ -363,4 +368,154 @@ pub(super) enum WriteState {
     /// A write failed; the next call reports it, then the stream is closed.
     Failed(std::io::Error),
     Closed,
+}
+
+impl Connection {
+    /// Readable, or at its end: a read would not answer "nothing yet".
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.read_shut.load(SeqCst) {
+            return Poll::Ready(());
+        }
+        self.stream.poll_read_ready(cx).map(|_| ())
+    }
+
+    /// Writable (once a background send, if any, is done).
+    pub fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.sending.load(SeqCst) {
+            *self.when_sent.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+            if self.sending.load(SeqCst) {
+                return Poll::Pending;
+            }
+        }
+        if self.write_shut.load(SeqCst) {
+            return Poll::Ready(());
+        }
+        self.stream.poll_write_ready(cx).map(|_| ())
+    }
+}
+
+impl WriteState {
+    /// Settles a finished background send; Pending while it runs.
+    fn poll_sent(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let WriteState::Sending(task) = self {
+            let outcome = match std::pin::Pin::new(task).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(outcome)) => outcome,
+                Poll::Ready(Err(join)) => Err(std::io::Error::other(join)),
+            };
+            *self = match outcome {
+                Ok(()) => WriteState::Ready { permit: 0 },
+                Err(e) => WriteState::Failed(e),
+            };
+        }
+        Poll::Ready(())
+    }
+
+    /// The error to report now, if the stream can no longer be written.
+    fn check_open(&mut self, conn: &Connection) -> StreamResult<()> {
+        let _ = self.poll_sent(&mut noop_context());
+        if conn.write_shut.load(SeqCst) {
+            *self = WriteState::Closed;
+        }
+        match std::mem::replace(self, WriteState::Closed) {
+            WriteState::Failed(e) => Err(failure(e)),
+            WriteState::Closed => Err(StreamError::Closed),
+            open => {
+                *self = open;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Connection {
+    fn output(&self) -> MutexGuard<'_, WriteState> {
+        self.output.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn check_write_now(&self) -> StreamResult<usize> {
+        let mut state = self.output();
+        state.check_open(self)?;
+        let WriteState::Ready { permit } = &mut *state else { return Ok(0) };
+        let writable = self.stream.poll_write_ready(&mut noop_context()).is_ready();
+        *permit = if writable { MAX_CHUNK } else { 0 };
+        Ok(*permit)
+    }
+
+    /// send() of `bytes`, at once; what the system does not take is copied
+    /// for a background task to send.
+    pub(super) fn write_now(self: &Arc<Self>, bytes: &[u8]) -> StreamResult<()> {
+        let mut state = self.output();
+        state.check_open(self)?;
+        match &mut *state {
+            WriteState::Ready { permit } if bytes.len() <= *permit => *permit = 0,
+            _ => return Err(StreamError::trap("write of more bytes than check-write allowed")),
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let rest = match self.stream.try_write(bytes) {
+            Ok(n) if n == bytes.len() => {
+                self.touch();
+                METRICS.sent_bytes.inc_by(n as u64);
+                return Ok(());
+            }
+            Ok(n) => {
+                self.touch();
+                METRICS.sent_bytes.inc_by(n as u64);
+                &bytes[n..]
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => bytes,
+            Err(e) => {
+                // The spec: after a failure the stream is closed.
+                *state = WriteState::Closed;
+                self.failed();
+                return Err(failure(e));
+            }
+        };
+        *state = WriteState::Sending(self.send_in_background(Bytes::copy_from_slice(rest)));
+        Ok(())
+    }
+
+    /// Bytes go to the system as they are written: a flush has nothing to
+    /// hurry, only an error to report.
+    pub(super) fn flush_now(&self) -> StreamResult<()> {
+        self.output().check_open(self)
+    }
+}
+
+impl Connection {
+    /// The connection's socket (for the system calls the streams make).
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// shutdown(receive), or closed for idleness: reads report `closed`.
+    pub(super) fn read_is_shut(&self) -> bool {
+        self.read_shut.load(SeqCst)
+    }
+
+    /// Returns once the stream takes more bytes (a background send, if
+    /// any, is done), or can never (it failed, or was shut).
+    pub(super) async fn writable(&self) {
+        std::future::poll_fn(|cx| self.output().poll_sent(cx)).await;
+        let open = matches!(*self.output(), WriteState::Ready { .. });
+        if open && !self.write_shut.load(SeqCst) {
+            let _ = self.stream.writable().await;
+        }
+    }
+}
+
+fn noop_context() -> Context<'static> {
+    Context::from_waker(std::task::Waker::noop())
+}
+
+/// A broken pipe means the peer is gone: the stream is simply closed. Any
+/// other failure is reported with the system's words (`network-error-code`
+/// turns it back into an error code).
+fn failure(e: std::io::Error) -> StreamError {
+    match e.kind() {
+        ErrorKind::BrokenPipe => StreamError::Closed,
+        _ => StreamError::LastOperationFailed(e.into()),
+    }
 }

@@ -8,7 +8,7 @@ use super::options::Opt;
 use super::poll::WaitFor;
 use super::streams::{Reader, Writer};
 use super::tcp::{Op, TcpSocket};
-use super::{Asker, ErrorCode, SocketsView};
+use super::{ErrorCode, SocketsView};
 use crate::trace::{outcome, policy};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
@@ -97,10 +97,7 @@ fn family_name(family: IpAddressFamily) -> &'static str {
 
 impl tcp_create_socket::Host for SocketsView<'_> {
     fn create_tcp_socket(&mut self, family: IpAddressFamily) -> Answer<Resource<TcpSocket>> {
-        let created = match self.ctx.cap.take(Asker::TcpSocket) {
-            None => Err(ErrorCode::NewSocketLimit),
-            Some(place) => TcpSocket::new(family, place),
-        };
+        let created = TcpSocket::create(self.ctx, family);
         let result = match created {
             Ok(socket) => Ok(self.table.push(socket)?),
             Err(e) => Err(e),

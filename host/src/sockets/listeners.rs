@@ -408,3 +408,95 @@ pub fn new_socket(addr: SocketAddr) -> std::io::Result<Socket> {
     socket.set_nonblocking(true)?;
     Ok(socket)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Lending the listeners the host keeps, and whose turn it is, without
+    //! a guest: leases taken as guest instances 1, 2, 3 would take them.
+
+    use super::*;
+
+    fn run(test: impl FnOnce()) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _entered = runtime.enter();
+        test();
+    }
+
+    fn lend(listeners: &Arc<Listeners>, addr: SocketAddr, holder: u64) -> Lease {
+        match listeners.lend(addr, holder) {
+            Some(Ok(lease)) => lease,
+            Some(Err(e)) => panic!("instance {holder} was refused: {e:?}"),
+            None => panic!("instance {holder} was lent nothing"),
+        }
+    }
+
+    #[test]
+    fn the_newest_instance_listening_has_the_turn_and_an_older_one_gets_it_back() {
+        run(|| {
+            let grant: SocketAddr = "127.0.0.1:0".parse().unwrap();
+            let listeners = Listeners::open(&[grant], Vec::new()).unwrap();
+            assert_eq!(listeners.unserved(), Some(grant), "nobody listens yet");
+            assert!(listeners.kept().is_empty(), "port 0: bound at the first bind");
+
+            let first = lend(&listeners, grant, 1);
+            let addr = first.listener.local_addr();
+            assert_eq!(listeners.kept(), vec![0]);
+            assert!(!first.is_current(), "bound, not listening: no turn");
+            first.listen(64).unwrap();
+            assert!(first.is_current());
+            assert_eq!(listeners.unserved(), None);
+
+            // A swap: instance 2 is lent the same listener, and takes the
+            // turn once it listens; instance 1 is offered no client then.
+            let second = lend(&listeners, addr, 2);
+            assert!(Arc::ptr_eq(&first.listener, &second.listener), "the same listener");
+            assert!(first.is_current(), "until the new one listens");
+            second.listen(8).unwrap();
+            assert!(second.is_current() && !first.is_current());
+            assert_eq!(listeners.held_by(1), vec![0]);
+            assert_eq!(listeners.listened_on_by(2), vec![0]);
+
+            // The new one fails: the old one has the turn again.
+            drop(second);
+            assert!(first.is_current());
+
+            // Retired (after a swap that took over): no turn for it.
+            listeners.retire_through(1);
+            assert!(!first.is_current());
+            assert_eq!(listeners.unserved(), Some(grant));
+            drop(first);
+            assert!(listeners.held_by(1).is_empty());
+        });
+    }
+
+    #[test]
+    fn a_granted_address_is_lent_once_to_each_instance() {
+        run(|| {
+            let holder = new_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+            holder.bind(&SockAddr::from("127.0.0.1:0".parse::<SocketAddr>().unwrap())).unwrap();
+            let grant = holder.local_addr().unwrap().as_socket().unwrap();
+            let listeners = Listeners::open(&[grant], Vec::new()).unwrap();
+            let _first = lend(&listeners, grant, 2);
+            // Again by the same instance, or by an older one: in use.
+            assert!(matches!(listeners.lend(grant, 2), Some(Err(ErrorCode::AddressInUse))));
+            assert!(matches!(listeners.lend(grant, 1), Some(Err(ErrorCode::AddressInUse))));
+            // An address the host keeps nothing for: the guest's own.
+            assert!(listeners.lend("127.0.0.2:1".parse().unwrap(), 3).is_none());
+        });
+    }
+
+    #[test]
+    fn a_graceful_stop_offers_no_client_to_anyone() {
+        run(|| {
+            let grant: SocketAddr = "127.0.0.1:0".parse().unwrap();
+            let listeners = Listeners::open(&[grant], Vec::new()).unwrap();
+            let lease = lend(&listeners, grant, 1);
+            lease.listen(16).unwrap();
+            listeners.stop_offering();
+            assert!(!lease.is_current());
+            let later = lend(&listeners, lease.listener.local_addr(), 2);
+            later.listen(16).unwrap();
+            assert!(!later.is_current(), "retired through every instance");
+        });
+    }
+}

@@ -14,12 +14,12 @@
 //! | file | what |
 //! | --- | --- |
 //! | `host.rs` | the WIT functions, one by one, each traced |
-//! | `tcp.rs` | a socket and its states (unbound, bound, listening, ...) |
+//! | `tcp.rs` | a socket: its one state enum and each transition |
 //! | `listeners.rs` | listeners the host keeps, so they outlive a guest |
 //! | `listener.rs` | one listener, waited on without accepting (Unix, Windows) |
 //! | `tenant.rs` | one guest instance: where it listens, how many clients it has |
-//! | `connection.rs` | a connection: what it owns, sends in the background, idle clients |
-//! | `streams.rs` | a connection's input and output streams |
+//! | `connection.rs` | a connection: what it owns, its sending side (check-write's permit, a send now, the rest in the background), idle clients |
+//! | `streams.rs` | the input and output stream handles on a connection |
 //! | `stdio.rs` | a client's connection as stdin and stdout (`--per-client`) |
 //! | `options.rs` | socket options and their ranges |
 //! | `addr.rs` | which addresses a socket may use |

@@ -15,46 +15,19 @@
 //!   finishes even if the guest drops the stream (nothing the guest wrote
 //!   is lost), then sends the FIN.
 
-use super::connection::{Connection, Held, WriteState};
+use super::connection::{Connection, Held};
 use crate::metrics::METRICS;
 use crate::trace::{StreamEnd, Tracer};
 use bytes::{Bytes, BytesMut};
 use socket2::SockRef;
-use std::future::{poll_fn, Future};
 use std::io::ErrorKind;
-use std::sync::atomic::Ordering::SeqCst;
-use std::sync::{Arc, MutexGuard};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
 
 /// The most one read returns and one check-write grants.
 pub use crate::ledger::MAX_CHUNK;
-
-impl Connection {
-    /// Readable, or at its end: a read would not answer "nothing yet".
-    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.read_shut.load(SeqCst) {
-            return Poll::Ready(());
-        }
-        self.stream.poll_read_ready(cx).map(|_| ())
-    }
-
-    /// Writable (once a background send, if any, is done).
-    pub fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.sending.load(SeqCst) {
-            *self.when_sent.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
-            if self.sending.load(SeqCst) {
-                return Poll::Pending;
-            }
-        }
-        if self.write_shut.load(SeqCst) {
-            return Poll::Ready(());
-        }
-        self.stream.poll_write_ready(cx).map(|_| ())
-    }
-}
 
 /// The input stream.
 pub struct Reader {
@@ -86,14 +59,14 @@ impl Reader {
     }
 
     fn read_now(&mut self, size: usize) -> StreamResult<Bytes> {
-        if matches!(self.state, ReadState::Closed) || self.conn.read_shut.load(SeqCst) {
+        if matches!(self.state, ReadState::Closed) || self.conn.read_is_shut() {
             return Err(StreamError::Closed);
         }
         if size == 0 {
             return Ok(Bytes::new());
         }
         let mut buf = BytesMut::with_capacity(size.min(MAX_CHUNK));
-        match recv(&self.conn.stream, &mut buf) {
+        match recv(self.conn.stream(), &mut buf) {
             Ok(0) => {
                 self.state = ReadState::Closed;
                 Err(StreamError::Closed)
@@ -174,11 +147,11 @@ fn read_outcome(result: &StreamResult<Bytes>) -> Result<&[u8], StreamEnd<'_>> {
 #[async_trait::async_trait]
 impl Pollable for Reader {
     async fn ready(&mut self) {
-        if matches!(self.state, ReadState::Closed) || self.conn.read_shut.load(SeqCst) {
+        if matches!(self.state, ReadState::Closed) || self.conn.read_is_shut() {
             return;
         }
         // An error counts as ready: the read that follows reports it.
-        let _ = self.conn.stream.readable().await;
+        let _ = self.conn.stream().readable().await;
     }
 }
 
@@ -193,96 +166,6 @@ pub struct Writer {
     /// Dropping it ends the sending side (a socket's output stream); a
     /// stdout handle, one of many the guest opens, does not.
     shuts_when_dropped: bool,
-}
-
-impl WriteState {
-    /// Settles a finished background send; Pending while it runs.
-    fn poll_sent(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if let WriteState::Sending(task) = self {
-            let outcome = match std::pin::Pin::new(task).poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(outcome)) => outcome,
-                Poll::Ready(Err(join)) => Err(std::io::Error::other(join)),
-            };
-            *self = match outcome {
-                Ok(()) => WriteState::Ready { permit: 0 },
-                Err(e) => WriteState::Failed(e),
-            };
-        }
-        Poll::Ready(())
-    }
-
-    /// The error to report now, if the stream can no longer be written.
-    fn check_open(&mut self, conn: &Connection) -> StreamResult<()> {
-        let _ = self.poll_sent(&mut noop_context());
-        if conn.write_shut.load(SeqCst) {
-            *self = WriteState::Closed;
-        }
-        match std::mem::replace(self, WriteState::Closed) {
-            WriteState::Failed(e) => Err(failure(e)),
-            WriteState::Closed => Err(StreamError::Closed),
-            open => {
-                *self = open;
-                Ok(())
-            }
-        }
-    }
-}
-
-impl Connection {
-    fn output(&self) -> MutexGuard<'_, WriteState> {
-        self.output.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn check_write_now(&self) -> StreamResult<usize> {
-        let mut state = self.output();
-        state.check_open(self)?;
-        let WriteState::Ready { permit } = &mut *state else { return Ok(0) };
-        let writable = self.stream.poll_write_ready(&mut noop_context()).is_ready();
-        *permit = if writable { MAX_CHUNK } else { 0 };
-        Ok(*permit)
-    }
-
-    /// send() of `bytes`, at once; what the system does not take is copied
-    /// for a background task to send.
-    fn write_now(self: &Arc<Self>, bytes: &[u8]) -> StreamResult<()> {
-        let mut state = self.output();
-        state.check_open(self)?;
-        match &mut *state {
-            WriteState::Ready { permit } if bytes.len() <= *permit => *permit = 0,
-            _ => return Err(StreamError::trap("write of more bytes than check-write allowed")),
-        }
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        let rest = match self.stream.try_write(bytes) {
-            Ok(n) if n == bytes.len() => {
-                self.touch();
-                METRICS.sent_bytes.inc_by(n as u64);
-                return Ok(());
-            }
-            Ok(n) => {
-                self.touch();
-                METRICS.sent_bytes.inc_by(n as u64);
-                &bytes[n..]
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => bytes,
-            Err(e) => {
-                // The spec: after a failure the stream is closed.
-                *state = WriteState::Closed;
-                self.failed();
-                return Err(failure(e));
-            }
-        };
-        *state = WriteState::Sending(self.send_in_background(Bytes::copy_from_slice(rest)));
-        Ok(())
-    }
-
-    /// Bytes go to the system as they are written: a flush has nothing to
-    /// hurry, only an error to report.
-    fn flush_now(&self) -> StreamResult<()> {
-        self.output().check_open(self)
-    }
 }
 
 /// The guest's `write` on one of the host's streams (`send.rs` passes the
@@ -331,16 +214,6 @@ impl Writer {
             Ok(_) | Err(StreamError::Closed) => Ok(()),
             Err(e) => Err(e),
         }
-    }
-}
-
-/// A broken pipe means the peer is gone: the stream is simply closed. Any
-/// other failure is reported with the system's words (`network-error-code`
-/// turns it back into an error code).
-fn failure(e: std::io::Error) -> StreamError {
-    match e.kind() {
-        ErrorKind::BrokenPipe => StreamError::Closed,
-        _ => StreamError::LastOperationFailed(e.into()),
     }
 }
 
@@ -407,11 +280,7 @@ fn write_outcome<T>(result: &StreamResult<T>) -> Result<(), StreamEnd<'_>> {
 #[async_trait::async_trait]
 impl Pollable for Writer {
     async fn ready(&mut self) {
-        poll_fn(|cx| self.conn.output().poll_sent(cx)).await;
-        let open = matches!(*self.conn.output(), WriteState::Ready { .. });
-        if open && !self.conn.write_shut.load(SeqCst) {
-            let _ = self.conn.stream.writable().await;
-        }
+        self.conn.writable().await;
     }
 }
 
@@ -423,8 +292,4 @@ impl Drop for Writer {
             self.conn.shut_write();
         }
     }
-}
-
-fn noop_context() -> Context<'static> {
-    Context::from_waker(std::task::Waker::noop())
 }

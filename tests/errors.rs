@@ -6,9 +6,14 @@ use crate::support::{host_command, Host};
 use std::path::Path;
 use std::process::ExitStatus;
 
-/// Runs the host with RUST_BACKTRACE=1 and returns its status and output.
+/// Runs the host with RUST_BACKTRACE=1 and returns its status and output
+/// (on a port the system picks, unless `args` name an address).
 fn run(args: &[&str]) -> (ExitStatus, String) {
-    Host::start_command(host_command().env("RUST_BACKTRACE", "1").args(args)).wait()
+    let mut cmd = host_command();
+    if !args.contains(&"--listen") {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    Host::start_command(cmd.env("RUST_BACKTRACE", "1").args(args)).wait()
 }
 
 /// Exactly one line starts with "wasi-tcp-host: error:", and it says `expected`.

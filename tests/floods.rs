@@ -71,7 +71,7 @@ fn a_flood_from_a_denied_network_is_counted_exactly_in_few_lines() {
             Err(e) => panic!("connecting: {e}\n{}", host.report()),
         }
     }
-    let mut granted = connect_from("127.0.0.2", addr);
+    let mut granted = crate::support::connect_from("127.0.0.2", addr);
     granted.write_all(b"granted").unwrap();
     let mut back = [0u8; 7];
     granted.read_exact(&mut back).unwrap();
@@ -163,6 +163,12 @@ fn with_idle_timeout_a_silent_client_is_closed_and_a_talking_one_stays() {
     let mut silent = connect(addr);
     assert!(crate::support::clients::echo(&mut silent, b"then silence"));
     let silent_since = Instant::now();
+    let mut reader = silent.try_clone().unwrap();
+    // When the silent client's connection ends, as it happens.
+    let closed = std::thread::spawn(move || {
+        let ended = reader.read(&mut [0u8; 1]);
+        (ended.map_err(|e| e.kind()), silent_since.elapsed())
+    });
     let mut talker = connect(addr);
     for i in 0..10 {
         std::thread::sleep(Duration::from_millis(250));
@@ -172,14 +178,16 @@ fn with_idle_timeout_a_silent_client_is_closed_and_a_talking_one_stays() {
             host.report()
         );
     }
-    assert!(matches!(silent.read(&mut [0u8; 1]), Ok(0)), "the silent client was not closed");
-    assert!(silent_since.elapsed() >= Duration::from_secs(1), "closed before its time");
+    let (ended, after) = closed.join().unwrap();
+    assert_eq!(ended, Ok(0), "the silent client was not closed with a FIN");
+    assert!(after >= Duration::from_secs(1), "closed after {after:?}, before its time");
     let peer = silent.local_addr().unwrap();
     host.wait_for(&format!(
         "closed the connection of {peer}: nothing received or sent for 1s (--idle-timeout)"
     ));
     host.wait_for(&format!("client disconnected: {peer}"));
     let talker_peer = talker.local_addr().unwrap();
+    host.settled();
     assert!(!host.output().contains(&format!("connection of {talker_peer}")), "{}", host.report());
 }
 
@@ -191,17 +199,11 @@ fn without_idle_timeout_a_silent_client_is_held() {
     // Not a wait for something to happen: the silence being tested.
     std::thread::sleep(Duration::from_millis(2500));
     assert!(crate::support::clients::echo(&mut client, b"after"), "{}", host.report());
+    host.settled();
     assert!(!host.output().contains("--idle-timeout"), "{}", host.report());
 }
 
 /// A client from a given loopback address.
-fn connect_from(ip: &str, addr: SocketAddr) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let local: SocketAddr = format!("{ip}:0").parse().unwrap();
-    socket.bind(&local.into()).unwrap();
-    socket.connect(&addr.into()).unwrap();
-    crate::support::with_timeouts(socket.into())
-}
 
 /// With --idle-timeout, each client is watched; the watch goes with its
 /// connection. A client opening and closing connections as fast as it can

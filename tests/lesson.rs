@@ -217,6 +217,7 @@ fn partial_reads() {
         printed.lines().map(|l| l.strip_prefix("recv -> ").unwrap().parse().unwrap()).collect();
     assert_eq!(reads.iter().sum::<usize>(), 2000, "{printed}");
     host.wait_for("closesocket()");
+    host.settled();
     assert!(!host.output().contains("reset"), "{}", host.report());
     let sizes: Vec<usize> = host
         .output()

@@ -420,7 +420,7 @@ fn sighup_applies_a_changed_policy_and_refuses_what_needs_a_restart() {
     let turned_away = crate::support::connect_unless_reset(addr);
     host.wait_for("denied: TCP client from 127.0.0.1");
     if let Ok(mut client) = turned_away {
-        assert!(!echo(&mut client, b"shut out"), "{}", host.report());
+        crate::support::clients::assert_reset(&mut client);
     }
 
     std::fs::write(&policy, "listen = [\"127.0.0.1:0\", \"127.0.0.2:0\"]\n").unwrap();
@@ -430,6 +430,7 @@ fn sighup_applies_a_changed_policy_and_refuses_what_needs_a_restart() {
         failed.contains("the policy file changes the listen addresses, which needs a restart"),
         "{failed}"
     );
+    host.settled();
     assert!(!host.output().contains("instance #3"), "{}", host.report());
 }
 
@@ -464,17 +465,16 @@ fn under_the_journal_each_line_carries_its_priority() {
 /// echo writes several lines; ten thousand echoes go on long after the
 /// pipe is full, and the lines that did not fit are counted.
 fn a_log_nobody_reads_never_stalls_serving() {
-    let mut cmd = Command::new(HOST_BIN);
+    // stderr: a pipe this test never reads.
+    let (_unread, write) = std::io::pipe().unwrap();
+    let mut cmd = crate::support::host_command();
     cmd.args(["--listen", "127.0.0.1:0", "--trace", "--metrics", "127.0.0.1:0"])
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let _unread = child.stderr.take().unwrap();
+        .stderr(write);
+    let host = Host::start_command(&mut cmd);
     // The addresses, without reading the log: the guest's listener and the
     // metrics are found where the host listens (its only two listeners).
-    let listening = listening_ports(child.id(), 2);
+    let listening = listening_ports(host.pid(), 2);
     let mut echoed = 0;
     let mut addr = None;
     for port in &listening {
@@ -498,8 +498,7 @@ fn a_log_nobody_reads_never_stalls_serving() {
         .unwrap();
     let text = http_get(metrics, "/metrics").1;
     let dropped = sample(&text, "wasi_tcp_host_log_lines_dropped").unwrap_or_default();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(host);
     assert_eq!(echoed, 10_000);
     assert!(dropped > 0.0, "no line was dropped: the pipe never filled?\n{text}");
 }

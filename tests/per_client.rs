@@ -154,6 +154,7 @@ fn a_client_beyond_the_cap_waits_in_the_backlog_until_a_place_frees() {
 fn wait_for_accept_queue(addr: SocketAddr, n: usize) {
     crate::support::harness::waiting_for(|| format!("{n} clients in the backlog of {addr}"));
     let local = format!("{:08X}:{:04X}", u32::from_le_bytes([127, 0, 0, 1]), addr.port());
+    let deadline = std::time::Instant::now() + crate::support::PATIENCE;
     loop {
         let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
         let queued = table.lines().skip(1).find_map(|line| {
@@ -165,6 +166,7 @@ fn wait_for_accept_queue(addr: SocketAddr, n: usize) {
         if queued == Some(n) {
             return;
         }
+        assert!(std::time::Instant::now() < deadline, "{queued:?} clients in the backlog, not {n}");
         std::thread::yield_now();
     }
 }
@@ -193,6 +195,7 @@ fn a_client_not_allowed_gets_no_instance() {
     let peer = client.local_addr().unwrap();
     host.wait_for(&format!("denied: TCP client from {peer}"));
     assert_reset(&mut client);
+    host.settled();
     assert!(!host.output().contains("serving 127.0.0.1"), "{}", host.report());
 }
 
@@ -350,6 +353,7 @@ fn a_per_client_swap_to_a_guest_that_fails_its_trial_keeps_the_old_guest() {
     let mut client = connect(addr);
     assert!(echo(&mut client, b"the old guest"), "{}", host.report());
     assert_eq!(http_get(metrics, "/readyz").0, 200);
+    host.settled();
     assert!(!host.output().contains("new clients get the new guest"), "{}", host.report());
 }
 

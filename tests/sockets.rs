@@ -57,7 +57,11 @@ const CHECKS: &[&str] = &[
     "name-lookup-not-granted",
 ];
 
-fn every_state_transition_and_error_code_of_the_tcp_interface() {
+/// The contract's states and error codes a guest can reach on its own,
+/// check by check (the list above). Those it cannot make happen at will
+/// (address-in-use between two instances, new-socket-limit, an accept
+/// that fails: connection-aborted) are the unit tests' of `tcp.rs`.
+fn the_tcp_contract_as_a_guest_reaches_it() {
     let (success, output) = contract(&[], &[]);
     let missing: Vec<_> =
         CHECKS.iter().filter(|name| !output.lines().any(|l| l == format!("ok {name}"))).collect();
@@ -220,7 +224,7 @@ fn a_crashed_guests_listener_stays_open_and_no_client_is_refused() {
 pub fn tests() -> Vec<libtest_mimic::Trial> {
     use crate::support::need;
     crate::tests![
-        every_state_transition_and_error_code_of_the_tcp_interface [needs need::ipv6()],
+        the_tcp_contract_as_a_guest_reaches_it [needs need::ipv6()],
         the_trace_shows_every_kind_of_tcp_call [needs need::ipv6()],
         writing_more_than_check_write_allowed_traps [needs need::ipv6()],
         blocking_write_and_flush_of_more_than_4096_bytes_traps [needs need::ipv6()],

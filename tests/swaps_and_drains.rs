@@ -146,6 +146,7 @@ fn the_running_guest_failing_during_a_swap_leaves_the_new_one_to_serve() {
     let mut client = connect(addr);
     assert!(echo(&mut client, b"served by the new guest"), "{}", host.report());
     host.wait_for("[swap-window] client connected");
+    host.settled();
     assert!(!host.output().contains("restarting it in"), "{}", host.report());
 }
 

@@ -28,6 +28,7 @@ fn a_guest_file_renamed_over_is_swapped_in() {
     ));
     host.wait_for("swap: the new guest instance #2 listens on");
     assert_echoes(addr, b"the second guest");
+    host.settled();
     assert!(!host.output().contains("swap failed"), "{}", host.report());
 }
 

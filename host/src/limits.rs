@@ -38,6 +38,11 @@ pub fn set_total_memory(bytes: u64) {
     ALL_GUESTS_MAX.store(bytes, SeqCst);
 }
 
+/// Every guest instance's linear memory now, in all.
+pub fn total_memory() -> u64 {
+    ALL_GUESTS.load(SeqCst)
+}
+
 /// Charges `added` bytes to the process-wide total, if it fits.
 fn charge_total(added: u64) -> bool {
     let max = ALL_GUESTS_MAX.load(SeqCst);

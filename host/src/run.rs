@@ -234,6 +234,7 @@ impl Supervisor {
                 self.swap_after_a_drain(asked)
             }
             Event::Signal(Received::Swap(asked)) => self.start_loading(&asked),
+            Event::Signal(Received::Status) => self.status(),
             Event::Ended(outcome) => return self.ended(outcome),
             Event::RestartDue => self.start_current(),
             Event::Swap(SwapStep::Loaded(component, settings)) => {
@@ -306,6 +307,15 @@ impl Supervisor {
                 self.next_swap = Some(asked);
             }
         }
+    }
+
+    /// SIGUSR1: the instances alive (the current one, one a swap starts,
+    /// those draining), and what they hold.
+    fn status(&self) {
+        let current = usize::from(matches!(self.current, Current::Running(_)));
+        let starting = usize::from(self.swap_starting());
+        let alive = current + starting + self.draining.len();
+        supervise::status(alive, &self.guest.shared.sandbox.caps);
     }
 
     fn swap_starting(&self) -> bool {
@@ -483,6 +493,7 @@ impl Supervisor {
                         let said = asked.said(&name);
                         tracing::warn!(event = "stop", "{said} while stopping gracefully; ignored")
                     }
+                    Received::Status => self.status(),
                     Received::Quit(signal) => tracing::info!(
                         event = "stop",
                         "{signal} received again; already stopping gracefully"

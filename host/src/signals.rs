@@ -5,6 +5,7 @@
 //! | stop at once       | SIGINT (Ctrl-C), SIGTERM | Ctrl-C, closing the console |
 //! | stop gracefully    | SIGQUIT              | Ctrl-Break                      |
 //! | swap the guest     | SIGHUP, `--watch`    | `--watch`                       |
+//! | say how it is      | SIGUSR1              |                                 |
 //!
 //! A graceful stop takes no new clients and serves those the host has
 //! until they leave or --drain-timeout; a swap is `swap.rs`. Registered
@@ -27,6 +28,9 @@ pub enum Received {
     Quit(&'static str),
     /// Swap the guest.
     Swap(SwapAsked),
+    /// Write one status line to the log (what the host holds now).
+    #[cfg_attr(windows, allow(dead_code))]
+    Status,
 }
 
 /// Why a swap was asked for.
@@ -96,6 +100,7 @@ mod platform {
         terminate: Signal,
         quit: Signal,
         hangup: Signal,
+        status: Signal,
     }
 
     impl Signals {
@@ -108,6 +113,7 @@ mod platform {
                 terminate: install(SignalKind::terminate(), "SIGTERM")?,
                 quit: install(SignalKind::quit(), "SIGQUIT")?,
                 hangup: install(SignalKind::hangup(), "SIGHUP")?,
+                status: install(SignalKind::user_defined1(), "SIGUSR1")?,
             })
         }
 
@@ -125,6 +131,7 @@ mod platform {
                 _ = self.terminate.recv() => Received::Stop("SIGTERM"),
                 _ = self.quit.recv() => Received::Quit("SIGQUIT"),
                 _ = self.hangup.recv() => Received::Swap(SwapAsked::Hangup),
+                _ = self.status.recv() => Received::Status,
             }
         }
     }

@@ -28,6 +28,22 @@ pub fn account(settings: &Settings) -> Result<()> {
     Ok(())
 }
 
+/// SIGUSR1: one line of what the host holds now, against the ledger.
+pub fn status(instances: usize, caps: &Caps) {
+    use crate::metrics::METRICS;
+    tracing::info!(
+        event = "status",
+        "status: {instances} guest instances alive, {} clients connected, {} of {} sockets, \
+         {} of {} files, {} bytes of guest memory",
+        METRICS.connections_open.get(),
+        caps.sockets.open(),
+        caps.sockets.max(),
+        caps.files.open(),
+        caps.files.max(),
+        crate::limits::total_memory(),
+    );
+}
+
 /// The start-up line that says the ledger's totals.
 pub fn announce(settings: &Settings) {
     tracing::info!(event = "ledger", "ledger: {}", settings.terms().summary());

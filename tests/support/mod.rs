@@ -103,6 +103,7 @@ impl Host {
     }
 
     pub fn start_command(cmd: &mut Command) -> Host {
+        assert_hermetic(cmd);
         let command = format!("{cmd:?}");
         let mut child = cmd.spawn().expect("the host binary starts");
         let output = Arc::new(Output::default());
@@ -326,6 +327,18 @@ impl Host {
         }
     }
 
+    /// Every line the host has logged so far is collected: it is asked for
+    /// a status line (SIGUSR1), which its log writes after them (one queue,
+    /// in order); returns once that line is here. Before a test checks that
+    /// a log line is absent. (The guest's stdout is another pipe, with no
+    /// such order.)
+    #[cfg(unix)]
+    pub fn settled(&self) {
+        let seen = self.output.lines.lock().unwrap().iter().filter(|l| l.contains(STATUS)).count();
+        self.signal(libc::SIGUSR1);
+        self.wait_for_nth(STATUS, seen + 1);
+    }
+
     /// Everything printed so far.
     pub fn output(&self) -> String {
         self.output.lines.lock().unwrap().join("\n")
@@ -385,6 +398,9 @@ impl Drop for Host {
 
 const EOF_MARK: &str = "\u{0}<eof>";
 
+/// The start of the host's status line (SIGUSR1).
+const STATUS: &str = "status: ";
+
 /// Collects a pipe's lines (bytes that are not UTF-8 replaced, so that a
 /// line of them ends nothing) until its end.
 fn collect(pipe: impl Read + Send + 'static, output: &Arc<Output>) {
@@ -401,6 +417,60 @@ fn collect(pipe: impl Read + Send + 'static, output: &Arc<Output>) {
         output.lines.lock().unwrap().push(EOF_MARK.to_string());
         output.changed.notify_all();
     });
+}
+
+/// A host a test starts listens where the test said: on a port the system
+/// picks (`--listen 127.0.0.1:0`), a port the test holds, nowhere
+/// (`--no-listen`), or a socket it hands over; never on the default,
+/// 0.0.0.0:9000, which another program (or test) may hold. (The test of
+/// that default runs the host in a network namespace of its own.)
+fn assert_hermetic(cmd: &Command) {
+    if cmd.get_program() != HOST_BIN {
+        return;
+    }
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().to_string()).collect();
+    let subcommand = args.first().is_some_and(|a| a == "inspect" || a == "reload");
+    let told = args.iter().any(|a| ["--listen", "--no-listen", "--policy"].contains(&a.as_str()));
+    let handed = cmd.get_envs().any(|(key, _)| key == "LISTEN_FDS");
+    assert!(
+        subcommand || told || handed,
+        "a test started the host without --listen (it would bind 0.0.0.0:9000): {cmd:?}"
+    );
+}
+
+/// `cmd` (a host command) run in a network namespace of its own, with
+/// its loopback up: it may take any port there (root, `unshare`).
+#[cfg(target_os = "linux")]
+pub fn in_own_network(cmd: Command) -> Command {
+    let mut wrapped = Command::new("unshare");
+    prepare(&mut wrapped);
+    wrapped.args(["--net", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""]);
+    wrapped.arg(cmd.get_program()).args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    wrapped
+}
+
+/// Runs `client` on a thread that has joined `host`'s network namespace.
+#[cfg(target_os = "linux")]
+pub fn in_network_of<T: Send>(host: &Host, client: impl FnOnce() -> T + Send) -> T {
+    let namespace = std::fs::File::open(format!("/proc/{}/ns/net", host.pid())).unwrap();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                use std::os::fd::AsRawFd;
+                // SAFETY: setns moves only this thread into the namespace.
+                let joined = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(joined, 0, "setns: {}", std::io::Error::last_os_error());
+                client()
+            })
+            .join()
+            .unwrap()
+    })
 }
 
 /// Connects, retrying while the listener is not up yet (readiness by
@@ -478,6 +548,15 @@ impl Host {
         let line = self.wait_for("serving metrics and health on http://");
         line.rsplit("http://").next().unwrap().parse().unwrap()
     }
+}
+
+/// A client connected from `ip` (another loopback address, say).
+pub fn connect_from(ip: &str, addr: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: SocketAddr = format!("{ip}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    crate::support::with_timeouts(socket.into())
 }
 
 /// A client that gives up reading or writing after PATIENCE.

@@ -179,6 +179,9 @@ impl Server {
                     notifier.reloading();
                     loading = Some(self.load_again(&asked));
                 }
+                Event::Signal(Received::Status) => {
+                    supervise::status(self.clients.open(), &self.clients.caps())
+                }
                 Event::Loaded(Ok((guest, settings))) => {
                     self.clients.swap(guest);
                     self.settings = settings;

@@ -127,9 +127,13 @@ impl Cap {
     }
 
     /// The places taken now.
-    #[cfg(test)]
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// The most places there are.
+    pub fn max(&self) -> usize {
+        self.max
     }
 }
 

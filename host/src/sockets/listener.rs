@@ -126,9 +126,31 @@ mod platform {
 
         /// Stops listening: the clients waiting are reset, new ones refused.
         /// (The socket stays bound, so that nothing else takes the address
-        /// while the host finishes.)
+        /// while the host finishes.) Linux stops a listener with
+        /// shutdown(SHUT_RD).
+        #[cfg(target_os = "linux")]
         pub fn close(self: &Arc<Self>) {
             let _ = self.socket.shutdown(std::net::Shutdown::Read);
+        }
+
+        /// Stops listening, where shutdown() cannot: XNU (macOS) answers
+        /// it with ENOTCONN on a socket that is not connected, a listener
+        /// included, and changes nothing (`soshutdown` in
+        /// bsd/kern/uipc_socket.c). So the listener is closed: in one step
+        /// (dup2) its descriptor becomes a fresh socket, which is then
+        /// bound to the same address without listening. The clients
+        /// waiting are reset with the listener, new ones refused, and the
+        /// port is the host's again but for the instant between the two.
+        #[cfg(not(target_os = "linux"))]
+        pub fn close(self: &Arc<Self>) {
+            let Ok(fresh) = super::super::listeners::new_socket(self.local) else { return };
+            // SAFETY: dup2 makes `self.socket`'s descriptor refer to
+            // `fresh`'s socket, closing the listener it referred to; both
+            // descriptors stay open and owned as before.
+            if unsafe { libc::dup2(fresh.as_raw_fd(), self.socket.as_raw_fd()) } == -1 {
+                return;
+            }
+            let _ = self.socket.bind(&socket2::SockAddr::from(self.local));
         }
 
         /// Forgets that a client is waiting, until the system says so again:
@@ -150,8 +172,7 @@ mod platform {
 mod platform {
     use super::*;
     use crate::sockets::ErrorCode;
-    use std::mem::ManuallyDrop;
-    use std::os::windows::io::{AsRawSocket, FromRawSocket};
+    use std::os::windows::io::AsRawSocket;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Mutex, OnceLock};
 
@@ -159,26 +180,16 @@ mod platform {
 
     /// A bound TCP socket that is, or is about to be, listening.
     pub struct Listener {
-        /// Once listening: the runtime's listener, on the same socket
-        /// handle as `socket`, and from then on the one that closes it.
+        /// Once listening: the runtime's listener, on a handle of its own
+        /// to the same socket (a duplicate of `socket`'s): each handle has
+        /// one owner, which closes it.
         listening: OnceLock<tokio::net::TcpListener>,
-        /// The handle is the runtime listener's to close (see `Drop`).
-        handed_to_runtime: AtomicBool,
         /// A client accepted to learn that one waits, kept for the guest.
         waiting: Mutex<Option<Accepted>>,
         /// Closed by a graceful stop: no client is offered any more.
         closed: AtomicBool,
-        pub(super) socket: ManuallyDrop<Socket>,
+        pub(super) socket: Socket,
         pub(super) local: SocketAddr,
-    }
-
-    impl Drop for Listener {
-        fn drop(&mut self) {
-            if !self.handed_to_runtime.load(Ordering::SeqCst) {
-                // SAFETY: never used again; no one else closes the handle.
-                unsafe { ManuallyDrop::drop(&mut self.socket) }
-            }
-        }
     }
 
     impl Listener {
@@ -187,10 +198,9 @@ mod platform {
             let local = socket.local_addr()?.as_socket().ok_or(std::io::ErrorKind::InvalidInput)?;
             Ok(Arc::new(Listener {
                 listening: OnceLock::new(),
-                handed_to_runtime: AtomicBool::new(false),
                 waiting: Mutex::new(None),
                 closed: AtomicBool::new(false),
-                socket: ManuallyDrop::new(socket),
+                socket,
                 local,
             }))
         }
@@ -203,13 +213,10 @@ mod platform {
             if self.listening.get().is_some() {
                 return Ok(());
             }
-            self.handed_to_runtime.store(true, Ordering::SeqCst);
-            // SAFETY: the same handle as `self.socket`, which never closes
-            // it from now on (`handed_to_runtime`); the runtime's listener
-            // closes it, when this `Listener` is dropped.
-            let std =
-                unsafe { std::net::TcpListener::from_raw_socket(self.socket.as_raw_socket()) };
-            let _ = self.listening.set(tokio::net::TcpListener::from_std(std)?);
+            // A handle of the runtime's own (WSADuplicateSocket): if the
+            // runtime refuses it, it closes that one, never `self.socket`.
+            let duplicate = std::net::TcpListener::from(self.socket.try_clone()?);
+            let _ = self.listening.set(tokio::net::TcpListener::from_std(duplicate)?);
             Ok(())
         }
 

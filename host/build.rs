@@ -59,14 +59,16 @@ fn precompile(bytes: &[u8]) -> Result<Vec<u8>> {
         .context("precompiling the default guest")
 }
 
-/// `cargo build --release --target wasm32-wasip2 -p <package>`; returns the
-/// component it wrote.
+/// `cargo build --locked --release --target wasm32-wasip2 -p <package>`;
+/// returns the component it wrote. `--locked`: the cargo that runs this
+/// script has resolved Cargo.lock already, and this build must use it as
+/// it is.
 fn build_guest(workspace: &Path, target_dir: &Path, package: &str) -> Result<PathBuf> {
     check_target_installed()?;
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(workspace)
-        .args(["build", "--release", "--target", GUEST_TARGET, "--package", package])
+        .args(["build", "--locked", "--release", "--target", GUEST_TARGET, "--package", package])
         .env("CARGO_TARGET_DIR", target_dir)
         // Flags meant for the host (say, -C target-cpu=native) do not
         // apply to WebAssembly.

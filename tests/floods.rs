@@ -6,7 +6,7 @@ use crate::support::guests::test_guest;
 use crate::support::traffic::reset;
 use crate::support::{assert_echoes, connect, connect_unless_reset, host_command, Host, PATIENCE};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// Lines of one kind the log writes in a second (`host/src/log_limit.rs`).
@@ -202,8 +202,6 @@ fn without_idle_timeout_a_silent_client_is_held() {
     host.settled();
     assert!(!host.output().contains("--idle-timeout"), "{}", host.report());
 }
-
-/// A client from a given loopback address.
 
 /// With --idle-timeout, each client is watched; the watch goes with its
 /// connection. A client opening and closing connections as fast as it can

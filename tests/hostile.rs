@@ -413,10 +413,6 @@ fn with_json_logs_connects_udp_binds_and_denials_name_their_address() {
     assert!(dns, "{output}");
 }
 
-/// The host turned `client` away with a reset (before the guest saw it):
-/// reading fails with ConnectionReset. A read that times out instead (the
-/// client was left waiting, or served) fails the test.
-
 pub fn tests() -> Vec<libtest_mimic::Trial> {
     use crate::support::need;
     crate::tests![

@@ -712,7 +712,7 @@ fn the_echo_client_runs_as_section_6_shows() {
     let blocks = section_blocks("## 6. ");
     let reserved = crate::support::reserved_addr();
     let port = reserved.addr.port();
-    let server = start_args(&host_args(&format!("cargo run -p host -- --listen 127.0.0.1:9000 target/wasm32-wasip2/release/guest_iterative.wasm"), port));
+    let server = start_args(&host_args("cargo run -p host -- --listen 127.0.0.1:9000 target/wasm32-wasip2/release/guest_iterative.wasm", port));
     server.wait_for("guest listening on");
     let command = blocks[0].lines().skip(1).collect::<Vec<_>>().join("\n");
     let (status, output) = start_args(&host_args(&command, port)).wait();

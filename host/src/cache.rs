@@ -542,7 +542,8 @@ mod tests {
             std::fs::set_permissions(entry, std::fs::Permissions::from_mode(0o666)).unwrap()
         };
         let nobodys = |entry: &Path| std::os::unix::fs::chown(entry, Some(65534), None).unwrap();
-        let plantings: Vec<(&str, &dyn Fn(&Path))> = match root {
+        type Planting<'a> = (&'a str, &'a dyn Fn(&Path));
+        let plantings: Vec<Planting> = match root {
             true => vec![
                 ("others may write to it", &others_may_write),
                 ("belongs to user 65534", &nobodys),

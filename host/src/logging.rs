@@ -95,7 +95,10 @@ fn is_the_journal(fd: i32) -> bool {
     }
     // SAFETY: fstat succeeded, so it filled `stat`.
     let stat = unsafe { stat.assume_init() };
-    device.parse() == Ok(stat.st_dev as u64) && inode.parse() == Ok(stat.st_ino as u64)
+    // (Their types differ by system: u64 on Linux, i32 and u64 on macOS.)
+    #[allow(clippy::unnecessary_cast)]
+    let (dev, ino) = (stat.st_dev as u64, stat.st_ino as u64);
+    device.parse() == Ok(dev) && inode.parse() == Ok(ino)
 }
 
 /// The log's writer: each line whole, with the journal's priority prefix

@@ -103,7 +103,9 @@ struct Supervisor {
     next_swap: Option<SwapAsked>,
 }
 
-/// The instance offered new clients, or why there is none.
+/// The instance offered new clients, or why there is none. (One value per
+/// host: the size of its largest state costs nothing.)
+#[allow(clippy::large_enum_variant)]
 enum Current {
     /// None yet: the first starts when the supervisor serves.
     NotStarted,
@@ -238,7 +240,7 @@ impl Supervisor {
             Event::Ended(outcome) => return self.ended(outcome),
             Event::RestartDue => self.start_current(),
             Event::Swap(SwapStep::Loaded(component, settings)) => {
-                self.start_swap(component, settings)
+                self.start_swap(component, *settings)
             }
             Event::Swap(SwapStep::TookOver(new, guest)) => self.took_over(new, guest),
             Event::Swap(SwapStep::Failed(why)) => return self.swap_failed(&why),

@@ -36,6 +36,8 @@ use wasmtime::component::Component;
 /// How long a new instance has to listen where the old one did.
 const LISTEN_WITHIN: Duration = Duration::from_secs(10);
 
+/// The swap under way (one per host at most).
+#[allow(clippy::large_enum_variant)]
 pub enum Swap {
     Loading(JoinHandle<Result<(Component, Settings)>>),
     Starting {
@@ -49,7 +51,8 @@ pub enum Swap {
 }
 
 pub enum SwapStep {
-    Loaded(Component, Settings),
+    /// The new guest, and the settings it runs with (boxed: they are large).
+    Loaded(Component, Box<Settings>),
     TookOver(Instance, Linked),
     Failed(String),
 }
@@ -86,7 +89,7 @@ pub async fn step(swap: &mut Option<Swap>) -> SwapStep {
     match swap {
         None => std::future::pending().await,
         Some(Swap::Loading(task)) => match task.await {
-            Ok(Ok((component, settings))) => SwapStep::Loaded(component, settings),
+            Ok(Ok((component, settings))) => SwapStep::Loaded(component, Box::new(settings)),
             Ok(Err(e)) => fail(&format!("{e:#}")),
             Err(e) => fail(&format!("loading the guest: {e}")),
         },

@@ -52,7 +52,7 @@ fn build_test_guests() -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&workspace)
-        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
+        .args(["build", "--locked", "--quiet", "--release", "--target", "wasm32-wasip2"])
         .args([
             "--package",
             "test-guests",

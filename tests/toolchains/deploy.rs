@@ -97,14 +97,14 @@ pub fn the_container_image_holds_the_host_alone_and_serves(podman: &Path, host: 
     let (ok, output) = run(Command::new("strip").arg("-o").arg(&stripped).arg(host));
     assert!(ok, "strip:\n{output}");
     let tag = "localhost/wasi-tcp-host:test";
-    let (ok, output) = run(Command::new(&podman)
+    let (ok, output) = run(Command::new(podman)
         .args(["build", "-q", "-f", "deploy/Containerfile", "-t", tag])
         .args(["--build-arg", "HOST=target/container/wasi-tcp-host", "."])
         .current_dir(&workspace));
     assert!(ok, "podman build:\n{output}");
 
     let inspect = |format: &str| {
-        run(Command::new(&podman).args(["image", "inspect", "--format", format, tag])).1
+        run(Command::new(podman).args(["image", "inspect", "--format", format, tag])).1
     };
     let size: u64 = inspect("{{.Size}}").trim().parse().unwrap();
     let most = if release { 25_000_000 } else { 32_000_000 };
@@ -123,11 +123,11 @@ pub fn the_container_image_holds_the_host_alone_and_serves(podman: &Path, host: 
 
     let root = tempfile::tempdir().unwrap();
     let name = format!("wasi-tcp-host-test-{}", std::process::id());
-    let (ok, output) = run(Command::new(&podman).args(["create", "--name", &name, tag]));
+    let (ok, output) = run(Command::new(podman).args(["create", "--name", &name, tag]));
     assert!(ok, "podman create:\n{output}");
     let tar = root.path().join("image.tar");
-    let (exported, output) = run(Command::new(&podman).args(["export", "-o"]).arg(&tar).arg(&name));
-    run(Command::new(&podman).args(["rm", &name]));
+    let (exported, output) = run(Command::new(podman).args(["export", "-o"]).arg(&tar).arg(&name));
+    run(Command::new(podman).args(["rm", &name]));
     assert!(exported, "podman export:\n{output}");
     let fs = root.path().join("fs");
     std::fs::create_dir(&fs).unwrap();

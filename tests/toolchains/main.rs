@@ -137,7 +137,8 @@ fn main() {
             },
         ),
     ];
-    let on_windows: [(&str, fn(windows::Needs<'_>)); 9] = [
+    type WindowsTest = (&'static str, fn(windows::Needs<'_>));
+    let on_windows: [WindowsTest; 9] = [
         (
             "windows::the_built_in_guest_echoes_and_ctrl_c_stops_it",
             windows::the_built_in_guest_echoes_and_ctrl_c_stops_it,

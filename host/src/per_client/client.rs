@@ -111,7 +111,7 @@ impl Clients {
         let guest = Arc::clone(&self.guest.read().unwrap_or_else(|e| e.into_inner()));
         let grants = &guest.shared.sandbox.grants;
         if !grants.check(peer, SocketAddrUse::TcpAccept) {
-            crate::audit::log(&grants, peer, SocketAddrUse::TcpAccept, false);
+            crate::audit::log(grants, peer, SocketAddrUse::TcpAccept, false);
             metrics::turned_away(TurnedAway::NotAllowed);
             return reset(&stream);
         }
@@ -123,7 +123,7 @@ impl Clients {
             let _ = stream.set_nodelay(true);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        crate::audit::log(&grants, peer, SocketAddrUse::TcpAccept, true);
+        crate::audit::log(grants, peer, SocketAddrUse::TcpAccept, true);
         self.alive.fetch_add(1, Ordering::Relaxed);
         let held = (slot, place, Alive(Arc::clone(&self.alive)));
         let span = tracing::info_span!("instance", client = %format_args!("#{id} {peer}"));
@@ -151,8 +151,8 @@ async fn serve(
     let owner = Owner { place, client: Some(tenant.client()), instance: ends, timeouts };
     let conn = Connection::new(stream, Some(peer), owner);
     let stdio = Stdio::Client { connection: ClientStdio::new(&conn, tracer), peer };
-    let run = run_once(Arc::clone(&guest.shared), guest.pre.clone(), tenant, stdio);
-    tokio::pin!(run);
+    // Boxed, so that dropping it below stops the instance there and then.
+    let mut run = Box::pin(run_once(Arc::clone(&guest.shared), guest.pre.clone(), tenant, stdio));
     let ended = tokio::select! {
         ended = &mut run => ended,
         () = conn.gone() => Err(anyhow::anyhow!(Gone)),

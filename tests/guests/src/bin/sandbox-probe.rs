@@ -20,7 +20,7 @@ fn main() {
     // Beside the file read: refused unless its directory is granted `:rw`.
     let copy = format!("{file}.copy");
     report(&format!("write {copy}"), std::fs::write(&copy, "written by the guest"));
-    report(&format!("list /"), std::fs::read_dir("/").map(drop));
+    report("list /", std::fs::read_dir("/").map(drop));
     match std::env::var(var) {
         Ok(value) => println!("env {var}: ALLOWED ({value})"),
         Err(e) => println!("env {var}: refused ({e})"),

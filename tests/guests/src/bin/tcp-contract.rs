@@ -44,7 +44,8 @@ fn main() {
 
 fn run_all() {
     let net = instance_network();
-    let checks: &[(&str, fn(&Network) -> Check)] = &[
+    type Named = (&'static str, fn(&Network) -> Check);
+    let checks: &[Named] = &[
         ("unbound-state", unbound_state),
         ("bind-arguments", bind_arguments),
         ("bind-denied-stays-unbound", bind_denied_stays_unbound),

@@ -6,7 +6,6 @@
 
 use lesson_exercises::finish;
 use std::net::SocketAddr;
-use wasi::io::streams::StreamError;
 use wasi::sockets::instance_network::instance_network;
 use wasi::sockets::network::{ErrorCode, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress};
 use wasi::sockets::tcp_create_socket::create_tcp_socket;
@@ -43,14 +42,10 @@ fn main() {
             }
         };
         println!("[TCP server] client connected");
-        loop {
-            match input.blocking_read(512) {
-                Ok(data) => {
-                    if output.blocking_write_and_flush(&data).is_err() {
-                        break;
-                    }
-                }
-                Err(StreamError::Closed) | Err(StreamError::LastOperationFailed(_)) => break,
+        // recv() until the client closes (`closed`) or the connection fails.
+        while let Ok(data) = input.blocking_read(512) {
+            if output.blocking_write_and_flush(&data).is_err() {
+                break;
             }
         }
         drop((input, output, client));

@@ -7,19 +7,36 @@
 //! for the next client and keeps it, accepted, until the guest asks for it
 //! (one client at most, per listener, held that way).
 
-use socket2::Socket;
+use socket2::{Domain, Socket, Type};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-#[cfg(windows)]
-pub use platform::set_exclusive_address_use;
 pub use platform::Listener;
 
 /// The most clients one close of a listener resets: a backlog's worth
 /// (Linux caps backlogs at net.core.somaxconn, 4096 by default), so that
 /// clients arriving all the while cannot keep the host in the loop.
 const MOST_RESET_AT_CLOSE: usize = 4096;
+
+/// A TCP socket as wasi:sockets makes them: non-blocking, IPv6 sockets
+/// IPv6-only, and on Unix SO_REUSEADDR, so that connections of an earlier
+/// run left in TIME_WAIT do not make the address busy. On Windows,
+/// SO_REUSEADDR means something else (another socket may bind the same
+/// port and take its clients), so there it is SO_EXCLUSIVEADDRUSE: no
+/// other socket may bind the port while this one holds it.
+pub fn new_socket(addr: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    #[cfg(windows)]
+    platform::set_exclusive_address_use(&socket)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
 
 impl Listener {
     pub fn local_addr(&self) -> SocketAddr {
@@ -143,7 +160,7 @@ mod platform {
         /// port is the host's again but for the instant between the two.
         #[cfg(not(target_os = "linux"))]
         pub fn close(self: &Arc<Self>) {
-            let Ok(fresh) = super::super::listeners::new_socket(self.local) else { return };
+            let Ok(fresh) = super::new_socket(self.local) else { return };
             // SAFETY: dup2 makes `self.socket`'s descriptor refer to
             // `fresh`'s socket, closing the listener it referred to; both
             // descriptors stay open and owned as before.

@@ -22,10 +22,10 @@
 //! one. Its listen backlog follows the turn: the backlog the instance
 //! offered clients asked for, or the host's own when none listens.
 
-pub use super::listener::Listener;
+pub use super::listener::{new_socket, Listener};
 use super::{spare, ErrorCode};
 use anyhow::{bail, Context};
-use socket2::{Domain, SockAddr, Socket, Type};
+use socket2::{SockAddr, Socket};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -388,25 +388,6 @@ pub fn bind_reserved(addr: SocketAddr) -> anyhow::Result<Socket> {
         ),
         Err(e) => Err(e).with_context(|| format!("cannot listen on {addr}")),
     }
-}
-
-/// A TCP socket as wasi:sockets makes them: non-blocking, IPv6 sockets
-/// IPv6-only, and on Unix SO_REUSEADDR, so that connections of an earlier
-/// run left in TIME_WAIT do not make the address busy. On Windows,
-/// SO_REUSEADDR means something else (another socket may bind the same
-/// port and take its clients), so there it is SO_EXCLUSIVEADDRUSE: no
-/// other socket may bind the port while this one holds it.
-pub fn new_socket(addr: SocketAddr) -> std::io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    #[cfg(unix)]
-    socket.set_reuse_address(true)?;
-    #[cfg(windows)]
-    super::listener::set_exclusive_address_use(&socket)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket)
 }
 
 #[cfg(test)]

@@ -43,6 +43,13 @@ fn main() -> Result<()> {
         }
         Err(e) => return Err(e),
     }
+    // Which build of the guest serves (the metrics' `guest_info`).
+    let digest: String =
+        sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes))
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+    println!("cargo:rustc-env=DEFAULT_GUEST_SHA256={digest}");
     // Tests run the same guest from a file, the way users run their own.
     println!("cargo:rustc-env=DEFAULT_GUEST_WASM={}", wasm.display());
     Ok(())

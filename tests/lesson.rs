@@ -483,7 +483,7 @@ fn time_wait_after_a_client_closes_and_the_server_binds_again_at_once() {
     // server's port has a TIME_WAIT connection...
     let connected = echo_once(addr, b"stay");
     let connected_port = connected.local_addr().unwrap().port();
-    host.signal(libc::SIGTERM);
+    host.signal(libc::SIGINT); // the lesson's Ctrl-C
     assert!(host.wait().0.success());
     drop(connected);
     wait_for_time_wait(addr.port(), connected_port);

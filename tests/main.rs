@@ -27,6 +27,8 @@ mod swap;
 mod swaps_and_drains;
 mod sweep;
 mod totals;
+#[cfg(target_os = "linux")]
+mod upgrade;
 mod watch;
 
 /// Every test of this target, registered (the meta-test of the promise
@@ -54,6 +56,8 @@ pub fn all() -> Vec<libtest_mimic::Trial> {
         sweep::tests(),
         swaps_and_drains::tests(),
         totals::tests(),
+        #[cfg(target_os = "linux")]
+        upgrade::tests(),
         watch::tests(),
     ]
     .into_iter()

@@ -42,7 +42,7 @@ pub fn wait_for_sample(metrics: SocketAddr, name: &str, value: f64) -> String {
 }
 
 /// Polls `/readyz` until it answers 200.
-fn wait_until_ready(metrics: SocketAddr, host: &Host) {
+pub fn wait_until_ready(metrics: SocketAddr, host: &Host) {
     let deadline = Instant::now() + PATIENCE;
     while http_get(metrics, "/readyz").0 != 200 {
         assert!(Instant::now() < deadline, "never ready\n{}", host.report());
@@ -454,11 +454,166 @@ fn under_the_journal_each_line_carries_its_priority() {
         output.lines().filter(|l| l.contains(" INFO ")).all(|l| l.starts_with("<6>")),
         "{output}"
     );
+    // The line a host that cannot start exits with: an error ("err", 3),
+    // so that `journalctl -p warning` shows why the unit failed.
+    let mut cmd = Command::new("sh");
+    let args = ["--listen", "127.0.0.1:0", "/no/such/guest.wasm"];
+    prepare(&mut cmd).args(["-c", script, HOST_BIN]).args(args);
+    let (status, output) = Host::start_command(&mut cmd).wait();
+    assert!(!status.success());
+    let last = output.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("<3>wasi-tcp-host: error: cannot read /no/such/guest.wasm"),
+        "{output}"
+    );
     // A stderr that is not the journal gets no prefix, whatever the variable says.
     let mut cmd = crate::support::host_command();
     cmd.env("JOURNAL_STREAM", "1:1").args(["--listen", "127.0.0.1:0"]);
     let host = Host::start_command(&mut cmd);
     assert!(!host.wait_for("guest listening on ").starts_with('<'));
+}
+
+/// The hex SHA-256 of a file.
+fn sha256_of(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).unwrap();
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A fresh host's /metrics: every labelled series there at 0 (so that
+/// `increase()` sees the first event), label values that are snake_case
+/// identifiers, the limits the policy sets, the standard process metrics,
+/// and which guest serves (its component's digest).
+fn a_fresh_host_shows_every_series_at_zero_its_limits_and_its_guest() {
+    let args = ["--max-connections", "100", "--max-memory", "64MiB"];
+    let (_host, _addr, metrics) = observed(&args);
+    let text = http_get(metrics, "/metrics").1;
+    for series in [
+        "wasi_tcp_host_swaps_total{outcome=\"failed\"}",
+        "wasi_tcp_host_swaps_total{outcome=\"took_over\"}",
+        "wasi_tcp_host_drains_total{outcome=\"timed_out\"}",
+        "wasi_tcp_host_clients_turned_away_total{reason=\"cap\"}",
+        "wasi_tcp_host_clients_turned_away_total{reason=\"not_allowed\"}",
+        "wasi_tcp_host_clients_turned_away_total{reason=\"no_descriptor\"}",
+        "wasi_tcp_host_clients_closed_total{reason=\"idle_timeout\"}",
+        "wasi_tcp_host_guest_failures_total{kind=\"trap\"}",
+        "wasi_tcp_host_guest_failures_total{kind=\"memory\"}",
+        "wasi_tcp_host_log_lines_suppressed_total{kind=\"connect_denied\"}",
+        "wasi_tcp_host_log_lines_suppressed_total{kind=\"guest_stderr\"}",
+        "wasi_tcp_host_log_lines_dropped_total",
+        "wasi_tcp_host_guest_restarts_total",
+    ] {
+        assert_eq!(sample(&text, series), Some(0.0), "{series}:\n{text}");
+    }
+    assert_eq!(sample(&text, "wasi_tcp_host_connections_max"), Some(100.0), "{text}");
+    // Four instances at most (serving, starting, two draining), 64 MiB each.
+    let total = sample(&text, "wasi_tcp_host_guest_memory_total_limit_bytes");
+    assert_eq!(total, Some(4.0 * 64.0 * 1048576.0), "{text}");
+    let digest = sha256_of(&default_guest());
+    let info = format!(
+        "wasi_tcp_host_guest_info{{guest=\"echo-guest (built in)\",digest=\"sha256:{digest}\"}}"
+    );
+    assert_eq!(sample(&text, &info), Some(1.0), "{text}");
+    for name in ["process_open_fds", "process_max_fds", "process_resident_memory_bytes"] {
+        assert!(sample(&text, name).is_some_and(|v| v > 0.0), "{name}:\n{text}");
+    }
+    let started = sample(&text, "process_start_time_seconds").unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    assert!((now.as_secs_f64() - started).abs() < 600.0, "{started}");
+    // Label values are identifiers (but the free-text ones: versions, names).
+    for line in text.lines().filter(|l| l.starts_with("wasi_tcp_host_")) {
+        if line.starts_with("wasi_tcp_host_build_info")
+            || line.starts_with("wasi_tcp_host_guest_info")
+        {
+            continue;
+        }
+        for value in line.split('"').skip(1).step_by(2) {
+            let identifier =
+                value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            assert!(identifier && !value.is_empty(), "{value:?} in {line}");
+        }
+    }
+}
+
+/// `guest_info` names the guest new clients get: the new one after a swap,
+/// still that one after a swap that failed.
+fn the_guest_info_follows_swaps_and_not_failed_ones() {
+    let (_dir, file) = installed(&default_guest());
+    let (host, _addr, metrics) = observed(&[file.to_str().unwrap()]);
+    let name = file.display().to_string();
+    let info = |path: &std::path::Path| {
+        format!(
+            "wasi_tcp_host_guest_info{{guest=\"{name}\",digest=\"sha256:{}\"}}",
+            sha256_of(path)
+        )
+    };
+    let first = info(&default_guest());
+    assert_eq!(sample(&http_get(metrics, "/metrics").1, &first), Some(1.0));
+    let other = test_guest("crash-on-bang");
+    crate::support::guests::install(&other, &file);
+    host.signal(libc::SIGHUP);
+    let text = wait_for_sample(metrics, "wasi_tcp_host_swaps_total{outcome=\"took_over\"}", 1.0);
+    assert_eq!(sample(&text, &info(&other)), Some(1.0), "{text}");
+    assert_eq!(sample(&text, &first), None, "only the guest that serves: {text}");
+    std::fs::write(&file, b"not a component").unwrap();
+    host.signal(libc::SIGHUP);
+    let text = wait_for_sample(metrics, "wasi_tcp_host_swaps_total{outcome=\"failed\"}", 1.0);
+    assert_eq!(sample(&text, &info(&other)), Some(1.0), "{text}");
+}
+
+/// `WatchdogSec=`: WATCHDOG=1 comes from the thread that serves the guest
+/// itself. While that one thread is stopped (ptrace; the host's other
+/// threads run on), none comes, for many times the interval systemd was
+/// told; once it runs again, they come again.
+#[cfg(target_os = "linux")]
+fn the_watchdog_hears_only_from_the_serving_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    let wait_for_watchdog = || {
+        socket.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = socket.recv(&mut buf).expect("WATCHDOG=1");
+            if &buf[..n] == b"WATCHDOG=1" {
+                return;
+            }
+        }
+    };
+    let mut cmd = crate::support::host_command();
+    // Every 50 ms (half the 100 ms systemd would be told).
+    cmd.env("NOTIFY_SOCKET", &path).env("WATCHDOG_USEC", "100000");
+    let host = Host::start_command(cmd.args(["--listen", "127.0.0.1:0"]));
+    host.listen_addr();
+    wait_for_watchdog();
+    let pid = libc::pid_t::try_from(host.pid()).unwrap();
+    // The main thread (its id is the process's) serves the guest.
+    // SAFETY: ptrace on the test's own child; waitpid writes one status.
+    unsafe {
+        assert_eq!(
+            libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0),
+            0,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0), 0);
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, libc::__WALL), pid);
+        assert!(libc::WIFSTOPPED(status), "{status}");
+    }
+    let state = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat")).unwrap();
+    assert_eq!(state.rsplit_once(") ").unwrap().1.chars().next(), Some('t'), "{state}");
+    // What it said before it stopped, then silence: ten intervals.
+    socket.set_nonblocking(true).unwrap();
+    while socket.recv(&mut [0u8; 4096]).is_ok() {}
+    socket.set_nonblocking(false).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let heard = socket.recv(&mut [0u8; 4096]);
+    // SAFETY: detaching lets the stopped thread run on.
+    unsafe { assert_eq!(libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0), 0) };
+    assert!(heard.is_err(), "a WATCHDOG=1 came while the serving thread was stopped");
+    wait_for_watchdog();
+    assert!(echo(&mut connect(host.listen_addr()), b"serving again"), "{}", host.report());
 }
 
 /// A log nobody reads (a full pipe) never stalls serving: with --trace, an
@@ -474,7 +629,7 @@ fn a_log_nobody_reads_never_stalls_serving() {
     let host = Host::start_command(&mut cmd);
     // The addresses, without reading the log: the guest's listener and the
     // metrics are found where the host listens (its only two listeners).
-    let listening = listening_ports(host.pid(), 2);
+    let listening = crate::support::listening_ports(host.pid(), 2);
     let mut echoed = 0;
     let mut addr = None;
     for port in &listening {
@@ -497,45 +652,10 @@ fn a_log_nobody_reads_never_stalls_serving() {
         .find(|a| *a != addr)
         .unwrap();
     let text = http_get(metrics, "/metrics").1;
-    let dropped = sample(&text, "wasi_tcp_host_log_lines_dropped").unwrap_or_default();
+    let dropped = sample(&text, "wasi_tcp_host_log_lines_dropped_total").unwrap_or_default();
     drop(host);
     assert_eq!(echoed, 10_000);
     assert!(dropped > 0.0, "no line was dropped: the pipe never filled?\n{text}");
-}
-
-/// The TCP ports process `pid` listens on (from /proc/net/tcp), once there
-/// are `n` of them.
-fn listening_ports(pid: u32, n: usize) -> Vec<u16> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|fds| {
-                fds.flatten()
-                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-                    .filter_map(|l| {
-                        l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(String::from)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-        let ports: Vec<u16> = table
-            .lines()
-            .skip(1)
-            .filter_map(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                let listening = fields.get(3) == Some(&"0A")
-                    && inodes.iter().any(|i| Some(&i.as_str()) == fields.get(9));
-                let port = fields.get(1)?.rsplit(':').next()?;
-                listening.then(|| u16::from_str_radix(port, 16).ok()).flatten()
-            })
-            .collect();
-        if ports.len() >= n {
-            return ports;
-        }
-        assert!(Instant::now() < deadline, "the host never listened on {n} ports: {ports:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 pub fn tests() -> Vec<libtest_mimic::Trial> {
@@ -558,5 +678,9 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         sighup_applies_a_changed_policy_and_refuses_what_needs_a_restart,
         under_the_journal_each_line_carries_its_priority,
         a_log_nobody_reads_never_stalls_serving,
+        a_fresh_host_shows_every_series_at_zero_its_limits_and_its_guest,
+        the_guest_info_follows_swaps_and_not_failed_ones,
+        #[cfg(target_os = "linux")]
+        the_watchdog_hears_only_from_the_serving_thread,
     ]
 }

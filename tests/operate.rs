@@ -159,7 +159,7 @@ fn a_handed_descriptor_that_is_not_open_is_a_clear_error() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let (status, output) = handed_saying(&listener, 2, &[]).wait();
     assert!(!status.success(), "{output}");
-    let expected = "wasi-tcp-host: error: descriptor 4, counted in LISTEN_FDS by the service manager, is not open";
+    let expected = "wasi-tcp-host: error: descriptor 4, passed by the service manager, is not open";
     assert_eq!(output.trim(), expected);
 }
 
@@ -182,18 +182,29 @@ impl AsRawFd for Fd {
     }
 }
 
-/// SIGQUIT (the image's STOPSIGNAL, systemd's KillSignal): no new clients;
-/// the ones connected are served until they leave; then the host exits.
+/// SIGTERM (what systemd, Kubernetes and `docker stop` send) and SIGQUIT:
+/// a graceful stop. No new clients; the ones connected are served until
+/// they leave; then the host exits.
+fn sigterm_serves_the_connected_clients_then_exits() {
+    serves_the_connected_clients_then_exits(libc::SIGTERM);
+}
+
 fn sigquit_serves_the_connected_clients_then_exits() {
+    serves_the_connected_clients_then_exits(libc::SIGQUIT);
+}
+
+fn serves_the_connected_clients_then_exits(signal: libc::c_int) {
     let host = Host::start(&["--listen", "127.0.0.1:0", "--drain-timeout", "5m"]);
     let mut client = connect(host.listen_addr());
     assert!(echo(&mut client, b"before"));
-    host.signal(libc::SIGQUIT);
+    host.signal(signal);
     host.wait_for("stop: guest instance #1 takes no new clients; it serves its 1 until they leave");
     // A client arriving now is refused at once: the listener is closed.
     match TcpStream::connect(host.listen_addr()) {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
-        other => panic!("a client that came after SIGQUIT got {other:?}\n{}", host.report()),
+        other => {
+            panic!("a client that came after signal {signal} got {other:?}\n{}", host.report())
+        }
     }
     assert!(echo(&mut client, b"still served"), "{}", host.report());
     drop(client);
@@ -265,6 +276,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         a_handed_descriptor_that_is_not_a_listening_tcp_socket_is_a_clear_error,
         a_handed_descriptor_that_is_not_open_is_a_clear_error,
         a_handed_socket_no_grant_covers_is_a_clear_error,
+        sigterm_serves_the_connected_clients_then_exits,
         sigquit_serves_the_connected_clients_then_exits,
         sigquit_leaves_a_handed_socket_queueing_new_clients,
         sigquit_leaves_a_handed_socket_queueing_with_per_client,

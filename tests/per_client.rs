@@ -250,6 +250,53 @@ fn sigquit_refuses_new_clients_and_serves_those_connected() {
     assert!(output.contains("stop: every client has left; stopped"), "{output}");
 }
 
+/// SIGTERM too stops gracefully; a second SIGTERM stops every instance
+/// at once (its client sees the connection end).
+fn sigterm_drains_and_a_second_sigterm_stops_at_once() {
+    let (host, addr) = per_client("echo-stdio", &["--drain-timeout", "5m"]);
+    let mut client = connect(addr);
+    assert!(echo(&mut client, b"before"));
+    host.signal(libc::SIGTERM);
+    host.wait_for("SIGTERM received: the listeners are closed; serving the 1 clients connected");
+    match TcpStream::connect(addr) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        other => panic!("a client after SIGTERM got {other:?}\n{}", host.report()),
+    }
+    assert!(echo(&mut client, b"still served"), "{}", host.report());
+    host.signal(libc::SIGTERM);
+    let (status, output) = host.wait();
+    assert!(status.success(), "{output}");
+    assert!(output.contains("SIGTERM received: stopping every instance"), "{output}");
+    assert!(matches!(client.read(&mut [0u8; 1]), Ok(0)), "the connection did not end with a FIN");
+}
+
+/// After a burst of clients the pool keeps what their instances touched
+/// resident; once none is alive, the host makes the pool afresh and lets
+/// the old one go: its resident memory comes back near what the host held
+/// before the burst (after a few clients, one at a time).
+#[cfg(target_os = "linux")]
+fn a_burst_of_clients_leaves_no_memory_behind() {
+    let (host, addr) = per_client("echo-stdio", &["--max-connections", "400"]);
+    for _ in 0..8 {
+        assert!(echo(&mut connect(addr), b"warm"));
+    }
+    let idle = host.memory("VmRSS");
+    let mut burst: Vec<TcpStream> = (0..300).map(|_| connect(addr)).collect();
+    for client in &mut burst {
+        assert!(echo(client, b"burst"), "{}", host.report());
+    }
+    let peak = host.memory("VmRSS");
+    drop(burst);
+    host.wait_for(
+        "per-client: 300 instances were alive at once, none is now: the pool is made afresh",
+    );
+    host.wait_for("per-client: the old pool is gone");
+    let after = host.memory("VmRSS");
+    eprintln!("resident: {idle} before, {peak} with 300 clients, {after} after");
+    assert!(peak > idle + (8 << 20), "the burst made no difference? {idle} {peak}");
+    assert!(after * 100 <= idle * 115, "{after} bytes resident after the burst, {idle} before");
+}
+
 /// A guest that serves clients itself (the built-in one opens sockets) is
 /// named at start: one instance per client is not for it. Its trial
 /// instance gets no listen address: the bind it tries is denied, it
@@ -272,7 +319,8 @@ fn metrics_count_the_clients_and_readiness_ends_with_sigquit() {
     let (host, addr) =
         per_client("echo-stdio", &["--metrics", "127.0.0.1:0", "--drain-timeout", "5m"]);
     let metrics = host.metrics_addr();
-    assert_eq!(http_get(metrics, "/readyz").0, 200);
+    // Health is served from the start; ready once the guest has passed its trial.
+    crate::observe::wait_until_ready(metrics, &host);
     let mut clients: Vec<TcpStream> = (0..3).map(|_| connect(addr)).collect();
     for client in &mut clients {
         assert!(echo(client, b"counted"));
@@ -436,6 +484,9 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         trace_marks_every_line_with_the_clients_instance,
         sighup_gives_new_clients_the_new_guest,
         sigquit_refuses_new_clients_and_serves_those_connected,
+        sigterm_drains_and_a_second_sigterm_stops_at_once,
+        #[cfg(target_os = "linux")]
+        a_burst_of_clients_leaves_no_memory_behind,
         threads_without_per_client_is_refused,
         #[cfg(target_os = "linux")]
         a_guest_flooding_a_client_that_never_reads_holds_a_send_at_most,

@@ -1,5 +1,6 @@
-//! SIGINT and SIGTERM stop the host gracefully (exit status 0) wherever the
-//! guest is, and free the port at once.
+//! SIGINT, and a second SIGTERM, stop the host at once (exit status 0)
+//! wherever the guest is, and free the port at once. (The first SIGTERM
+//! stops it gracefully: `operate.rs`.)
 
 use crate::support::guests::test_guest;
 use crate::support::{assert_echoes, connect, Host};
@@ -7,7 +8,13 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
+/// Stops `host` at once with `signal`: SIGINT; or SIGTERM, sent twice
+/// (the first drains, the second stops).
 fn assert_stops_cleanly(host: Host, signal: libc::c_int, name: &str) {
+    if signal == libc::SIGTERM {
+        host.signal(signal);
+        host.wait_for("SIGTERM received: taking no new clients");
+    }
     host.signal(signal);
     let (status, output) = host.wait();
     assert!(status.success(), "exit status {status:?}\n{output}");
@@ -46,7 +53,9 @@ fn sigint_while_the_iterative_guest_blocks_in_accept_or_recv() {
     assert_port_free(addr);
 }
 
-fn sigterm_while_a_client_is_connected() {
+/// SIGTERM drains: a client connected keeps the host serving; the
+/// second SIGTERM stops it.
+fn a_second_sigterm_while_a_client_is_connected() {
     let (host, addr) = Host::serve(None);
     let mut client = connect(addr);
     client.write_all(b"ping").unwrap();
@@ -60,11 +69,22 @@ fn sigterm_while_a_client_is_connected() {
     assert_port_free(addr);
 }
 
+/// A guest with no client to drain stops at the first SIGTERM, even one
+/// that spins.
 fn sigterm_while_the_guest_spins() {
     let guest = test_guest("spin");
     let host = Host::start(&["--listen", "127.0.0.1:0", guest.to_str().unwrap()]);
     host.wait_for("spinning");
-    assert_stops_cleanly(host, libc::SIGTERM, "SIGTERM");
+    assert_drains_and_stops(host);
+}
+
+/// SIGTERM, with no client connected: the drain is over at once, and the
+/// guest is stopped wherever it is.
+fn assert_drains_and_stops(host: Host) {
+    host.signal(libc::SIGTERM);
+    let (status, output) = host.wait();
+    assert!(status.success(), "exit status {status:?}\n{output}");
+    assert!(output.contains("stop: guest instance #1 has no clients left; stopped it"), "{output}");
 }
 
 /// The epoch ticker sleeps while the host waits; it must wake with it, or
@@ -76,9 +96,10 @@ fn sigterm_while_the_guest_spins_after_the_host_was_idle() {
         Host::start(&["--listen", "127.0.0.1:0", guest.to_str().unwrap(), "--", "after-a-client"]);
     let addr = host.listen_addr();
     host.wait_until_idle();
+    // The guest takes this client, lets it go, and spins.
     let _client = connect(addr);
     host.wait_for("spinning");
-    assert_stops_cleanly(host, libc::SIGTERM, "SIGTERM");
+    assert_drains_and_stops(host);
 }
 
 fn sigint_while_the_guest_spins() {
@@ -122,7 +143,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
     crate::tests![
         sigint_while_the_guest_waits_in_accept,
         sigint_while_the_iterative_guest_blocks_in_accept_or_recv,
-        sigterm_while_a_client_is_connected,
+        a_second_sigterm_while_a_client_is_connected,
         sigterm_while_the_guest_spins,
         #[cfg(target_os = "linux")]
         sigterm_while_the_guest_spins_after_the_host_was_idle [needs need::wchan()],

@@ -5,7 +5,7 @@
 //! these at will, so each kind is written at most ten times a second, and
 //! the rest counted (`log_limit.rs`).
 
-use crate::log_limit::Kind;
+use crate::log_limit::{Kind, LogLines};
 use crate::policy::{describe, is_any_port_wildcard, Grants};
 use std::net::SocketAddr;
 use wasmtime_wasi::sockets::SocketAddrUse;
@@ -47,16 +47,16 @@ pub fn log(grants: &Grants, addr: SocketAddr, use_: SocketAddrUse, allowed: bool
 /// The kind an audit line counts as, for the log's rate limit; None for
 /// the lines only `RUST_LOG=debug` shows (not limited: asked for).
 fn audit_kind(use_: SocketAddrUse, allowed: bool, addr: SocketAddr) -> Option<&'static Kind> {
-    static BOUND: Kind = Kind::info("binds");
-    static LISTENING: Kind = Kind::info("listens");
-    static ACCEPTED: Kind = Kind::info("accepted clients");
-    static CONNECTING: Kind = Kind::info("connects");
-    static UDP_BOUND: Kind = Kind::info("UDP binds");
-    static DENIED_BINDS: Kind = Kind::warn("denied TCP binds");
-    static DENIED_LISTENS: Kind = Kind::warn("denied TCP listens");
-    static DENIED_CLIENTS: Kind = Kind::warn("denied TCP clients");
-    static DENIED_CONNECTS: Kind = Kind::warn("denied TCP connects");
-    static DENIED_UDP: Kind = Kind::warn("denied UDP uses");
+    static BOUND: Kind = Kind::info(LogLines::Bind, "binds");
+    static LISTENING: Kind = Kind::info(LogLines::Listen, "listens");
+    static ACCEPTED: Kind = Kind::info(LogLines::Accept, "accepted clients");
+    static CONNECTING: Kind = Kind::info(LogLines::Connect, "connects");
+    static UDP_BOUND: Kind = Kind::info(LogLines::UdpBind, "UDP binds");
+    static DENIED_BINDS: Kind = Kind::warn(LogLines::BindDenied, "denied TCP binds");
+    static DENIED_LISTENS: Kind = Kind::warn(LogLines::ListenDenied, "denied TCP listens");
+    static DENIED_CLIENTS: Kind = Kind::warn(LogLines::ClientDenied, "denied TCP clients");
+    static DENIED_CONNECTS: Kind = Kind::warn(LogLines::ConnectDenied, "denied TCP connects");
+    static DENIED_UDP: Kind = Kind::warn(LogLines::UdpDenied, "denied UDP uses");
     let kind = match (allowed, use_) {
         (true, SocketAddrUse::TcpBind) if !is_any_port_wildcard(addr) => &BOUND,
         (true, SocketAddrUse::TcpListen) => &LISTENING,

@@ -140,9 +140,14 @@ fn compile_timed(engine: &Engine, bytes: &[u8], shown: &str) -> Result<(Componen
     Ok((component, started.elapsed().as_secs_f64()))
 }
 
+/// `bytes`' SHA-256, in hexadecimal.
+pub fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// `<sha-256 of the component>-<hash of the engine's settings>.cwasm`.
 fn entry_name(engine: &Engine, bytes: &[u8]) -> String {
-    let content: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let content = sha256(bytes);
     let mut settings = DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut settings);
     format!("{content}-{:016x}.cwasm", settings.finish())

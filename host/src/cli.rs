@@ -177,6 +177,12 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Print what these grants and limits can make the host hold (the
+    /// ledger, row by row) and what a systemd unit and a Kubernetes pod
+    /// must allow for them, then exit without serving.
+    #[arg(long)]
+    pub ledger: bool,
+
     /// Arguments for the guest (its argv after argv[0]).
     #[arg(last = true, value_name = "GUEST_ARGS")]
     pub guest_args: Vec<String>,
@@ -250,6 +256,16 @@ pub enum Command {
     /// $RUNTIME_DIRECTORY).
     Reload {
         /// The host's process id (systemd: $MAINPID).
+        pid: u32,
+    },
+    /// Ask the host running as PID to hand its listening sockets to the
+    /// executable now installed where it was started from (SIGUSR2), and
+    /// wait: exit status 0 once the new host serves (the old one drains
+    /// and exits), 1 (and why) if it did not start serving; the old host
+    /// then goes on as before. No client is refused meanwhile. Reads the
+    /// outcome in $RUNTIME_DIRECTORY, as `reload` does.
+    Upgrade {
+        /// The running host's process id (systemd: $MAINPID).
         pid: u32,
     },
     /// Show what a component imports and exports, which grants it could
@@ -361,41 +377,104 @@ mod tests {
         assert_eq!(s.guest_env()[0].1, "0.0.0.0:9000,[::]:9000");
     }
 
-    /// The policy files shipped in deploy/ (on its own, and inside the
-    /// Kubernetes ConfigMap) are ones the host accepts, and one policy:
-    /// the ConfigMap holds the file's very text, and the Deployment's
-    /// checksum/policy annotation is its SHA-256 (so a changed policy rolls
-    /// the pods).
+    /// The policy files shipped in deploy/ are ones the host accepts (the
+    /// Kubernetes ConfigMap is made from deploy/policy.toml itself, by
+    /// deploy/kustomization.yaml: no copy to keep in step).
     #[test]
     fn the_shipped_policy_files_are_valid() {
-        use sha2::{Digest, Sha256};
         let policy = include_str!("../../deploy/policy.toml");
         let file: Choices = toml::from_str(policy).unwrap();
         assert_eq!(file.listen, ["0.0.0.0:9000".parse::<std::net::SocketAddr>().unwrap()]);
-        let configmap = include_str!("../../deploy/kubernetes/configmap.yaml");
-        let (_, embedded) = configmap.split_once("policy.toml: |\n").unwrap();
-        let embedded: String = embedded
-            .lines()
-            .map(|l| l.strip_prefix("    ").unwrap_or(l).to_string() + "\n")
-            .collect();
-        assert_eq!(embedded, policy, "the ConfigMap's policy differs from deploy/policy.toml");
-        let digest: String = Sha256::digest(policy).iter().map(|b| format!("{b:02x}")).collect();
-        let deployment = include_str!("../../deploy/kubernetes/deployment.yaml");
-        assert!(
-            deployment.contains(&format!("checksum/policy: {digest}")),
-            "set the Deployment's checksum/policy annotation to {digest}"
-        );
-        let file: Choices = toml::from_str(&embedded).unwrap();
         assert_eq!(file.drain_timeout, Some(Duration::from_secs(30)));
         assert_eq!(file.idle_timeout, Some(Duration::from_secs(300)));
-        let shipped: Choices = toml::from_str(include_str!("../../deploy/policy.toml")).unwrap();
-        assert_eq!(shipped.idle_timeout, Some(Duration::from_secs(300)));
+        let kustomization = include_str!("../../deploy/kustomization.yaml");
+        assert!(kustomization.contains("configMapGenerator:"), "{kustomization}");
+        assert!(kustomization.contains("      - policy.toml\n"), "{kustomization}");
+        let per_client: Choices =
+            toml::from_str(include_str!("../../deploy/per-client/policy.toml")).unwrap();
+        assert!(
+            per_client.per_client,
+            "deploy/per-client/policy.toml serves one instance per client"
+        );
     }
 
-    /// The shipped systemd unit and Deployment fit the shipped policy:
-    /// descriptors for every connection and the host's own, memory for
-    /// the guest's cap and the host's, the metrics port the one the unit
-    /// lets the host bind and the one the probes ask.
+    /// The value after `key` on its line (the last one, if `key` repeats).
+    fn value_after(text: &str, key: &str) -> String {
+        let (_, rest) = text.rsplit_once(key).unwrap_or_else(|| panic!("no {key}"));
+        rest.lines().next().unwrap().trim().trim_matches('"').to_string()
+    }
+
+    /// The unit's and the pod's limits, as `--ledger` prints them for
+    /// each shipped policy: one host's descriptors, two hosts' memory and
+    /// threads under systemd (an upgrade runs them side by side), one
+    /// host's memory for a pod, requests equal to limits.
+    #[test]
+    fn the_shipped_units_and_pods_are_sized_from_the_ledger() {
+        let sized = |policy: &str| settings(Some(policy), &[]).unwrap().terms().sizing();
+        let mib = |bytes: u64| bytes.div_ceil(1 << 20);
+        let check_unit = |unit: &str, sizing: crate::ledger::Sizing| {
+            assert_eq!(value_after(unit, "\nLimitNOFILE="), sizing.descriptors.to_string());
+            assert_eq!(value_after(unit, "\nMemoryMax="), format!("{}M", 2 * mib(sizing.memory)));
+            assert_eq!(value_after(unit, "\nTasksMax="), (2 * sizing.threads).to_string());
+        };
+        let shipped = sized(include_str!("../../deploy/policy.toml"));
+        check_unit(include_str!("../../deploy/systemd/wasi-tcp-host.service"), shipped);
+        let per_client = sized(include_str!("../../deploy/per-client/policy.toml"));
+        let drop_in =
+            include_str!("../../deploy/per-client/wasi-tcp-host.service.d/per-client.conf");
+        check_unit(drop_in, per_client);
+
+        // The first `memory:` after `requests:`, and after `limits:`.
+        let pod_memory = |resources: &str| {
+            let after = |key: &str| {
+                let (_, rest) = resources.split_once(key).unwrap();
+                let (_, value) = rest.split_once("memory: ").unwrap();
+                value.split(['}', '\n', ',']).next().unwrap().trim().to_string()
+            };
+            assert_eq!(after("requests:"), after("limits:"), "requests equal to limits");
+            after("requests:")
+        };
+        let deployment = include_str!("../../deploy/kubernetes/deployment.yaml");
+        assert_eq!(pod_memory(deployment), format!("{}Mi", mib(shipped.memory)));
+        let component = include_str!("../../deploy/per-client/kustomization.yaml");
+        assert_eq!(pod_memory(component), format!("{}Mi", mib(per_client.memory)));
+    }
+
+    /// The unit fails loudly: a bounded number of restarts with a growing
+    /// delay, then `failed` and the OnFailure= hook; SIGTERM (the default
+    /// KillSignal=) drains; the serving thread feeds a watchdog; every
+    /// process may notify (an upgrade's new host becomes the main one).
+    #[test]
+    fn the_unit_fails_loudly_drains_and_is_watched() {
+        let unit = include_str!("../../deploy/systemd/wasi-tcp-host.service");
+        for (key, value) in [
+            ("StartLimitIntervalSec=", "10min"),
+            ("StartLimitBurst=", "5"),
+            ("OnFailure=", "wasi-tcp-host-failed@%n.service"),
+            ("Restart=", "on-failure"),
+            ("RestartSteps=", "5"),
+            ("RestartMaxDelaySec=", "30s"),
+            ("WatchdogSec=", "10s"),
+            ("NotifyAccess=", "all"),
+            ("Type=", "notify"),
+            ("TimeoutStopSec=", "40s"),
+        ] {
+            assert_eq!(value_after(unit, &format!("\n{key}")), value, "{key}");
+        }
+        assert!(!unit.contains("\nKillSignal="), "SIGTERM, the default, drains");
+        let drain: Duration = humantime::parse_duration(&value_after(
+            include_str!("../../deploy/policy.toml"),
+            "drain-timeout = ",
+        ))
+        .unwrap();
+        assert!(drain < Duration::from_secs(40), "TimeoutStopSec= leaves time for the drain");
+        let hook = include_str!("../../deploy/systemd/wasi-tcp-host-failed@.service");
+        assert!(hook.contains("Type=oneshot"), "{hook}");
+    }
+
+    /// The shipped systemd unit and Deployment agree with the shipped
+    /// policy on the metrics port: the one the unit lets the host bind,
+    /// the one the probes and the NetworkPolicy name.
     #[test]
     fn the_shipped_units_fit_the_policy() {
         let policy: Choices = toml::from_str(include_str!("../../deploy/policy.toml")).unwrap();
@@ -405,21 +484,6 @@ mod tests {
             let (_, rest) = text.split_once(key).unwrap_or_else(|| panic!("no {key}"));
             rest.lines().next().unwrap().trim().trim_matches('"').to_string()
         };
-
-        let descriptors: usize = value_after(service, "\nLimitNOFILE=").parse().unwrap();
-        let shipped = settings(Some(include_str!("../../deploy/policy.toml")), &[]).unwrap();
-        let needed = shipped.terms().descriptors();
-        assert!(descriptors >= needed, "LimitNOFILE={descriptors} is under {needed}");
-
-        // The host's own memory, measured (README, Deploy): about 15 MiB,
-        // and 1.8 KiB for each idle client.
-        let host_overhead = (15 << 20) + policy.max_connections.unwrap() * 1843;
-        let (_, requests) = deployment.split_once("requests:").unwrap();
-        let request = value_after(requests, "memory:");
-        let request: usize = request.strip_suffix("Mi").unwrap().parse::<usize>().unwrap() << 20;
-        let needed = policy.max_memory.unwrap().0 as usize + host_overhead;
-        assert!(request >= needed, "a memory request of {request} bytes is under {needed}");
-
         let port = policy.metrics.unwrap().port();
         assert_eq!(value_after(service, "\nSocketBindAllow=tcp:"), port.to_string());
         // Only the monitoring namespace reaches the metrics port: its rule

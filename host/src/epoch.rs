@@ -49,6 +49,8 @@ fn wake_ticker() {
 pub struct EpochTicker {
     stop: Arc<AtomicBool>,
     thread: Thread,
+    /// To wait for it to end (and let its engine go): `stop_and_join`.
+    handle: Option<std::thread::JoinHandle<()>>,
 }
 
 impl EpochTicker {
@@ -67,10 +69,20 @@ impl EpochTicker {
                 engine.increment_epoch();
             }
         });
-        let thread = thread.context("starting the epoch ticker thread")?;
-        let thread = thread.thread().clone();
+        let handle = thread.context("starting the epoch ticker thread")?;
+        let thread = handle.thread().clone();
         *TICKER.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread.clone());
-        Ok(EpochTicker { stop, thread })
+        Ok(EpochTicker { stop, thread, handle: Some(handle) })
+    }
+
+    /// Stops the ticker and waits until its thread has ended, and with it
+    /// its hold on the engine. Blocks (for up to a tick).
+    pub fn stop_and_join(mut self) {
+        self.stop.store(true, SeqCst);
+        self.thread.unpark();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
     }
 }
 

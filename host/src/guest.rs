@@ -12,6 +12,14 @@ use wasmtime::Engine;
 /// `default_guest_uncompiled`, the component itself).
 static DEFAULT_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest.cwasm"));
 
+/// A guest compiled and ready to link: its code, and the SHA-256 of the
+/// component it was compiled from (which build serves: `guest_info`).
+#[derive(Clone)]
+pub struct Compiled {
+    pub component: Component,
+    pub digest: String,
+}
+
 /// The guest's name as the logs (and the guest's `argv[0]`) show it.
 pub fn name(path: Option<&Path>) -> String {
     match path {
@@ -30,7 +38,7 @@ pub async fn load_in_background(
     path: Option<&Path>,
     read: Option<Arc<Vec<u8>>>,
     cache: Option<&Path>,
-) -> Result<Component> {
+) -> Result<Compiled> {
     let engine = engine.clone();
     let (path, cache) = (path.map(Path::to_path_buf), cache.map(Path::to_path_buf));
     let loading = crate::off_thread::run("guest-loader", move || match (path.as_deref(), read) {
@@ -42,15 +50,23 @@ pub async fn load_in_background(
 
 /// Loads the guest to run. A file is compiled, or its compiled code is
 /// taken from `cache` (see `cache.rs`) when an earlier run left it there.
-pub fn load(engine: &Engine, path: Option<&Path>, cache: Option<&Path>) -> Result<Component> {
+pub fn load(engine: &Engine, path: Option<&Path>, cache: Option<&Path>) -> Result<Compiled> {
     match path {
         None => load_default(engine),
         Some(path) => load_file(engine, path, cache),
     }
 }
 
+/// The built-in guest's component's SHA-256 (`build.rs` computes it).
+const DEFAULT_GUEST_SHA256: &str = env!("DEFAULT_GUEST_SHA256");
+
+fn load_default(engine: &Engine) -> Result<Compiled> {
+    let component = load_default_code(engine)?;
+    Ok(Compiled { component, digest: DEFAULT_GUEST_SHA256.to_string() })
+}
+
 #[cfg(not(default_guest_uncompiled))]
-fn load_default(engine: &Engine) -> Result<Component> {
+fn load_default_code(engine: &Engine) -> Result<Component> {
     // SAFETY: these bytes were written by `Engine::precompile_component` in
     // this crate's build script, with the configuration `engine` was made
     // from (`engine::config`). wasmtime still checks that the version and
@@ -63,13 +79,13 @@ fn load_default(engine: &Engine) -> Result<Component> {
 /// A host cross-built for an architecture the build machine's Cranelift
 /// does not know embeds the component itself (see `build.rs`).
 #[cfg(default_guest_uncompiled)]
-fn load_default(engine: &Engine) -> Result<Component> {
+fn load_default_code(engine: &Engine) -> Result<Component> {
     Component::from_binary(engine, DEFAULT_GUEST)
         .map_err(anyhow::Error::from)
         .context("compiling the built-in echo guest")
 }
 
-fn load_file(engine: &Engine, path: &Path, cache: Option<&Path>) -> Result<Component> {
+fn load_file(engine: &Engine, path: &Path, cache: Option<&Path>) -> Result<Compiled> {
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {shown}"))?;
     compile_file(engine, path, &bytes, cache)
@@ -80,9 +96,10 @@ fn compile_file(
     path: &Path,
     bytes: &[u8],
     cache: Option<&Path>,
-) -> Result<Component> {
+) -> Result<Compiled> {
     check_is_component(path, bytes)?;
-    crate::cache::compile(engine, bytes, &path.display().to_string(), cache)
+    let component = crate::cache::compile(engine, bytes, &path.display().to_string(), cache)?;
+    Ok(Compiled { component, digest: crate::cache::sha256(bytes) })
 }
 
 /// A clear word for the two ways a file is not a component at all.

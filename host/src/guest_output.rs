@@ -18,7 +18,7 @@
 //! chose.
 
 use crate::escape;
-use crate::log_limit::Kind;
+use crate::log_limit::{Kind, LogLines};
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -28,7 +28,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 /// also what one `check-write` grants.
 use crate::ledger::MAX_LINE;
 
-static LINES: Kind = Kind::info("lines of the guests' stderr");
+static LINES: Kind = Kind::info(LogLines::GuestStderr, "lines of the guests' stderr");
 
 /// One instance's stdout or stderr: every stream the guest opens on it
 /// writes to the same line buffer.

@@ -5,7 +5,7 @@
 use crate::cpu::{BudgetSpent, Metered};
 use crate::escape::{self, MAX_NAME};
 use crate::limits;
-use crate::log_limit::Kind;
+use crate::log_limit::{Kind, LogLines};
 use crate::metrics::{self, Failure, METRICS};
 use crate::sandbox::{self, GuestState, Sandbox, Stdio};
 use crate::sockets::Tenant;
@@ -222,7 +222,8 @@ fn describe_trap(e: wasmtime::Error, state: &GuestState) -> anyhow::Error {
 /// The guest filled its resource table: it is stopped (a full table is a
 /// trap wherever a handle is made), with one line that names the limit.
 fn table_full(state: &mut GuestState) -> anyhow::Error {
-    static FULL: Kind = Kind::warn("guests stopped at their handle limit");
+    static FULL: Kind =
+        Kind::warn(LogLines::HandleLimitReached, "guests stopped at their handle limit");
     let (held, max) = state.handles();
     let (per_socket, besides) = (crate::ledger::HANDLES_PER_SOCKET, crate::ledger::HANDLES_BESIDES);
     let why = format!(

@@ -191,6 +191,94 @@ impl Terms {
     }
 }
 
+/// What a deployment must allow one host process running a policy: the
+/// ledger's totals, and what the ledger leaves to others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizing {
+    /// The ledger's memory, the host's own footprint, and the kernel's
+    /// socket buffers as counted here: bytes.
+    pub memory: u64,
+    pub descriptors: usize,
+    /// Threads at most (systemd's TasksMax= counts them).
+    pub threads: usize,
+}
+
+/// The host's own resident memory at start, before any client: its code,
+/// the built-in guest's, the runtime (measured: 12-15 MiB; counted with
+/// room for a larger guest's compiled code).
+pub const HOST_FOOTPRINT: u64 = 32 << 20;
+/// The kernel's socket buffers counted for each connection: what an echo
+/// client's traffic keeps queued. The kernel's autotuning (`tcp_rmem`,
+/// `tcp_wmem`) may grow a busy connection's well beyond; under memory
+/// pressure it shrinks them (`tcp_mem`) rather than fail.
+pub const SOCKET_BUFFERS: u64 = 64 << 10;
+/// Threads besides the blocking ones and the guests': the main one, the
+/// two output writers, the epoch ticker, the file watch, and the
+/// compiler's (RAYON_NUM_THREADS=4 in the units).
+pub const OTHER_THREADS: usize = 5 + COMPILE_THREADS;
+/// The compiler's threads the units allow (RAYON_NUM_THREADS).
+pub const COMPILE_THREADS: usize = 4;
+
+impl Terms {
+    /// What one host process running this policy needs.
+    pub fn sizing(&self) -> Sizing {
+        let sockets = self.max_connections as u64 * SOCKET_BUFFERS;
+        Sizing {
+            memory: self.memory() + HOST_FOOTPRINT + sockets,
+            descriptors: self.descriptors(),
+            threads: OTHER_THREADS + BLOCKING_THREADS + self.per_client.unwrap_or(0),
+        }
+    }
+}
+
+impl Sizing {
+    /// The settings that follow, for a systemd unit (where an upgrade runs
+    /// the old host and the new one side by side in the unit's cgroup: two
+    /// hosts' memory and threads) and for a Kubernetes container (one host:
+    /// a rollout starts new pods instead).
+    pub fn describe(&self) -> String {
+        let mib = |bytes: u64| bytes.div_ceil(1 << 20);
+        format!(
+            "systemd: MemoryMax={}M LimitNOFILE={} TasksMax={} (an upgrade runs two hosts); \
+             Kubernetes: memory {}Mi for requests and limits alike",
+            2 * mib(self.memory),
+            self.descriptors,
+            2 * self.threads,
+            mib(self.memory)
+        )
+    }
+}
+
+/// `--ledger`: the rows, the totals, and the deployment's settings.
+pub fn describe(terms: &Terms) -> String {
+    let mib = |bytes: u64| bytes.div_ceil(1 << 20);
+    let mut text = String::from("memory (MiB):\n");
+    for row in terms.memory_rows() {
+        text += &format!("  {:>8}  {}\n", mib(row.bytes), row.what);
+    }
+    text += &format!(
+        "  {:>8}  in all ({} guest instances at most)\n",
+        mib(terms.memory()),
+        terms.instances()
+    );
+    text += "descriptors:\n";
+    for row in terms.descriptor_rows().iter().filter(|r| r.count > 0) {
+        text += &format!("  {:>8}  {}\n", row.count, row.what);
+    }
+    text += &format!("  {:>8}  in all\n", terms.descriptors());
+    let sizing = terms.sizing();
+    text += &format!(
+        "one host process needs {} MiB (the ledger, {} MiB of the host's own, {} KiB of socket \
+         buffers a connection), {} descriptors and {} threads\n",
+        mib(sizing.memory),
+        HOST_FOOTPRINT >> 20,
+        SOCKET_BUFFERS >> 10,
+        sizing.descriptors,
+        sizing.threads
+    );
+    text + &sizing.describe()
+}
+
 const GUEST_MEMORY: &str = "guest linear memory";
 const SOCKETS: &str = "sockets";
 

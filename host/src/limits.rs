@@ -10,7 +10,7 @@
 //! CPU budget is `cpu.rs`'s.
 
 pub use crate::ledger::MAX_TABLE_ELEMENTS;
-use crate::log_limit::Kind;
+use crate::log_limit::{Kind, LogLines};
 use crate::metrics::METRICS;
 use crate::settings::Size;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
@@ -26,7 +26,7 @@ pub const MAX_INSTANCES: usize = 32;
 pub const MAX_MEMORIES: usize = 8;
 /// Tables a guest may create (each of those guests has 2).
 pub const MAX_TABLES: usize = 32;
-static MEMORY_REFUSED: Kind = Kind::warn("refused memory growths");
+static MEMORY_REFUSED: Kind = Kind::warn(LogLines::MemoryGrowthRefused, "refused memory growths");
 
 /// Every guest instance's linear memory, in all, and the most it may be
 /// (the ledger's guest memory; until it is set, no total applies).

@@ -9,9 +9,10 @@
 //!
 //! So the log cannot be flooded, and its totals stay exact: the lines
 //! written plus the counts in these summaries are every event. In JSON the
-//! summary is an event of its own (`"event":"suppressed"`, with `kind` and
-//! `count`).
+//! summary is an event of its own (`"event":"suppressed"`, with `kind`, the
+//! kind's snake_case name the metrics use too, and `count`).
 
+pub use crate::metrics::LogLines;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,8 @@ const WINDOW: Duration = Duration::from_secs(1);
 /// One kind of line, with its own allowance. Declare each as a `static`
 /// next to the line it limits.
 pub struct Kind {
+    /// Its name in the metrics and in JSON: `connect_denied`.
+    id: LogLines,
     /// Plural, for the summary: "denied TCP connects".
     what: &'static str,
     warn: bool,
@@ -33,13 +36,13 @@ static PENDING: Mutex<Vec<&'static Kind>> = Mutex::new(Vec::new());
 
 impl Kind {
     /// A kind whose lines (and summary) are warnings.
-    pub const fn warn(what: &'static str) -> Kind {
-        Kind { what, warn: true, window: Mutex::new(Window::new()) }
+    pub const fn warn(id: LogLines, what: &'static str) -> Kind {
+        Kind { id, what, warn: true, window: Mutex::new(Window::new()) }
     }
 
     /// A kind whose lines (and summary) are informational.
-    pub const fn info(what: &'static str) -> Kind {
-        Kind { what, warn: false, window: Mutex::new(Window::new()) }
+    pub const fn info(id: LogLines, what: &'static str) -> Kind {
+        Kind { id, what, warn: false, window: Mutex::new(Window::new()) }
     }
 
     /// Counts one line of this kind: true if it is to be written now. A
@@ -61,18 +64,18 @@ impl Kind {
         if left_out == 0 {
             return;
         }
-        crate::metrics::suppressed(self.what, left_out);
-        let (what, count) = (self.what, left_out);
+        crate::metrics::suppressed(self.id, left_out);
+        let (what, count, kind) = (self.what, left_out, self.id.name());
         match self.warn {
             true => tracing::warn!(
                 event = "suppressed",
-                kind = what,
+                kind,
                 count,
                 "... and {count} more {what} in the last second"
             ),
             false => tracing::info!(
                 event = "suppressed",
-                kind = what,
+                kind,
                 count,
                 "... and {count} more {what} in the last second"
             ),

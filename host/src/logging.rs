@@ -20,8 +20,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{Level, Metadata};
 use tracing_appender::non_blocking::WorkerGuard;
-use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
@@ -39,38 +41,157 @@ pub fn init(format: LogFormat) -> Guards {
     let (stdout, stdout_guard) = Queue::new(std::io::stdout(), "stdout-writer");
     let json = matches!(format, LogFormat::Json);
     output::install(&log, stdout, json, is_the_journal(1));
-    let writer = Prioritised { inner: log.clone(), journal: is_the_journal(2) };
+    let writer = Prioritised { inner: log.clone(), journal: stderr_is_the_journal() };
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer).with_target(false);
     let report = DroppedReport {
         log,
         json,
-        journal: is_the_journal(2),
+        journal: stderr_is_the_journal(),
         reported: AtomicU64::new(0),
         at: Mutex::new(None),
     };
     let registry = tracing_subscriber::registry().with(filter).with(report);
     match format {
-        // The message says it all; the structured fields (event, addr, ...)
-        // are for machines, so plain text leaves them out.
-        LogFormat::Text => registry
-            .with(fmt.with_ansi(std::io::stderr().is_terminal()).fmt_fields(
-                tracing_subscriber::fmt::format::debug_fn(
-                    |writer, field, value| match field.name() {
-                        // `client`: the span of a --per-client instance.
-                        "message" | "client" => {
-                            let text = format!("{value:?}");
-                            writer.write_str(&escape::escape_capped(&text, MAX_MESSAGE))
-                        }
-                        _ => Ok(()),
-                    },
-                ),
-            ))
-            .init(),
-        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
+        LogFormat::Text => {
+            registry.with(fmt.event_format(Text { ansi: std::io::stderr().is_terminal() })).init()
+        }
+        LogFormat::Json => registry.with(fmt.event_format(Json)).init(),
     }
     Guards(vec![log_guard, stdout_guard])
+}
+
+tokio::task_local! {
+    /// The instance the current task runs, with `--per-client`: "#3
+    /// 127.0.0.1:50312". Every line logged while it runs is marked with it
+    /// (`instance{#3 127.0.0.1:50312}: ...`; in JSON, `"client":"..."`).
+    /// A task-local rather than a tracing span: a span's storage is pooled
+    /// and kept, so a burst of a thousand clients would leave a thousand
+    /// spans' worth of memory behind for good.
+    pub static INSTANCE: String;
+}
+
+/// The current task's instance, if it runs one (`INSTANCE`).
+fn instance() -> Option<String> {
+    INSTANCE.try_with(String::clone).ok()
+}
+
+/// The text log's lines: `TIMESTAMP LEVEL [instance{...}: ]MESSAGE`, the
+/// message escaped (`escape.rs`); the structured fields are for machines,
+/// so plain text leaves them out.
+struct Text {
+    ansi: bool,
+}
+
+impl<S, N> FormatEvent<S, N> for Text
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let now = humantime::format_rfc3339_micros(SystemTime::now());
+        let level = *event.metadata().level();
+        let (on, off) = match (self.ansi, level) {
+            (false, _) => ("", ""),
+            (true, Level::ERROR) => ("\x1b[31m", "\x1b[0m"),
+            (true, Level::WARN) => ("\x1b[33m", "\x1b[0m"),
+            (true, Level::INFO) => ("\x1b[32m", "\x1b[0m"),
+            (true, _) => ("\x1b[34m", "\x1b[0m"),
+        };
+        write!(writer, "{now} {on}{level:>5}{off} ")?;
+        if let Some(instance) = instance() {
+            write!(writer, "instance{{{}}}: ", escape::escape_capped(&instance, 256))?;
+        }
+        let mut message = Message::default();
+        event.record(&mut message);
+        writeln!(writer, "{}", escape::escape_capped(&message.0, MAX_MESSAGE))
+    }
+}
+
+/// An event's message.
+#[derive(Default)]
+struct Message(String);
+
+impl tracing::field::Visit for Message {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.0 = value.to_string();
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+/// The JSON log's lines: one object each, with `timestamp`, `level`, the
+/// event's fields (`message`, `event`, ...) and, in an instance's task
+/// (`--per-client`), `client`: the instance and its client.
+struct Json;
+
+impl<S, N> FormatEvent<S, N> for Json
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut fields = Fields::default();
+        fields.0.insert(
+            "timestamp".into(),
+            humantime::format_rfc3339_micros(SystemTime::now()).to_string().into(),
+        );
+        fields.0.insert("level".into(), event.metadata().level().to_string().into());
+        event.record(&mut fields);
+        if let Some(instance) = instance() {
+            fields.0.insert("client".into(), instance.into());
+        }
+        let line = serde_json::Value::Object(fields.0);
+        writeln!(writer, "{line}")
+    }
+}
+
+/// An event's fields, as JSON values.
+#[derive(Default)]
+struct Fields(serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for Fields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().into(), format!("{value:?}").into());
+    }
+}
+
+/// Whether stderr is the journal: then each line starts with its priority.
+pub fn stderr_is_the_journal() -> bool {
+    is_the_journal(2)
 }
 
 /// systemd connects a service's stderr (and its stdout, the same stream)
@@ -181,20 +302,23 @@ impl<S: tracing::Subscriber> Layer<S> for DroppedReport {
              never waits for it)",
             dropped - reported
         );
-        let line =
-            match self.json {
-                false if self.journal => format!("<4>WARN {message}\n"),
-                false => format!("WARN {message}\n"),
-                true => serde_json::json!({
+        let line = match self.json {
+            false => format!("WARN {message}\n"),
+            true => {
+                let line = serde_json::json!({
                     "timestamp": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
                     "level": "WARN",
                     "message": message,
                     "event": "dropped",
                     "count": dropped - reported,
-                })
-                .to_string()
-                    + "\n",
-            };
+                });
+                format!("{line}\n")
+            }
+        };
+        let line = match self.journal {
+            true => format!("{}{line}", priority(Level::WARN)),
+            false => line,
+        };
         self.log.send(line.as_bytes());
     }
 }

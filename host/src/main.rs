@@ -29,6 +29,7 @@ mod off_thread;
 mod output;
 mod per_client;
 mod policy;
+mod process_metrics;
 mod run;
 mod sandbox;
 mod settings;
@@ -37,6 +38,7 @@ mod sockets;
 mod supervise;
 mod swap;
 mod trace;
+mod upgrade;
 mod wasi_version;
 mod watch;
 
@@ -62,15 +64,22 @@ fn main() -> ExitCode {
             }
         }
         Some(cli::Command::Reload { pid }) => {
-            return match notify::reload(pid, Duration::from_secs(600)) {
-                Ok(outcome) => {
-                    println!("{outcome}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e, LogFormat::Text),
-            }
+            return said(notify::reload(pid, Duration::from_secs(600)))
+        }
+        Some(cli::Command::Upgrade { pid }) => {
+            let within = upgrade::READY_WITHIN + Duration::from_secs(10);
+            return said(notify::upgrade(pid, within));
         }
         None => {}
+    }
+    if args.ledger {
+        return match args.into_settings(&[]) {
+            Ok(settings) => {
+                println!("{}", ledger::describe(&settings.terms()));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e, LogFormat::Text),
+        };
     }
     let format = args.log_format;
     let guards = logging::init(format);
@@ -93,6 +102,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// A command's outcome: its line on stdout, or the error.
+fn said(outcome: anyhow::Result<String>) -> ExitCode {
+    match outcome {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e, LogFormat::Text),
+    }
+}
+
 /// Flushes the log and the guests' stdout, then exits with `code`.
 fn finish(guards: logging::Guards, code: ExitCode) -> ExitCode {
     drop(guards);
@@ -101,9 +121,9 @@ fn finish(guards: logging::Guards, code: ExitCode) -> ExitCode {
 
 fn serve(args: cli::Args) -> anyhow::Result<ExitCode> {
     // Before any thread starts: this takes variables out of the environment.
-    let handed = run::handed_sockets()?;
+    let given = upgrade::Given::take()?;
     settings::raise_open_file_limit();
-    let handed_addrs: Vec<_> = handed.iter().map(|h| h.addr).collect();
+    let handed_addrs: Vec<_> = given.listeners.iter().map(|h| h.addr).collect();
     let settings = args.into_settings(&handed_addrs)?;
     let runtime = match settings.per_client {
         // Many instances, on every core. The epoch ticker ticks throughout:
@@ -124,8 +144,8 @@ fn serve(args: cli::Args) -> anyhow::Result<ExitCode> {
     let runtime =
         runtime.map_err(|e| anyhow::Error::new(e).context("starting the async runtime"))?;
     let result = match settings.per_client {
-        true => runtime.block_on(per_client::run(settings, handed)),
-        false => runtime.block_on(run::run(settings, handed)),
+        true => runtime.block_on(per_client::run(settings, given)),
+        false => runtime.block_on(run::run(settings, given)),
     };
     // Do not wait for stray blocking I/O (say, a write to a closed terminal).
     runtime.shutdown_timeout(Duration::from_millis(100));
@@ -137,8 +157,11 @@ fn serve(args: cli::Args) -> anyhow::Result<ExitCode> {
 /// whatever text in the error a guest chose cannot start another line.
 fn fail(e: anyhow::Error, _format: LogFormat) -> ExitCode {
     let text = format!("wasi-tcp-host: error: {e:#}");
+    // Under systemd, at the journal's "err" priority: `journalctl -p
+    // warning` shows why the host stopped.
+    let priority = if logging::stderr_is_the_journal() { "<3>" } else { "" };
     for line in text.lines() {
-        eprintln!("{}", escape::escape_capped(line, logging::MAX_MESSAGE));
+        eprintln!("{priority}{}", escape::escape_capped(line, logging::MAX_MESSAGE));
     }
     ExitCode::FAILURE
 }

@@ -4,16 +4,27 @@
 //!   (`Type=notify`): READY=1 once a guest serves every granted address,
 //!   RELOADING=1 when a swap starts and READY=1 when it has ended, STOPPING=1
 //!   when the host stops, and a STATUS line for each;
+//! - its watchdog (`WatchdogSec=`): WATCHDOG=1 from the serving thread
+//!   itself, at half the interval systemd asks for, so that a serving
+//!   thread that hangs gets the host restarted;
 //! - the outcome of each swap, in `$RUNTIME_DIRECTORY/reload` (systemd's
 //!   `RuntimeDirectory=`), where `wasi-tcp-host reload PID` (the unit's
 //!   `ExecReload=`) waits for it, so that a swap that fails makes
-//!   `systemctl reload` fail.
+//!   `systemctl reload` fail; and of each upgrade (`upgrade.rs`), in
+//!   `$RUNTIME_DIRECTORY/upgrade`, for `wasi-tcp-host upgrade PID`;
+//! - a host started by an upgrade tells the old host, through a pipe, when
+//!   it serves; the old one then names it the main process (MAINPID=) and
+//!   says nothing more.
 //!
-//! Both are Unix (the first is systemd's, on Linux); on Windows there is no
-//! service manager to tell, and no SIGHUP to send (`--watch` swaps there).
+//! All are Unix (the notify protocol is systemd's, on Linux); on Windows
+//! there is no service manager to tell, and no SIGHUP to send (`--watch`
+//! swaps there).
 
 use anyhow::{bail, Result};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+#[cfg(unix)]
+use std::sync::Mutex;
 use std::time::Duration;
 #[cfg(unix)]
 use {anyhow::Context, std::time::Instant};
@@ -25,9 +36,68 @@ type NotifySocket = std::convert::Infallible;
 
 pub struct Notifier {
     socket: Option<NotifySocket>,
-    outcomes: Option<PathBuf>,
-    swaps: u64,
+    /// Where swaps' and upgrades' outcomes go, and how many there were.
+    swaps: Outcomes,
+    upgrades: Outcomes,
     ready: bool,
+}
+
+/// A file of outcomes: the last one, numbered.
+struct Outcomes {
+    path: Option<PathBuf>,
+    count: u64,
+}
+
+impl Outcomes {
+    /// Numbering on from the file's last (a host started by an upgrade
+    /// goes on where the old one stopped).
+    fn in_runtime_directory(name: &str) -> Outcomes {
+        let path = std::env::var_os("RUNTIME_DIRECTORY").map(|dir| PathBuf::from(dir).join(name));
+        let count = path.as_deref().map_or(0, last_number);
+        Outcomes { path, count }
+    }
+
+    fn write(&mut self, outcome: Result<&str, &str>) {
+        self.count += 1;
+        let line = match outcome {
+            Ok(message) => format!("{} ok {message}\n", self.count),
+            Err(message) => format!("{} failed {message}\n", self.count),
+        };
+        if let Some(path) = &self.path {
+            let _ = write_outcome(path, &line);
+        }
+    }
+}
+
+/// This host has handed its sockets to a new one (an upgrade): from now
+/// on it tells the service manager nothing (the new host is the main
+/// process), and feeds no watchdog.
+static HANDED_OVER: AtomicBool = AtomicBool::new(false);
+
+/// The pipe to the host this one upgrades, until it is told "ready".
+#[cfg(unix)]
+static UPGRADE_PIPE: Mutex<Option<std::os::fd::OwnedFd>> = Mutex::new(None);
+
+/// This host was started by an upgrade: it says "ready" through `pipe`.
+#[cfg(unix)]
+pub fn tell_ready_through(pipe: std::os::fd::OwnedFd) {
+    *UPGRADE_PIPE.lock().unwrap_or_else(|e| e.into_inner()) = Some(pipe);
+}
+
+#[cfg(windows)]
+fn tell_the_old_host() -> bool {
+    false
+}
+
+/// Tells the old host this one serves, if an upgrade started it: whether it did.
+#[cfg(unix)]
+fn tell_the_old_host() -> bool {
+    let Some(pipe) = UPGRADE_PIPE.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        return false;
+    };
+    use std::io::Write;
+    let _ = std::fs::File::from(pipe).write_all(b"ready\n");
+    true
 }
 
 impl Notifier {
@@ -35,12 +105,18 @@ impl Notifier {
     pub fn from_env() -> Notifier {
         let socket =
             std::env::var_os("NOTIFY_SOCKET").and_then(|path| notify_socket(path.to_str()?));
-        let outcomes =
-            std::env::var_os("RUNTIME_DIRECTORY").map(|dir| PathBuf::from(dir).join("reload"));
-        Notifier { socket, outcomes, swaps: 0, ready: false }
+        Notifier {
+            socket,
+            swaps: Outcomes::in_runtime_directory("reload"),
+            upgrades: Outcomes::in_runtime_directory("upgrade"),
+            ready: false,
+        }
     }
 
     fn send(&self, state: &str) {
+        if HANDED_OVER.load(Ordering::SeqCst) {
+            return;
+        }
         #[cfg(unix)]
         if let Some((socket, addr)) = &self.socket {
             let _ = socket.send_to_addr(state.as_bytes(), addr);
@@ -49,12 +125,28 @@ impl Notifier {
         let _ = (&self.socket, state);
     }
 
-    /// Readiness may have changed: READY=1 the first time it holds.
+    /// Readiness may have changed: READY=1 the first time it holds (or,
+    /// for a host an upgrade started, "ready" to the old host, which tells
+    /// the service manager).
     pub fn readiness(&mut self, ready: bool, serving: &str) {
-        if ready && !self.ready {
+        if ready && !self.ready && !tell_the_old_host() {
             self.send(&format!("READY=1\nSTATUS=serving; granted: {serving}"));
         }
         self.ready |= ready;
+    }
+
+    /// An upgrade failed: this host goes on serving.
+    pub fn upgrade_failed(&mut self, why: &str) {
+        self.upgrades.write(Err(why));
+    }
+
+    /// An upgrade's new host (process `pid`) serves: it is the main
+    /// process from now on, and this one says nothing more.
+    pub fn hand_over(&mut self, pid: u32) {
+        let message = format!("the new host (process {pid}) serves");
+        self.send(&format!("MAINPID={pid}\nREADY=1\nSTATUS={message}"));
+        self.upgrades.write(Ok(&message));
+        HANDED_OVER.store(true, Ordering::SeqCst);
     }
 
     /// A swap begins (SIGHUP).
@@ -65,16 +157,15 @@ impl Notifier {
 
     /// A swap ended: READY=1 again, and the outcome where `reload` waits.
     pub fn reloaded(&mut self, outcome: Result<(), &str>) {
-        self.swaps += 1;
-        let (word, message) = match outcome {
-            Ok(()) => ("ok", "the new guest serves".to_string()),
-            Err(why) => ("failed", format!("swap failed: {why}")),
+        let message = match outcome {
+            Ok(()) => "the new guest serves".to_string(),
+            Err(why) => format!("swap failed: {why}"),
         };
         self.send(&format!("READY=1\nSTATUS={message}"));
-        if let Some(path) = &self.outcomes {
-            let line = format!("{} {word} {message}\n", self.swaps);
-            let _ = write_outcome(path, &line);
-        }
+        self.swaps.write(match outcome {
+            Ok(()) => Ok(&message),
+            Err(_) => Err(&message),
+        });
     }
 
     /// The host is stopping.
@@ -154,13 +245,34 @@ fn last_outcome(path: &std::path::Path, owner: Option<u32>) -> (u64, String) {
 /// an error saying why not.
 #[cfg(unix)]
 pub fn reload(pid: u32, within: Duration) -> Result<String> {
+    ask(pid, (libc::SIGHUP, "reload"), "the swap", within)
+}
+
+/// `wasi-tcp-host upgrade PID`: asks the host running as PID to hand its
+/// sockets to the executable installed where it was started from
+/// (SIGUSR2), and waits for the outcome.
+#[cfg(unix)]
+pub fn upgrade(pid: u32, within: Duration) -> Result<String> {
+    ask(pid, (libc::SIGUSR2, "upgrade"), "the upgrade", within)
+}
+
+/// Sends `signal` to PID and waits for the outcome it writes to `file`
+/// in $RUNTIME_DIRECTORY.
+#[cfg(unix)]
+fn ask(
+    pid: u32,
+    (signal, file): (libc::c_int, &str),
+    what: &str,
+    within: Duration,
+) -> Result<String> {
     let dir = std::env::var_os("RUNTIME_DIRECTORY").context(
-        "RUNTIME_DIRECTORY is not set: the host reports swaps there (systemd's RuntimeDirectory=)",
+        "RUNTIME_DIRECTORY is not set: the host reports swaps and upgrades there (systemd's \
+         RuntimeDirectory=; from a shell: RUNTIME_DIRECTORY=/run/wasi-tcp-host)",
     )?;
-    let path = PathBuf::from(dir).join("reload");
+    let path = PathBuf::from(dir).join(file);
     let owner = process_owner(pid);
     let (before, _) = last_outcome(&path, owner);
-    hang_up(pid)?;
+    send_signal(pid, signal)?;
     let deadline = Instant::now() + within;
     loop {
         let (number, line) = last_outcome(&path, owner);
@@ -173,7 +285,7 @@ pub fn reload(pid: u32, within: Duration) -> Result<String> {
             };
         }
         if Instant::now() > deadline {
-            bail!("the host did not finish the swap within {within:?}");
+            bail!("the host did not finish {what} within {within:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -188,10 +300,10 @@ fn process_owner(pid: u32) -> Option<u32> {
 }
 
 #[cfg(unix)]
-fn hang_up(pid: u32) -> Result<()> {
+fn send_signal(pid: u32, signal: libc::c_int) -> Result<()> {
     let pid = libc::pid_t::try_from(pid).context("not a process id")?;
     // SAFETY: kill(2) only sends a signal.
-    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+    if unsafe { libc::kill(pid, signal) } != 0 {
         let e = std::io::Error::last_os_error();
         bail!("cannot signal process {pid}: {e}");
     }
@@ -201,4 +313,43 @@ fn hang_up(pid: u32) -> Result<()> {
 #[cfg(windows)]
 pub fn reload(_: u32, _: Duration) -> Result<String> {
     bail!("`reload` sends SIGHUP, which Windows does not have: run the host with --watch instead")
+}
+
+#[cfg(windows)]
+pub fn upgrade(_: u32, _: Duration) -> Result<String> {
+    bail!("`upgrade` sends SIGUSR2 and hands sockets over the Unix way: not on Windows")
+}
+
+/// The number of the last outcome in `path` this user wrote.
+#[cfg(unix)]
+fn last_number(path: &std::path::Path) -> u64 {
+    // SAFETY: getuid only reads the process's user id.
+    last_outcome(path, Some(unsafe { libc::getuid() })).0
+}
+
+#[cfg(windows)]
+fn last_number(_: &std::path::Path) -> u64 {
+    0
+}
+
+/// systemd's watchdog (`WatchdogSec=`): how often to say WATCHDOG=1 (half
+/// its interval), if it watches this process.
+pub fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    let pid = std::env::var("WATCHDOG_PID").ok();
+    if pid.is_some_and(|pid| pid.parse() != Ok(std::process::id())) {
+        return None;
+    }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
+}
+
+/// Says WATCHDOG=1 every `interval`, from the task that runs this: spawn
+/// it on the serving thread, so that the watchdog sees that thread hang.
+pub async fn feed_the_watchdog(interval: Duration) {
+    let notifier = Notifier::from_env();
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        ticks.tick().await;
+        notifier.send("WATCHDOG=1");
+    }
 }

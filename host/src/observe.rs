@@ -18,7 +18,7 @@
 //! not exceed [`MAX_REQUEST`] bytes; a failed accept (no descriptor left,
 //! say) is tried again after a growing pause, never in a busy loop.
 
-use crate::log_limit::Kind;
+use crate::log_limit::{Kind, LogLines};
 use crate::metrics::METRICS;
 use anyhow::{Context, Result};
 use http_body_util::Full;
@@ -27,7 +27,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::task::AbortHandle;
 
@@ -45,6 +45,64 @@ const ACCEPT_PAUSES: (Duration, Duration) = (Duration::from_millis(10), Duration
 /// Whether a guest serves: `Err` says why not.
 pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
+/// Readiness, once the guest is loaded: health is served from the start
+/// (compiling a large guest takes a while), and not ready until then.
+#[derive(Default)]
+pub struct ReadyLater(OnceLock<Readiness>);
+
+impl ReadyLater {
+    pub fn set(&self, readiness: Readiness) {
+        let _ = self.0.set(readiness);
+    }
+
+    fn check(&self) -> Result<(), String> {
+        match self.0.get() {
+            Some(ready) => ready(),
+            None => Err("starting: loading the guest".to_string()),
+        }
+    }
+}
+
+/// The metrics listener: the one handed over by the host this one
+/// upgrades, or `addr` bound now; none without `--metrics`.
+pub fn listener(
+    addr: Option<SocketAddr>,
+    given: Option<std::net::TcpListener>,
+) -> Result<Option<std::net::TcpListener>> {
+    match (addr, given) {
+        (None, _) => Ok(None),
+        (Some(_), Some(given)) => {
+            given.set_nonblocking(true).context("setting the metrics listener non-blocking")?;
+            Ok(Some(given))
+        }
+        (Some(addr), None) => bind(addr).map(Some),
+    }
+}
+
+/// The endpoints being served, and a copy of their listener for a new
+/// host (an upgrade).
+pub struct Served {
+    task: tokio::task::JoinHandle<()>,
+    copy: std::io::Result<socket2::Socket>,
+}
+
+impl Served {
+    pub fn start(listener: std::net::TcpListener, ready: Arc<ReadyLater>) -> Served {
+        let copy = listener.try_clone().map(socket2::Socket::from);
+        Served { task: tokio::spawn(serve(listener, ready)), copy }
+    }
+
+    /// A copy of the listener, for the new host.
+    pub fn handover(&self) -> std::io::Result<socket2::Socket> {
+        self.copy.as_ref().map_err(|e| std::io::Error::new(e.kind(), e.to_string()))?.try_clone()
+    }
+
+    /// Stops serving here (the new host serves from the same listener).
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
 /// Binds the metrics address (an address in use is an error at start).
 pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
     let listener = std::net::TcpListener::bind(addr)
@@ -54,7 +112,7 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
 }
 
 /// Serves the endpoints until the host exits.
-pub async fn serve(listener: std::net::TcpListener, ready: Readiness) {
+pub async fn serve(listener: std::net::TcpListener, ready: Arc<ReadyLater>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(e) => return tracing::error!("cannot serve metrics: {e}"),
@@ -68,7 +126,10 @@ pub async fn serve(listener: std::net::TcpListener, ready: Readiness) {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
-                static FAILED: Kind = Kind::warn("failed accepts on the metrics listener");
+                static FAILED: Kind = Kind::warn(
+                    LogLines::MetricsAcceptFailed,
+                    "failed accepts on the metrics listener",
+                );
                 if FAILED.admit() {
                     tracing::warn!("the metrics listener could not accept: {e}; trying again");
                 }
@@ -132,11 +193,11 @@ impl Open {
     }
 }
 
-fn respond(request: &Request<Incoming>, ready: &Readiness) -> Response<Full<Bytes>> {
+fn respond(request: &Request<Incoming>, ready: &ReadyLater) -> Response<Full<Bytes>> {
     match request.uri().path() {
         "/metrics" => {
-            METRICS.ready.set(i64::from(ready().is_ok()));
-            METRICS.log_lines_dropped.set(crate::output::dropped_lines());
+            METRICS.ready.set(i64::from(ready.check().is_ok()));
+            crate::metrics::count_dropped_lines();
             let text = METRICS.encode();
             let accept = request.headers().get(hyper::header::ACCEPT);
             match accept.and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("openmetrics")) {
@@ -145,7 +206,7 @@ fn respond(request: &Request<Incoming>, ready: &Readiness) -> Response<Full<Byte
             }
         }
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" => match ready() {
+        "/readyz" => match ready.check() {
             Ok(()) => reply(StatusCode::OK, "text/plain", "ready\n".into()),
             Err(why) => {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {why}\n"))

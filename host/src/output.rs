@@ -128,10 +128,9 @@ pub fn guest_stdout(instance: u64, line: &str) {
     let Some(stdout) = STDOUT.get() else {
         return println!("{line}");
     };
-    let text = match (stdout.json, stdout.journal) {
-        (false, false) => format!("{line}\n"),
-        (false, true) => format!("<6>{line}\n"),
-        (true, _) => {
+    let text = match stdout.json {
+        false => format!("{line}\n"),
+        true => {
             let object = serde_json::json!({
                 "timestamp": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
                 "level": "INFO",
@@ -142,6 +141,7 @@ pub fn guest_stdout(instance: u64, line: &str) {
             format!("{object}\n")
         }
     };
+    let text = if stdout.journal { format!("<6>{text}") } else { text };
     stdout.queue.send(text.as_bytes());
 }
 

@@ -2,8 +2,8 @@
 //! failure (`--restart on-failure`); on SIGHUP (or, with `--watch`, when
 //! its file is replaced) loads the guest file again
 //! and swaps the new instance in while the old one drains (`swap.rs`); on
-//! SIGQUIT drains every instance and exits; on SIGINT or SIGTERM stops
-//! everything at once.
+//! SIGTERM or SIGQUIT drains every instance and exits; on SIGINT (or a
+//! second SIGTERM) stops everything at once.
 //!
 //! If the running instance ends while a swap's new instance is starting,
 //! the swap decides: if the new instance takes over, it serves; if the
@@ -13,16 +13,19 @@
 use crate::engine;
 use crate::epoch::EpochTicker;
 use crate::guest;
+use crate::guest::Compiled;
 use crate::instance::Instance;
 use crate::ledger::MAX_DRAINING;
 use crate::metrics::METRICS;
+use crate::notify;
 use crate::notify::Notifier;
 use crate::observe;
 use crate::settings::{Restart, Settings};
 use crate::signals::{Received, Signals, SwapAsked};
-use crate::sockets::{activation, Caps, Listeners};
+use crate::sockets::{Caps, Listeners};
 use crate::supervise::{self, split_first_line, stopped, swap_failed, watched, Linked};
 use crate::swap::{self, Drained, Swap, SwapStep};
+use crate::upgrade::{self, Given, Upgrade};
 use anyhow::Result;
 use std::collections::VecDeque;
 use std::process::ExitCode;
@@ -31,10 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use wasmtime::component::Component;
 use wasmtime::Engine;
-
-pub use activation::Handed;
 
 /// Restart backoff: the first delay, doubled after each recent failure
 /// (100, 200, 400, 800 ms: the fifth gives up).
@@ -43,25 +43,25 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_FAILURES: usize = 5;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
-/// The listening sockets a service manager handed to this process (socket
-/// activation). Call before any thread starts.
-pub fn handed_sockets() -> Result<Vec<Handed>> {
-    activation::take()
-}
-
-pub async fn run(mut settings: Settings, handed: Vec<Handed>) -> Result<ExitCode> {
+pub async fn run(mut settings: Settings, given: Given) -> Result<ExitCode> {
     // Listen for the signals from the start, so that SIGINT and SIGTERM
-    // always mean "stop gracefully" and never the default "die at once".
+    // always mean "stop in order" and never the default "die at once".
     let mut signals = Signals::install(watched(&settings))?;
     supervise::account(&settings)?;
     // Bound now, so that a port already in use is reported before the
     // guest loads; kept until the host exits, across guest instances.
-    let handed = handed.into_iter().map(|h| h.socket).collect();
-    let listeners = Listeners::open(&settings.grants.listen, handed)?;
-    let metrics = settings.metrics.map(observe::bind).transpose()?;
+    let listeners = Listeners::open(&settings.grants.listen, given.listeners)?;
+    let metrics = observe::listener(settings.metrics, given.metrics)?;
     if let Some(bound) = metrics.as_ref().and_then(|m| m.local_addr().ok()) {
         settings.metrics_bound_at(bound);
     }
+    if let Some(interval) = notify::watchdog_interval() {
+        // On this thread, the one that serves: if it hangs, so does this.
+        tokio::spawn(notify::feed_the_watchdog(interval));
+    }
+    // Health from the start: a large guest may take a while to compile.
+    let ready = Arc::new(observe::ReadyLater::default());
+    let metrics = metrics.map(|listener| observe::Served::start(listener, Arc::clone(&ready)));
     let engine = Engine::new(&engine::config())?;
     let (path, cache) = (settings.guest.as_deref(), settings.cache_dir.as_deref());
     let component = tokio::select! {
@@ -77,10 +77,9 @@ pub async fn run(mut settings: Settings, handed: Vec<Handed>) -> Result<ExitCode
     );
     supervise::announce(&settings);
     let guest = Linked::new(&engine, (&listeners, &caps), settings, &component)?;
-    let supervisor = Supervisor::new(guest);
-    if let Some(metrics) = metrics {
-        tokio::spawn(observe::serve(metrics, supervisor.readiness()));
-    }
+    guest.serves();
+    let supervisor = Supervisor::new(guest, metrics);
+    ready.set(supervisor.readiness());
     supervisor.serve(signals).await
 }
 
@@ -101,6 +100,10 @@ struct Supervisor {
     /// The guest file changed while a swap was under way (`--watch`): the
     /// newest bytes, swapped in once that swap has ended.
     next_swap: Option<SwapAsked>,
+    /// The metrics endpoint, which an upgrade hands to the new host.
+    metrics: Option<observe::Served>,
+    /// A new host executable, started and not serving yet (`upgrade.rs`).
+    upgrade: Option<Upgrade>,
 }
 
 /// The instance offered new clients, or why there is none. (One value per
@@ -137,6 +140,8 @@ enum Event {
     Drained(Drained),
     /// A listener's turn changed: readiness may have.
     Turns,
+    /// An upgrade's new host serves (its process id), or will not.
+    Upgraded(Result<u32>),
 }
 
 impl Current {
@@ -154,8 +159,10 @@ impl Current {
 }
 
 impl Supervisor {
-    fn new(guest: Linked) -> Self {
+    fn new(guest: Linked, metrics: Option<observe::Served>) -> Self {
         Supervisor {
+            metrics,
+            upgrade: None,
             current: Current::NotStarted,
             guest,
             next_id: 1,
@@ -217,6 +224,7 @@ impl Supervisor {
                 step = swap::step(&mut self.swap) => Event::Swap(step),
                 Some(Ok(drained)) = self.draining.join_next() => Event::Drained(drained),
                 Ok(()) = turns.changed() => Event::Turns,
+                ready = upgrade::ready(&mut self.upgrade) => Event::Upgraded(ready),
             };
             if let Some(exit) = self.handle(event, &mut signals).await {
                 return exit;
@@ -237,6 +245,9 @@ impl Supervisor {
             }
             Event::Signal(Received::Swap(asked)) => self.start_loading(&asked),
             Event::Signal(Received::Status) => self.status(),
+            Event::Signal(Received::Upgrade) => self.start_upgrade(),
+            Event::Upgraded(Ok(pid)) => return Some(self.hand_over(pid, signals).await),
+            Event::Upgraded(Err(why)) => self.upgrade_failed(&why),
             Event::Ended(outcome) => return self.ended(outcome),
             Event::RestartDue => self.start_current(),
             Event::Swap(SwapStep::Loaded(component, settings)) => {
@@ -324,10 +335,44 @@ impl Supervisor {
         matches!(self.swap, Some(Swap::Starting { .. }))
     }
 
-    /// SIGINT or SIGTERM.
+    /// SIGINT (or SIGTERM during a graceful stop).
     fn stop_now(&mut self, signal: &str) -> ExitCode {
+        upgrade::abandon(&mut self.upgrade);
         self.notifier.stopping(&format!("{signal} received: stopping"));
         stopped(signal)
+    }
+
+    /// SIGUSR2: starts the new host executable with this one's sockets.
+    fn start_upgrade(&mut self) {
+        if self.upgrade.is_some() {
+            return tracing::info!(event = "upgrade", "SIGUSR2 received; already upgrading");
+        }
+        let listeners = &self.guest.shared.sandbox.listeners;
+        let metrics = self.metrics.as_ref().map(observe::Served::handover);
+        match upgrade::start(listeners.handover(), metrics) {
+            Ok(started) => self.upgrade = Some(started),
+            Err(e) => self.upgrade_failed(&e),
+        }
+    }
+
+    fn upgrade_failed(&mut self, why: &anyhow::Error) {
+        upgrade::abandon(&mut self.upgrade);
+        upgrade::failed(why);
+        self.notifier.upgrade_failed(&format!("{why:#}"));
+    }
+
+    /// The new host serves: it takes every new client from now on, and
+    /// this one serves those it has, then exits (a graceful stop that
+    /// leaves the listeners open, and no longer serves metrics).
+    async fn hand_over(&mut self, pid: u32, signals: &mut Signals) -> Result<ExitCode> {
+        self.upgrade = None;
+        if let Some(metrics) = self.metrics.take() {
+            metrics.stop();
+        }
+        self.notifier.hand_over(pid);
+        upgrade::handed_over(pid);
+        self.guest.shared.sandbox.listeners.hand_over();
+        self.drain_and_exit("upgrade", signals).await
     }
 
     /// The current instance ended: decide now, or after the swap under way.
@@ -395,7 +440,7 @@ impl Supervisor {
     /// The new guest loaded: link it for the settings just read and start
     /// an instance of it beside the current one, which keeps serving
     /// meanwhile. (A restart that is due waits for the swap's outcome.)
-    fn start_swap(&mut self, component: Component, settings: Settings) {
+    fn start_swap(&mut self, component: Compiled, settings: Settings) {
         self.swap = None;
         let guest = match self.guest.next(settings, &component) {
             Ok(guest) => guest,
@@ -427,6 +472,7 @@ impl Supervisor {
     fn took_over(&mut self, new: Instance, guest: Linked) {
         self.guest.shared.sandbox.listeners.retire_through(new.tenant.id - 1);
         let timeout = self.guest.shared.sandbox.settings.drain_timeout;
+        guest.serves();
         (self.guest, self.swap) = (guest, None);
         if let Current::Running(old) = self.set_current(Current::Running(new)) {
             self.draining.spawn(swap::drain(old, timeout, "swap"));
@@ -448,25 +494,41 @@ impl Supervisor {
         }
     }
 
-    /// SIGQUIT (Ctrl-Break on Windows): no new clients for anyone (the host's listeners close);
+    /// SIGTERM or SIGQUIT (Ctrl-Break on Windows): no new clients for anyone (the host's listeners close);
     /// every instance (the current one, one a swap was starting, and those
     /// still draining after a swap) serves the clients it has until they
     /// leave or --drain-timeout passes; then the host exits (with the error
     /// it was going to exit with after a swap, if any).
     async fn stop_gracefully(&mut self, signal: &str, signals: &mut Signals) -> Result<ExitCode> {
-        tracing::info!(event = "stop", "{signal} received: taking no new clients");
+        upgrade::abandon(&mut self.upgrade);
+        tracing::info!(
+            event = "stop",
+            "{signal} received: taking no new clients (SIGINT, or SIGTERM again, stops at once)"
+        );
         self.notifier
             .stopping(&format!("{signal} received: serving the connected clients, then stopping"));
-        self.serving.store(false, Ordering::SeqCst);
         self.guest.shared.sandbox.listeners.stop_offering();
+        signals.stopping_gracefully();
+        self.drain_and_exit("stop", signals).await
+    }
+
+    /// Every instance serves the clients it has until they leave or
+    /// --drain-timeout passes; then the host exits. (`event`: "stop", or
+    /// "upgrade".)
+    async fn drain_and_exit(
+        &mut self,
+        event: &'static str,
+        signals: &mut Signals,
+    ) -> Result<ExitCode> {
+        self.serving.store(false, Ordering::SeqCst);
         let timeout = self.guest.shared.sandbox.settings.drain_timeout;
         if let Some(Swap::Starting { instance, .. }) = self.swap.take() {
-            self.draining.spawn(swap::drain(instance, timeout, "stop"));
+            self.draining.spawn(swap::drain(instance, timeout, event));
         }
         let mut exit = Ok(ExitCode::SUCCESS);
         match self.set_current(Current::Stopping) {
             Current::Running(current) => {
-                self.draining.spawn(swap::drain(current, timeout, "stop"));
+                self.draining.spawn(swap::drain(current, timeout, event));
             }
             Current::AfterSwap(Decision::Exit(after_swap)) => exit = after_swap,
             _ => {}
@@ -475,7 +537,7 @@ impl Supervisor {
     }
 
     /// Waits for every drain; SIGINT or SIGTERM meanwhile stop at once;
-    /// a swap asked for and another SIGQUIT change nothing.
+    /// a swap asked for and SIGQUIT change nothing.
     async fn drain_all(
         &mut self,
         signals: &mut Signals,
@@ -496,9 +558,10 @@ impl Supervisor {
                         tracing::warn!(event = "stop", "{said} while stopping gracefully; ignored")
                     }
                     Received::Status => self.status(),
-                    Received::Quit(signal) => tracing::info!(
-                        event = "stop",
-                        "{signal} received again; already stopping gracefully"
+                    Received::Quit(signal) => supervise::already_stopping(signal, signals),
+                    Received::Upgrade => tracing::info!(
+                        event = "upgrade",
+                        "SIGUSR2 received while stopping; ignored (a new host can start once this one has)"
                     ),
                 },
             }

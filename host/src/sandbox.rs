@@ -20,7 +20,7 @@
 use crate::guest_output::GuestOutput;
 use crate::ledger;
 use crate::limits::GuestLimits;
-use crate::log_limit::Kind;
+use crate::log_limit::{Kind, LogLines};
 use crate::policy::Grants;
 use crate::settings::{Settings, TraceDetail};
 use crate::sockets::{
@@ -233,7 +233,7 @@ pub fn linker(engine: &Engine, settings: &Settings) -> Result<Linker<GuestState>
     linker.instance(&versioned("wasi:cli/environment"))?.func_wrap(
         "get-environment",
         move |store: StoreContextMut<GuestState>, ()| {
-            static READ: Kind = Kind::info("reads of the environment");
+            static READ: Kind = Kind::info(LogLines::EnvironmentRead, "reads of the environment");
             let env = &store.data().env;
             if READ.admit() {
                 let shown = match env.is_empty() {
@@ -265,7 +265,7 @@ fn deny_name_lookups(linker: &mut Linker<GuestState>) -> Result<()> {
     linker.instance(&versioned("wasi:sockets/ip-name-lookup"))?.func_wrap(
         "resolve-addresses",
         |_, (_network, name): (Resource<Network>, String)| {
-            static DENIED: Kind = Kind::warn("denied name lookups");
+            static DENIED: Kind = Kind::warn(LogLines::NameLookupDenied, "denied name lookups");
             if DENIED.admit() {
                 tracing::warn!(
                     event = "denied",
@@ -283,7 +283,7 @@ fn deny_directories(linker: &mut Linker<GuestState>) -> Result<()> {
     linker.instance(&versioned("wasi:filesystem/preopens"))?.func_wrap(
         "get-directories",
         |_, ()| {
-            static DENIED: Kind = Kind::warn("denied looks for directories");
+            static DENIED: Kind = Kind::warn(LogLines::DirectoryDenied, "denied looks for directories");
             if DENIED.admit() {
                 tracing::warn!(
                     event = "denied",
@@ -373,7 +373,7 @@ fn deny_udp(linker: &mut Linker<GuestState>) -> Result<()> {
     linker.instance(&versioned("wasi:sockets/udp-create-socket"))?.func_wrap(
         "create-udp-socket",
         |_, (_family,): (IpAddressFamily,)| {
-            static DENIED: Kind = Kind::warn("denied UDP sockets");
+            static DENIED: Kind = Kind::warn(LogLines::UdpSocketDenied, "denied UDP sockets");
             if DENIED.admit() {
                 tracing::warn!(
                     event = "denied",

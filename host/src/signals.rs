@@ -1,15 +1,19 @@
 //! What asks the host to stop or to swap its guest, on each platform:
 //!
-//! | asks to            | Unix                 | Windows                         |
-//! | ------------------ | -------------------- | ------------------------------- |
-//! | stop at once       | SIGINT (Ctrl-C), SIGTERM | Ctrl-C, closing the console |
-//! | stop gracefully    | SIGQUIT              | Ctrl-Break                      |
-//! | swap the guest     | SIGHUP, `--watch`    | `--watch`                       |
-//! | say how it is      | SIGUSR1              |                                 |
+//! | asks to            | Unix                          | Windows                     |
+//! | ------------------ | ----------------------------- | --------------------------- |
+//! | stop gracefully    | SIGTERM, SIGQUIT              | Ctrl-Break                  |
+//! | stop at once       | SIGINT (Ctrl-C); SIGTERM again while stopping gracefully | Ctrl-C, closing the console |
+//! | swap the guest     | SIGHUP, `--watch`             | `--watch`                   |
+//! | say how it is      | SIGUSR1                       |                             |
+//! | upgrade the host   | SIGUSR2 (`upgrade.rs`)        |                             |
 //!
 //! A graceful stop takes no new clients and serves those the host has
-//! until they leave or --drain-timeout; a swap is `swap.rs`. Registered
-//! once, at start-up.
+//! until they leave or --drain-timeout; a swap is `swap.rs`. SIGTERM is
+//! what every supervisor sends first (systemd, Kubernetes, `docker stop`),
+//! so it drains: a supervisor that sends it does not drop clients; the
+//! second SIGTERM, the one an impatient operator sends, stops at once.
+//! Registered once, at start-up.
 
 use crate::watch::Watch;
 use anyhow::{Context, Result};
@@ -31,6 +35,9 @@ pub enum Received {
     /// Write one status line to the log (what the host holds now).
     #[cfg_attr(windows, allow(dead_code))]
     Status,
+    /// Hand the listeners to a new host executable (`upgrade.rs`).
+    #[cfg_attr(windows, allow(dead_code))]
+    Upgrade,
 }
 
 /// Why a swap was asked for.
@@ -69,9 +76,15 @@ impl Signals {
         Ok(Signals { platform, watch })
     }
 
-    /// A request to stop at once: its name.
+    /// A request to stop at once (SIGINT, or SIGTERM: nothing to drain
+    /// yet, or a graceful stop already under way): its name.
     pub async fn stop(&mut self) -> &'static str {
         self.platform.stop().await
+    }
+
+    /// A graceful stop is under way: from now on SIGTERM stops at once.
+    pub fn stopping_gracefully(&mut self) {
+        self.platform.stopping_gracefully = true;
     }
 
     /// The next request.
@@ -101,6 +114,9 @@ mod platform {
         quit: Signal,
         hangup: Signal,
         status: Signal,
+        upgrade: Signal,
+        /// Whether SIGTERM now stops at once (it drains the first time).
+        pub stopping_gracefully: bool,
     }
 
     impl Signals {
@@ -114,6 +130,8 @@ mod platform {
                 quit: install(SignalKind::quit(), "SIGQUIT")?,
                 hangup: install(SignalKind::hangup(), "SIGHUP")?,
                 status: install(SignalKind::user_defined1(), "SIGUSR1")?,
+                upgrade: install(SignalKind::user_defined2(), "SIGUSR2")?,
+                stopping_gracefully: false,
             })
         }
 
@@ -125,13 +143,18 @@ mod platform {
         }
 
         pub async fn next(&mut self) -> Received {
+            let terminate = match self.stopping_gracefully {
+                true => Received::Stop("SIGTERM"),
+                false => Received::Quit("SIGTERM"),
+            };
             tokio::select! {
                 biased;
                 _ = self.interrupt.recv() => Received::Stop("SIGINT"),
-                _ = self.terminate.recv() => Received::Stop("SIGTERM"),
+                _ = self.terminate.recv() => terminate,
                 _ = self.quit.recv() => Received::Quit("SIGQUIT"),
                 _ = self.hangup.recv() => Received::Swap(SwapAsked::Hangup),
                 _ = self.status.recv() => Received::Status,
+                _ = self.upgrade.recv() => Received::Upgrade,
             }
         }
     }
@@ -151,6 +174,8 @@ mod platform {
         interrupt: CtrlC,
         close: CtrlClose,
         brk: CtrlBreak,
+        /// Unused: no console event means "stop gracefully, then at once".
+        pub stopping_gracefully: bool,
     }
 
     impl Signals {
@@ -159,6 +184,7 @@ mod platform {
                 interrupt: ctrl_c().context("installing the Ctrl-C handler")?,
                 close: ctrl_close().context("installing the console-close handler")?,
                 brk: ctrl_break().context("installing the Ctrl-Break handler")?,
+                stopping_gracefully: false,
             })
         }
 

@@ -5,6 +5,7 @@
 //! while one is under way becomes, the start-up accounting, a stop, and an
 //! error's first line. Neither supervisor uses the other.
 
+use crate::guest::Compiled;
 use crate::instance::{command_pre, Shared};
 use crate::metrics::{self, SwapOutcome};
 use crate::sandbox::{self, GuestState, Sandbox};
@@ -14,7 +15,6 @@ use crate::sockets::{Caps, Listeners};
 use anyhow::Result;
 use std::process::ExitCode;
 use std::sync::Arc;
-use wasmtime::component::Component;
 use wasmtime::Engine;
 use wasmtime_wasi::p2::bindings::CommandPre;
 
@@ -25,6 +25,9 @@ pub fn account(settings: &Settings) -> Result<()> {
     let terms = settings.terms();
     crate::settings::check_descriptors(&terms)?;
     crate::limits::set_total_memory(terms.guest_memory());
+    let metrics = &crate::metrics::METRICS;
+    metrics.guest_memory_total_limit.set(terms.guest_memory());
+    metrics.connections_max.set(i64::try_from(settings.limits.max_connections).unwrap_or(i64::MAX));
     Ok(())
 }
 
@@ -44,6 +47,16 @@ pub fn status(instances: usize, caps: &Caps) {
     );
 }
 
+/// SIGTERM or SIGQUIT while stopping gracefully: nothing more to do but
+/// say so; from now on SIGTERM stops at once.
+pub fn already_stopping(signal: &str, signals: &mut crate::signals::Signals) {
+    signals.stopping_gracefully();
+    tracing::info!(
+        event = "stop",
+        "{signal} received; already stopping gracefully (SIGINT or SIGTERM stops at once)"
+    );
+}
+
 /// The start-up line that says the ledger's totals.
 pub fn announce(settings: &Settings) {
     tracing::info!(event = "ledger", "ledger: {}", settings.terms().summary());
@@ -53,6 +66,9 @@ pub fn announce(settings: &Settings) {
 pub struct Linked {
     pub shared: Arc<Shared>,
     pub pre: CommandPre<GuestState>,
+    /// The guest's code, and the SHA-256 of its component.
+    pub guest: Compiled,
+    pub digest: String,
 }
 
 impl Linked {
@@ -62,10 +78,10 @@ impl Linked {
         engine: &Engine,
         (listeners, caps): (&Arc<Listeners>, &Caps),
         settings: Settings,
-        component: &Component,
+        guest: &Compiled,
     ) -> Result<Linked> {
         let linker = sandbox::linker(engine, &settings)?;
-        let pre = command_pre(&linker, component)?;
+        let pre = command_pre(&linker, &guest.component)?;
         let name = crate::guest::name(settings.guest.as_deref());
         let argv = std::iter::once(name).chain(settings.guest_args.iter().cloned()).collect();
         let sandbox = Sandbox {
@@ -76,13 +92,19 @@ impl Linked {
             argv,
         };
         let shared = Arc::new(Shared { engine: engine.clone(), sandbox });
-        Ok(Linked { shared, pre })
+        Ok(Linked { shared, pre, guest: guest.clone(), digest: guest.digest.clone() })
+    }
+
+    /// Says in the metrics that this guest now serves new clients.
+    pub fn serves(&self) {
+        let name = crate::guest::name(self.shared.sandbox.settings.guest.as_deref());
+        crate::metrics::serving(&name, &self.digest);
     }
 
     /// Another guest, with new settings, in the same host.
-    pub fn next(&self, settings: Settings, component: &Component) -> Result<Linked> {
+    pub fn next(&self, settings: Settings, guest: &Compiled) -> Result<Linked> {
         let Shared { engine, sandbox } = &*self.shared;
-        Linked::new(engine, (&sandbox.listeners, &sandbox.caps), settings, component)
+        Linked::new(engine, (&sandbox.listeners, &sandbox.caps), settings, guest)
     }
 }
 
@@ -93,7 +115,7 @@ pub async fn load_guest(
     old: &Settings,
     new: &Settings,
     read: Option<Arc<Vec<u8>>>,
-) -> Result<Component> {
+) -> Result<Compiled> {
     let read = read.filter(|_| old.guest == new.guest);
     crate::guest::load_in_background(engine, new.guest.as_deref(), read, new.cache_dir.as_deref())
         .await

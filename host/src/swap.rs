@@ -20,6 +20,7 @@
 //! swap fails is served all the same (one the new instance had accepted
 //! goes with it). Each step is an audit event (`swap`).
 
+use crate::guest::Compiled;
 use crate::instance::{Instance, Shared};
 use crate::metrics::{self, DrainOutcome, SwapOutcome};
 use crate::settings::Settings;
@@ -31,7 +32,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use wasmtime::component::Component;
 
 /// How long a new instance has to listen where the old one did.
 const LISTEN_WITHIN: Duration = Duration::from_secs(10);
@@ -39,7 +39,7 @@ const LISTEN_WITHIN: Duration = Duration::from_secs(10);
 /// The swap under way (one per host at most).
 #[allow(clippy::large_enum_variant)]
 pub enum Swap {
-    Loading(JoinHandle<Result<(Component, Settings)>>),
+    Loading(JoinHandle<Result<(Compiled, Settings)>>),
     Starting {
         instance: Instance,
         guest: Linked,
@@ -52,7 +52,7 @@ pub enum Swap {
 
 pub enum SwapStep {
     /// The new guest, and the settings it runs with (boxed: they are large).
-    Loaded(Component, Box<Settings>),
+    Loaded(Compiled, Box<Settings>),
     TookOver(Instance, Linked),
     Failed(String),
 }

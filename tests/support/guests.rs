@@ -101,13 +101,15 @@ pub fn installed(guest: &std::path::Path) -> (tempfile::TempDir, PathBuf) {
 #[allow(dead_code)] // used by the toolchains tests only
 pub fn find_tool(name: &str, var: &str) -> Option<PathBuf> {
     let from_env = std::env::var_os(var).map(PathBuf::from);
-    let prepared = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/toolchains/python/bin")
-        .join(name);
+    let toolchains = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/toolchains");
+    // What .ci/run prepared: the Python tools' venv, and the tools it
+    // unpacked (a newer systemd-analyze).
+    let prepared = ["python/bin", "bin"].iter().map(|dir| toolchains.join(dir).join(name));
+    let prepared = prepared.into_iter().find(|p| p.is_file());
     let on_path = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|p| p.is_file())
     });
-    from_env.or(prepared.is_file().then_some(prepared)).or(on_path)
+    from_env.or(prepared).or(on_path)
 }
 
 /// The test's end of a guest's control connection (`swap-window`,

@@ -384,6 +384,9 @@ impl Host {
 
     /// Every output pipe closed (the collectors push a marker at EOF).
     fn wait_for_eof(&self) {
+        if self.pipes == 0 {
+            return;
+        }
         self.wait_for_nth(EOF_MARK, self.pipes);
         self.output.lines.lock().unwrap().retain(|l| l != EOF_MARK);
     }
@@ -429,7 +432,8 @@ fn assert_hermetic(cmd: &Command) {
         return;
     }
     let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().to_string()).collect();
-    let subcommand = args.first().is_some_and(|a| a == "inspect" || a == "reload");
+    let subcommand =
+        args.first().is_some_and(|a| ["inspect", "reload", "upgrade"].contains(&a.as_str()));
     let told = args.iter().any(|a| ["--listen", "--no-listen", "--policy"].contains(&a.as_str()));
     let handed = cmd.get_envs().any(|(key, _)| key == "LISTEN_FDS");
     assert!(
@@ -651,4 +655,40 @@ fn pidfd_syscall(
     }
     // SAFETY: see above.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) })
+}
+
+/// The TCP ports process `pid` listens on (from /proc/net/tcp), once there
+/// are `n` of them.
+#[cfg(target_os = "linux")]
+pub fn listening_ports(pid: u32, n: usize) -> Vec<u16> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|fds| {
+                fds.flatten()
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                    .filter_map(|l| {
+                        l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(String::from)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let ports: Vec<u16> = table
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let listening = fields.get(3) == Some(&"0A")
+                    && inodes.iter().any(|i| Some(&i.as_str()) == fields.get(9));
+                let port = fields.get(1)?.rsplit(':').next()?;
+                listening.then(|| u16::from_str_radix(port, 16).ok()).flatten()
+            })
+            .collect();
+        if ports.len() >= n {
+            return ports;
+        }
+        assert!(Instant::now() < deadline, "the host never listened on {n} ports: {ports:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

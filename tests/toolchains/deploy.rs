@@ -27,22 +27,44 @@ fn run(cmd: &mut Command) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// The version `systemd-analyze --version` says ("systemd 254 (...)").
+pub fn systemd_version(analyze: &Path) -> Option<u32> {
+    let output = Command::new(analyze).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// `systemd-analyze verify` checks that ExecStart names an executable
 /// that exists: the units are checked as shipped, but for that one path,
 /// which points at the executable this build made.
 pub fn the_systemd_units_verify_clean(analyze: &Path) {
     let dir = tempfile::tempdir().unwrap();
+    let at_this_build = |text: String| {
+        assert!(text.contains("ExecStart=/usr/local/bin/wasi-tcp-host "), "{text}");
+        text.replace("/usr/local/bin/wasi-tcp-host", HOST_BIN)
+    };
     let service = std::fs::read_to_string(deploy("systemd/wasi-tcp-host.service")).unwrap();
-    assert!(service.contains("ExecStart=/usr/local/bin/wasi-tcp-host "), "{service}");
-    let service = service.replace("/usr/local/bin/wasi-tcp-host", HOST_BIN);
-    std::fs::write(dir.path().join("wasi-tcp-host.service"), service).unwrap();
-    std::fs::copy(deploy("systemd/wasi-tcp-host.socket"), dir.path().join("wasi-tcp-host.socket"))
-        .unwrap();
-    let (ok, output) = run(Command::new(analyze)
-        .arg("verify")
-        .arg(dir.path().join("wasi-tcp-host.socket"))
-        .arg(dir.path().join("wasi-tcp-host.service")));
-    assert!(ok && output.trim().is_empty(), "systemd-analyze verify:\n{output}");
+    std::fs::write(dir.path().join("wasi-tcp-host.service"), at_this_build(service)).unwrap();
+    for unit in ["wasi-tcp-host.socket", "wasi-tcp-host-failed@.service"] {
+        std::fs::copy(deploy(&format!("systemd/{unit}")), dir.path().join(unit)).unwrap();
+    }
+    let verify = |dir: &Path| {
+        let (ok, output) = run(Command::new(analyze)
+            .arg("verify")
+            .arg(dir.join("wasi-tcp-host.socket"))
+            .arg(dir.join("wasi-tcp-host.service"))
+            .arg(dir.join("wasi-tcp-host-failed@wasi-tcp-host.service.service")));
+        assert!(ok && output.trim().is_empty(), "systemd-analyze verify:\n{output}");
+    };
+    verify(dir.path());
+    // With the per-client drop-in beside the unit, as installed.
+    let drop_ins = dir.path().join("wasi-tcp-host.service.d");
+    std::fs::create_dir(&drop_ins).unwrap();
+    let drop_in =
+        std::fs::read_to_string(deploy("per-client/wasi-tcp-host.service.d/per-client.conf"))
+            .unwrap();
+    std::fs::write(drop_ins.join("per-client.conf"), at_this_build(drop_in)).unwrap();
+    verify(dir.path());
 }
 
 pub fn the_service_is_exposed_no_more_than_the_docs_say_and_at_most_2(analyze: &Path) {
@@ -60,18 +82,72 @@ pub fn the_service_is_exposed_no_more_than_the_docs_say_and_at_most_2(analyze: &
     assert!(deploy_page().contains(&claim), "docs/deploy.md should say {claim:?} ({line})");
 }
 
-pub fn the_kubernetes_manifests_are_valid_for_the_named_version(validate: &Path) {
-    let manifests: Vec<PathBuf> = std::fs::read_dir(deploy("kubernetes"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    assert_eq!(manifests.len(), 5, "{manifests:?}");
-    let (ok, output) =
-        run(Command::new(validate).args(["--strict", "-k", KUBERNETES]).args(&manifests));
+/// The Kubernetes objects as `kubectl kustomize deploy/` renders them
+/// (offline), and with the per-client component turned on (in a copy of
+/// deploy/, the way `kustomize edit add component per-client` would):
+/// valid against the named Kubernetes version's schemas, strictly; the
+/// ConfigMap made from the policy file itself, named by its hash, and the
+/// pods Guaranteed (requests equal to limits), spread over zones, with
+/// the compiled-guest cache on a volume. (kubernetes-validate has no
+/// schema for the Prometheus Operator's PodMonitor: it says so, and that
+/// one is checked here by hand.)
+pub fn the_kubernetes_objects_render_and_are_valid_for_the_named_version(
+    validate: &Path,
+    kubectl: &Path,
+) {
+    let copy = tempfile::tempdir().unwrap();
+    let with_component = copy.path().join("deploy");
+    let (ok, output) = run(Command::new("cp").arg("-r").arg(deploy("")).arg(&with_component));
     assert!(ok, "{output}");
-    for kind in ["deployment", "service", "configmap", "networkpolicy", "poddisruptionbudget"] {
-        assert!(output.contains(&format!("passed for resource {kind}/")), "{kind}:\n{output}");
+    let kustomization = with_component.join("kustomization.yaml");
+    let mut text = std::fs::read_to_string(&kustomization).unwrap();
+    text += "components:\n  - per-client\n";
+    std::fs::write(&kustomization, text).unwrap();
+    let policy = std::fs::read_to_string(deploy("policy.toml")).unwrap();
+    let per_client = std::fs::read_to_string(deploy("per-client/policy.toml")).unwrap();
+    for (dir, policy, image) in [
+        (deploy(""), &policy, "registry.example.com/wasi-tcp-host:0.1.0"),
+        (with_component, &per_client, "registry.example.com/wasi-tcp-host-per-client:0.1.0"),
+    ] {
+        let (ok, rendered) = run(Command::new(kubectl).arg("kustomize").arg(&dir));
+        assert!(ok, "kubectl kustomize {}:\n{rendered}", dir.display());
+        let out = copy.path().join("rendered.yaml");
+        std::fs::write(&out, &rendered).unwrap();
+        let (ok, output) =
+            run(Command::new(validate).args(["--strict", "-k", KUBERNETES]).arg(&out));
+        assert!(ok, "{output}\n{rendered}");
+        for kind in ["deployment", "service", "configmap", "networkpolicy", "poddisruptionbudget"] {
+            assert!(output.contains(&format!("passed for resource {kind}/")), "{kind}:\n{output}");
+        }
+        assert!(output.contains("Couldn't find schema for kind PodMonitor"), "{output}");
+        let podmonitor = rendered.split("---").find(|o| o.contains("kind: PodMonitor")).unwrap();
+        for line in ["apiVersion: monitoring.coreos.com/v1", "path: /metrics", "port: metrics"] {
+            assert!(podmonitor.contains(line), "{line}:\n{podmonitor}");
+        }
+        // The policy's very text, indented into the ConfigMap, which the
+        // Deployment mounts under the name with its hash.
+        let indented: String =
+            policy.lines().map(|l| format!("    {l}\n").replace("    \n", "\n")).collect();
+        assert!(
+            rendered.contains(&indented),
+            "the ConfigMap does not hold the policy:\n{rendered}"
+        );
+        let name =
+            rendered.split("name: wasi-tcp-host-policy-").nth(1).unwrap().lines().next().unwrap();
+        assert_eq!(
+            rendered.matches(&format!("wasi-tcp-host-policy-{name}")).count(),
+            2,
+            "{rendered}"
+        );
+        for line in [
+            &format!("image: {image}") as &str,
+            "topologyKey: topology.kubernetes.io/zone",
+            "mountPath: /var/cache",
+            "value: /var/cache",
+            "path: /healthz",
+        ] {
+            assert!(rendered.contains(line), "{line}:\n{rendered}");
+        }
     }
     let short = KUBERNETES.trim_end_matches(".0");
     assert!(
@@ -107,7 +183,8 @@ pub fn the_container_image_holds_the_host_alone_and_serves(podman: &Path, host: 
         run(Command::new(podman).args(["image", "inspect", "--format", format, tag])).1
     };
     let size: u64 = inspect("{{.Size}}").trim().parse().unwrap();
-    let most = if release { 25_000_000 } else { 32_000_000 };
+    // CI's dev build has its dependencies unoptimised (.ci/run): bigger code.
+    let most = if release { 25_000_000 } else { 60_000_000 };
     eprintln!(
         "the image is {:.1} MB (the host's {} build)",
         size as f64 / 1e6,
@@ -119,7 +196,7 @@ pub fn the_container_image_holds_the_host_alone_and_serves(podman: &Path, host: 
     assert!(size < most, "the image is {size} bytes");
     let config: serde_json::Value = serde_json::from_str(&inspect("{{json .Config}}")).unwrap();
     assert_eq!(config["User"], "65532:65532", "{config}");
-    assert_eq!(config["StopSignal"], "SIGQUIT", "{config}");
+    assert_eq!(config["StopSignal"], "SIGTERM", "{config}");
 
     let root = tempfile::tempdir().unwrap();
     let name = format!("wasi-tcp-host-test-{}", std::process::id());

@@ -35,7 +35,13 @@ fn tool(name: &'static str, var: &str) -> Need {
 
 fn main() {
     let python = || tool("componentize-py", "COMPONENTIZE_PY");
-    let analyze = || tool("systemd-analyze", "SYSTEMD_ANALYZE");
+    // 254 or later: the units' RestartSteps= and RestartMaxDelaySec=.
+    let analyze = || {
+        tool("systemd-analyze", "SYSTEMD_ANALYZE")
+            .ok()
+            .filter(|analyze| deploy::systemd_version(analyze).is_some_and(|v| v >= 254))
+            .ok_or("systemd-analyze 254 or later (.ci/run unpacks Debian's backport)")
+    };
     let js = || elsewhere::componentize_js().ok_or("componentize-js (npm ci in guests/js)");
     let static_host = || {
         deploy::static_host()
@@ -107,6 +113,13 @@ fn main() {
                 )
             },
         ),
+        trial(
+            "observe::the_alert_rules_fire_on_a_real_hosts_series_when_they_should",
+            [tool("promtool", "PROMTOOL")],
+            |[promtool]| {
+                observe::the_alert_rules_fire_on_a_real_hosts_series_when_they_should(&promtool)
+            },
+        ),
         trial("deploy::the_systemd_units_verify_clean", [analyze()], |[a]| {
             deploy::the_systemd_units_verify_clean(&a)
         }),
@@ -116,9 +129,13 @@ fn main() {
             |[a]| deploy::the_service_is_exposed_no_more_than_the_docs_say_and_at_most_2(&a),
         ),
         trial(
-            "deploy::the_kubernetes_manifests_are_valid_for_the_named_version",
-            [tool("kubernetes-validate", "KUBERNETES_VALIDATE")],
-            |[k]| deploy::the_kubernetes_manifests_are_valid_for_the_named_version(&k),
+            "deploy::the_kubernetes_objects_render_and_are_valid_for_the_named_version",
+            [tool("kubernetes-validate", "KUBERNETES_VALIDATE"), tool("kubectl", "KUBECTL")],
+            |[k, kubectl]| {
+                deploy::the_kubernetes_objects_render_and_are_valid_for_the_named_version(
+                    &k, &kubectl,
+                )
+            },
         ),
         trial(
             "deploy::the_container_image_holds_the_host_alone_and_serves",

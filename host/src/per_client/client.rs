@@ -8,7 +8,7 @@
 //! does can reach the client any more.
 
 use crate::instance::{run_once, Exited};
-use crate::log_limit::Kind;
+use crate::log_limit::{Kind, LogLines};
 use crate::metrics::{self, TurnedAway};
 use crate::sandbox::Stdio;
 use crate::settings::{Settings, TraceDetail};
@@ -23,12 +23,16 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::Instrument;
 use wasmtime_wasi::sockets::SocketAddrUse;
 
-static FAILED: Kind = Kind::warn("guest instances that failed (clients reset)");
-static EXITED: Kind = Kind::info("guest instances that exited with an error");
-static GONE: Kind = Kind::info("guest instances stopped with their connection");
+static FAILED: Kind =
+    Kind::warn(LogLines::InstanceFailed, "guest instances that failed (clients reset)");
+static EXITED: Kind =
+    Kind::info(LogLines::InstanceExitedWithError, "guest instances that exited with an error");
+static GONE: Kind = Kind::info(
+    LogLines::InstanceStoppedWithConnection,
+    "guest instances stopped with their connection",
+);
 
 pub struct Clients {
     /// What a new client's instance runs (SIGHUP replaces it).
@@ -41,6 +45,8 @@ pub struct Clients {
     next_id: AtomicU64,
     /// The instances alive (the slots also count accepts under way).
     alive: Arc<AtomicUsize>,
+    /// The most alive at once since the pool was last made afresh.
+    peak: AtomicUsize,
 }
 
 /// One instance alive, counted while held.
@@ -65,7 +71,28 @@ impl Clients {
             caps,
             next_id: AtomicU64::new(1),
             alive: Arc::default(),
+            peak: AtomicUsize::new(0),
         })
+    }
+
+    /// What new clients get now.
+    pub fn guest(&self) -> Arc<Linked> {
+        Arc::clone(&self.guest.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The most instances alive at once since the last [`Clients::refresh`].
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// The same guest, linked in a fresh pool (`trim.rs`): new clients
+    /// get it; the old one is returned, to be let go.
+    pub fn refresh(&self, guest: Linked) -> Arc<Linked> {
+        self.peak.store(self.open(), Ordering::Relaxed);
+        std::mem::replace(
+            &mut *self.guest.write().unwrap_or_else(|e| e.into_inner()),
+            Arc::new(guest),
+        )
     }
 
     /// The caps the instances share (a swapped-in guest keeps them).
@@ -75,6 +102,7 @@ impl Clients {
 
     /// Clients from now on get `guest`; the instances running keep theirs.
     pub fn swap(&self, guest: Linked) {
+        guest.serves();
         *self.guest.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(guest);
         tracing::info!(
             event = "swap",
@@ -108,7 +136,7 @@ impl Clients {
 
     /// A client let in gets an instance of the current guest.
     fn start(&self, stream: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
-        let guest = Arc::clone(&self.guest.read().unwrap_or_else(|e| e.into_inner()));
+        let guest = self.guest();
         let grants = &guest.shared.sandbox.grants;
         if !grants.check(peer, SocketAddrUse::TcpAccept) {
             crate::audit::log(grants, peer, SocketAddrUse::TcpAccept, false);
@@ -124,10 +152,13 @@ impl Clients {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         crate::audit::log(grants, peer, SocketAddrUse::TcpAccept, true);
-        self.alive.fetch_add(1, Ordering::Relaxed);
+        let alive = self.alive.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(alive, Ordering::Relaxed);
         let held = (slot, place, Alive(Arc::clone(&self.alive)));
-        let span = tracing::info_span!("instance", client = %format_args!("#{id} {peer}"));
-        tokio::spawn(serve(guest, stream, peer, id, held).instrument(span));
+        let instance = format!("#{id} {peer}");
+        tokio::spawn(
+            crate::logging::INSTANCE.scope(instance, serve(guest, stream, peer, id, held)),
+        );
     }
 }
 

@@ -2,7 +2,7 @@
 //! per client the guest never sees a listener.
 
 use crate::sockets::activation::Handed;
-use crate::sockets::bind_reserved;
+use crate::sockets::{bind_reserved, take_handed};
 use anyhow::{bail, Context, Result};
 use socket2::Socket;
 use std::net::SocketAddr;
@@ -11,15 +11,24 @@ use tokio::net::TcpListener;
 /// The backlog clients wait in while every instance is busy.
 const BACKLOG: i32 = 1024;
 
-/// A listener on each granted address: a socket a service manager handed
-/// over for it, or one bound now. One line each says where.
-pub fn open(grants: &[SocketAddr], mut handed: Vec<Handed>) -> Result<Vec<TcpListener>> {
-    let mut listeners = Vec::new();
+/// The listeners, and a copy of each for a new host (an upgrade), with
+/// whether a service manager holds it too.
+pub struct Opened {
+    pub listeners: Vec<TcpListener>,
+    pub handover: Vec<(Socket, bool)>,
+}
+
+/// A listener on each granted address: a socket a service manager (or the
+/// host this one upgrades) handed over for it, or one bound now. One line
+/// each says where.
+pub fn open(grants: &[SocketAddr], mut handed: Vec<Handed>) -> Result<Opened> {
+    let (mut listeners, mut handover) = (Vec::new(), Vec::new());
     for &grant in grants {
-        let socket = match handed.iter().position(|h| h.addr == grant) {
-            Some(at) => handed.swap_remove(at).socket,
-            None => bind_reserved(grant)?,
+        let (socket, outlives) = match take_handed(&mut handed, grant) {
+            Some(given) => (given.socket, given.outlives_host),
+            None => (bind_reserved(grant)?, false),
         };
+        handover.push((socket.try_clone().context("copying a listener")?, outlives));
         listeners.push(listen(socket).with_context(|| format!("cannot listen on {grant}"))?);
     }
     if let Some(extra) = handed.first() {
@@ -28,7 +37,7 @@ pub fn open(grants: &[SocketAddr], mut handed: Vec<Handed>) -> Result<Vec<TcpLis
             extra.addr
         );
     }
-    Ok(listeners)
+    Ok(Opened { listeners, handover })
 }
 
 fn listen(socket: Socket) -> std::io::Result<TcpListener> {

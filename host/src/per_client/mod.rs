@@ -21,22 +21,25 @@
 //! - SIGHUP loads the guest (and the policy) again: new clients get the
 //!   new guest, once its trial passed, and the instances running finish
 //!   with the old one.
-//!   SIGQUIT closes the listeners and waits up to `--drain-timeout` for
-//!   the instances running; SIGINT and SIGTERM stop them all at once.
+//!   SIGTERM or SIGQUIT closes the listeners and waits up to
+//!   `--drain-timeout` for the instances running; SIGINT (or SIGTERM
+//!   again) stops them all at once.
 
 mod client;
 mod listen;
 mod pool;
 mod trial;
+mod trim;
 
 use crate::epoch::EpochTicker;
+use crate::guest::Compiled;
 use crate::notify::Notifier;
 use crate::observe;
 use crate::settings::Settings;
 use crate::signals::{Received, Signals, SwapAsked};
-use crate::sockets::activation::Handed;
 use crate::sockets::{Caps, Listeners};
 use crate::supervise::{self, Linked};
+use crate::upgrade::{self, Given, Upgrade};
 use anyhow::{Context, Result};
 use client::Clients;
 use std::process::ExitCode;
@@ -46,11 +49,12 @@ use tokio::task::JoinHandle;
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
-pub async fn run(mut settings: Settings, handed: Vec<Handed>) -> Result<ExitCode> {
+pub async fn run(mut settings: Settings, given: Given) -> Result<ExitCode> {
     let mut signals = Signals::install(supervise::watched(&settings))?;
     supervise::account(&settings)?;
-    let listeners = listen::open(&settings.grants.listen, handed)?;
-    let metrics = settings.metrics.map(observe::bind).transpose()?;
+    let listen::Opened { listeners, handover } =
+        listen::open(&settings.grants.listen, given.listeners)?;
+    let metrics = observe::listener(settings.metrics, given.metrics)?;
     if let Some(bound) = metrics.as_ref().and_then(|m| m.local_addr().ok()) {
         settings.metrics_bound_at(bound);
     }
@@ -60,14 +64,19 @@ pub async fn run(mut settings: Settings, handed: Vec<Handed>) -> Result<ExitCode
     let engine = Engine::new(&config)
         .map_err(anyhow::Error::from)
         .context("reserving the pool of guest instances")?;
+    if let Some(interval) = crate::notify::watchdog_interval() {
+        tokio::spawn(crate::notify::feed_the_watchdog(interval));
+    }
+    let ready = Arc::new(observe::ReadyLater::default());
+    let metrics = metrics.map(|listener| observe::Served::start(listener, Arc::clone(&ready)));
     let (path, cache) = (settings.guest.as_deref(), settings.cache_dir.as_deref());
     let component = tokio::select! {
         loaded = crate::guest::load_in_background(&engine, path, None, cache) => loaded?,
         signal = signals.stop() => return Ok(supervise::stopped(signal)),
     };
-    let _ticker = EpochTicker::start(&engine)?;
+    let ticker = EpochTicker::start(&engine)?;
     let name = crate::guest::name(settings.guest.as_deref());
-    warn_if_it_serves_clients_itself(&engine, &component, &name);
+    warn_if_it_serves_clients_itself(&engine, &component.component, &name);
     let settings = Arc::new(settings);
     let guest =
         link(&engine, &settings, &component, Caps::new(limits.max_connections, limits.max_files))?;
@@ -75,6 +84,10 @@ pub async fn run(mut settings: Settings, handed: Vec<Handed>) -> Result<ExitCode
         tried = trial::run(&guest) => tried.with_context(|| format!("{name} cannot serve"))?,
         signal = signals.stop() => return Ok(supervise::stopped(signal)),
     }
+    guest.serves();
+    // The linked guest holds what it needs; the engine (and its pool) must
+    // not outlive it here: `trim.rs` makes them afresh.
+    drop(component);
     let clients = Clients::new(guest, &settings);
     tracing::info!(
         "running {name}, one instance per client ({} threads); granted: {}; everything else is \
@@ -86,15 +99,22 @@ pub async fn run(mut settings: Settings, handed: Vec<Handed>) -> Result<ExitCode
     let accepting: Vec<JoinHandle<()>> =
         listeners.into_iter().map(|l| tokio::spawn(Arc::clone(&clients).accept(l))).collect();
     let stopping = Arc::new(AtomicBool::new(false));
-    if let Some(metrics) = metrics {
-        let stopping = Arc::clone(&stopping);
-        let ready: observe::Readiness = Arc::new(move || match stopping.load(Ordering::SeqCst) {
-            true => Err("stopping: no new clients".to_string()),
-            false => Ok(()),
-        });
-        tokio::spawn(observe::serve(metrics, ready));
-    }
-    let mut server = Server { engine, settings, clients, accepting, stopping };
+    let stopping_ = Arc::clone(&stopping);
+    ready.set(Arc::new(move || match stopping_.load(Ordering::SeqCst) {
+        true => Err("stopping: no new clients".to_string()),
+        false => Ok(()),
+    }));
+    let mut server = Server {
+        engine,
+        ticker,
+        settings,
+        clients,
+        accepting,
+        stopping,
+        handover,
+        metrics,
+        upgrade: None,
+    };
     server.serve(signals).await
 }
 
@@ -102,7 +122,7 @@ pub async fn run(mut settings: Settings, handed: Vec<Handed>) -> Result<ExitCode
 /// no listen address of its own (the host listens) and nothing to lend.
 /// The one socket cap (`cap`) counts the clients' connections and the
 /// sockets the instances open, whichever guest they run.
-fn link(engine: &Engine, settings: &Settings, component: &Component, caps: Caps) -> Result<Linked> {
+fn link(engine: &Engine, settings: &Settings, component: &Compiled, caps: Caps) -> Result<Linked> {
     let none = Listeners::open(&[], Vec::new())?;
     Linked::new(engine, (&none, &caps), settings.for_each_client(), component)
 }
@@ -122,12 +142,21 @@ fn warn_if_it_serves_clients_itself(engine: &Engine, component: &Component, name
 }
 
 struct Server {
+    /// The engine (and pool) guests are loaded into, and its ticker; made
+    /// afresh after a burst (`trim.rs`).
     engine: Engine,
+    ticker: EpochTicker,
     settings: Arc<Settings>,
     clients: Arc<Clients>,
     accepting: Vec<JoinHandle<()>>,
     /// For `/readyz`: false from SIGQUIT on.
     stopping: Arc<AtomicBool>,
+    /// Copies of the listeners, for an upgrade's new host, and whether a
+    /// service manager holds each too.
+    handover: Vec<(socket2::Socket, bool)>,
+    metrics: Option<observe::Served>,
+    /// A new host executable, started and not serving yet (`upgrade.rs`).
+    upgrade: Option<Upgrade>,
 }
 
 /// SIGHUP: the guest and the policy, loading.
@@ -136,6 +165,10 @@ type Loading = JoinHandle<Result<(Linked, Arc<Settings>)>>;
 enum Event {
     Signal(Received),
     Loaded(Result<(Linked, Arc<Settings>)>),
+    /// An upgrade's new host serves (its process id), or will not.
+    Upgraded(Result<u32>),
+    /// Time to look whether the pool should be made afresh.
+    Trim,
 }
 
 async fn loaded(loading: &mut Option<Loading>) -> Event {
@@ -153,6 +186,7 @@ impl Server {
         // The guest file changed while a swap was loading (`--watch`): the
         // newest bytes, loaded once it is done.
         let mut next: Option<SwapAsked> = None;
+        let mut trim = tokio::time::interval(trim::CHECK_EVERY);
         loop {
             if let (None, Some(asked)) = (&loading, next.take()) {
                 notifier.reloading();
@@ -161,9 +195,12 @@ impl Server {
             let event = tokio::select! {
                 received = signals.next() => Event::Signal(received),
                 event = loaded(&mut loading) => event,
+                ready = upgrade::ready(&mut self.upgrade) => Event::Upgraded(ready),
+                _ = trim.tick() => Event::Trim,
             };
             match event {
                 Event::Signal(Received::Stop(signal)) => {
+                    upgrade::abandon(&mut self.upgrade);
                     notifier.stopping(&format!("{signal} received: stopping"));
                     return Ok(supervise::stopped(signal));
                 }
@@ -182,6 +219,13 @@ impl Server {
                 Event::Signal(Received::Status) => {
                     supervise::status(self.clients.open(), &self.clients.caps())
                 }
+                Event::Signal(Received::Upgrade) => self.start_upgrade(&mut notifier),
+                Event::Upgraded(Ok(pid)) => {
+                    return Ok(self.hand_over(pid, &mut notifier, &mut signals).await)
+                }
+                Event::Upgraded(Err(why)) => self.upgrade_failed(&why, &mut notifier),
+                Event::Trim if loading.is_none() => self.trim(),
+                Event::Trim => {}
                 Event::Loaded(Ok((guest, settings))) => {
                     self.clients.swap(guest);
                     self.settings = settings;
@@ -193,6 +237,29 @@ impl Server {
                     notifier.reloaded(Err(&why));
                 }
             }
+        }
+    }
+
+    /// After a burst, with no instance alive: a fresh pool (`trim.rs`).
+    fn trim(&mut self) {
+        let peak = self.clients.peak();
+        if !trim::due(self.clients.open(), peak) {
+            return;
+        }
+        let old = self.clients.guest();
+        match trim::fresh(&old, &self.settings) {
+            Ok((engine, ticker, fresh)) => {
+                tracing::info!(
+                    event = "trim",
+                    "per-client: {peak} instances were alive at once, none is now: the pool is \
+                     made afresh, giving their memory back"
+                );
+                let old = self.clients.refresh(fresh);
+                let old_ticker = std::mem::replace(&mut self.ticker, ticker);
+                self.engine = engine;
+                tokio::spawn(trim::let_go(old, old_ticker));
+            }
+            Err(e) => tracing::warn!(event = "trim", "could not make the pool afresh: {e:#}"),
         }
     }
 
@@ -213,14 +280,12 @@ impl Server {
         })
     }
 
-    /// SIGQUIT (Ctrl-Break): no new clients (the listeners close), and
+    /// SIGTERM or SIGQUIT (Ctrl-Break): no new clients (the listeners close), and
     /// those connected are served until they leave or `--drain-timeout`.
     async fn stop_gracefully(&mut self, signal: &str, signals: &mut Signals) -> ExitCode {
-        self.stopping.store(true, Ordering::SeqCst);
-        self.accepting.iter().for_each(JoinHandle::abort);
-        for accepting in self.accepting.drain(..) {
-            let _ = accepting.await;
-        }
+        upgrade::abandon(&mut self.upgrade);
+        signals.stopping_gracefully();
+        self.stop_accepting().await;
         let (open, timeout) = (self.clients.open(), self.settings.drain_timeout);
         tracing::info!(
             event = "stop",
@@ -228,11 +293,78 @@ impl Server {
              until they leave (at most {})",
             humantime::format_duration(timeout)
         );
-        let ended = tokio::select! {
-            ended = tokio::time::timeout(timeout, self.clients.all_left()) => ended.is_ok(),
-            signal = signals.stop() => {
-                tracing::info!(event = "stop", "{signal} received: stopping every instance");
-                return ExitCode::SUCCESS;
+        self.drain(signals).await
+    }
+
+    /// SIGUSR2: starts the new host executable with this one's sockets.
+    fn start_upgrade(&mut self, notifier: &mut Notifier) {
+        if self.upgrade.is_some() {
+            return tracing::info!(event = "upgrade", "SIGUSR2 received; already upgrading");
+        }
+        let listeners = self.handover.iter().map(|(l, outlives)| Ok((l.try_clone()?, *outlives)));
+        let metrics = self.metrics.as_ref().map(observe::Served::handover);
+        match upgrade::start(listeners.collect(), metrics) {
+            Ok(started) => self.upgrade = Some(started),
+            Err(e) => self.upgrade_failed(&e, notifier),
+        }
+    }
+
+    fn upgrade_failed(&mut self, why: &anyhow::Error, notifier: &mut Notifier) {
+        upgrade::abandon(&mut self.upgrade);
+        upgrade::failed(why);
+        notifier.upgrade_failed(&format!("{why:#}"));
+    }
+
+    /// The new host serves: it accepts every new client from now on (the
+    /// listeners stay open in it); this one serves those it has, then exits.
+    async fn hand_over(
+        &mut self,
+        pid: u32,
+        notifier: &mut Notifier,
+        signals: &mut Signals,
+    ) -> ExitCode {
+        self.upgrade = None;
+        if let Some(metrics) = self.metrics.take() {
+            metrics.stop();
+        }
+        notifier.hand_over(pid);
+        upgrade::handed_over(pid);
+        self.stop_accepting().await;
+        self.drain(signals).await
+    }
+
+    /// Accepts no client from now on: this process's listeners close
+    /// (another process's copy, an upgrade's or a service manager's, stays).
+    async fn stop_accepting(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.handover.clear();
+        self.accepting.iter().for_each(JoinHandle::abort);
+        for accepting in self.accepting.drain(..) {
+            let _ = accepting.await;
+        }
+    }
+
+    /// Serves the clients connected until they leave or `--drain-timeout`;
+    /// SIGINT (or SIGTERM, once stopping gracefully) stops them at once.
+    async fn drain(&mut self, signals: &mut Signals) -> ExitCode {
+        let timeout = self.settings.drain_timeout;
+        let all_left = tokio::time::timeout(timeout, self.clients.all_left());
+        tokio::pin!(all_left);
+        let ended = loop {
+            tokio::select! {
+                ended = &mut all_left => break ended.is_ok(),
+                received = signals.next() => match received {
+                    Received::Stop(signal) => {
+                        tracing::info!(event = "stop", "{signal} received: stopping every instance");
+                        return ExitCode::SUCCESS;
+                    }
+                    Received::Quit(signal) => supervise::already_stopping(signal, signals),
+                    Received::Status => supervise::status(self.clients.open(), &self.clients.caps()),
+                    Received::Swap(_) | Received::Upgrade => tracing::info!(
+                        event = "stop",
+                        "a swap or an upgrade asked for while stopping; ignored"
+                    ),
+                },
             }
         };
         match ended {

@@ -28,8 +28,7 @@ pub async fn run(guest: &Linked) -> Result<()> {
     let shared = Arc::clone(&guest.shared);
     let instance =
         run_once(shared, guest.pre.clone(), Tenant::new(TRIAL_ID), Stdio::Trial(stdio.clone()));
-    let span = tracing::info_span!("instance", client = %"#0 trial, no client");
-    let instance = tracing::Instrument::instrument(instance, span);
+    let instance = crate::logging::INSTANCE.scope("#0 trial, no client".to_string(), instance);
     tokio::select! {
         () = stdio.read_asked() => Ok(()),
         ended = instance => match ended {

@@ -21,10 +21,14 @@ use {
 #[cfg(unix)]
 const FIRST: RawFd = 3;
 
-/// A listening socket a service manager handed over.
+/// A listening socket a service manager (or the host this one upgrades)
+/// handed over.
 pub struct Handed {
     pub addr: SocketAddr,
     pub socket: Socket,
+    /// A service manager holds it too: it queues clients while no host
+    /// runs, so a graceful stop leaves it open.
+    pub outlives_host: bool,
 }
 
 /// Windows passes no descriptors this way: a service manager's LISTEN_FDS
@@ -60,36 +64,45 @@ pub fn take() -> Result<Vec<Handed>> {
         .and_then(|count| count.parse().ok())
         .with_context(|| format!("LISTEN_FDS={count:?} is not a number of descriptors"))?;
     let names: Vec<&str> = names.split(':').collect();
-    (0..count).map(|i| take_one(FIRST + i, names.get(i as usize).copied())).collect()
+    let take_one = |i: RawFd| {
+        let fd = FIRST + i;
+        let what = match names.get(i as usize) {
+            Some(name) if !name.is_empty() => format!("descriptor {fd} (\"{name}\")"),
+            _ => format!("descriptor {fd}"),
+        };
+        adopt(fd, &format!("{what}, passed by the service manager"), true)
+    };
+    (0..count).map(take_one).collect()
 }
 
+/// Owns descriptor `fd`, passed to this process (`what` says by whom): a
+/// TCP socket bound to an IP address, and listening if `listening`.
 #[cfg(unix)]
-fn take_one(fd: RawFd, name: Option<&str>) -> Result<Handed> {
-    let what = match name {
-        Some(name) if !name.is_empty() => format!("descriptor {fd} (\"{name}\")"),
-        _ => format!("descriptor {fd}"),
-    };
+pub fn adopt(fd: RawFd, what: &str, listening: bool) -> Result<Handed> {
     // Owning a descriptor that is not open would close whatever takes its
     // number later: look first.
     // SAFETY: F_GETFD only reads the descriptor's flags.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
-        bail!("{what}, counted in LISTEN_FDS by the service manager, is not open");
+        bail!("{what}, is not open");
     }
-    // SAFETY: the service manager passed this open descriptor to this
-    // process for it to own (LISTEN_FDS counts it), and nothing else in
-    // the host uses it.
+    // SAFETY: this open descriptor was passed to this process for it to
+    // own (the variable that names it says so), and nothing else in the
+    // host uses it.
     let socket = unsafe { Socket::from_raw_fd(fd) };
     let tcp = socket.r#type().is_ok_and(|t| t == Type::STREAM)
         && socket.local_addr().is_ok_and(|a| a.is_ipv4() || a.is_ipv6())
-        && is_listener(&socket);
+        && (!listening || is_listener(&socket));
     if !tcp {
         std::mem::forget(socket);
-        bail!("{what}, passed by the service manager, is not a listening TCP socket");
+        match listening {
+            true => bail!("{what}, is not a listening TCP socket"),
+            false => bail!("{what}, is not a bound TCP socket"),
+        }
     }
     socket.set_cloexec(true).with_context(|| format!("{what}: setting close-on-exec"))?;
     let addr = socket.local_addr()?.as_socket();
     let addr = addr.with_context(|| format!("{what} has no IP address"))?;
-    Ok(Handed { addr, socket })
+    Ok(Handed { addr, socket, outlives_host: true })
 }
 
 /// SO_ACCEPTCONN: socket2 reads it on Linux only; the other Unixes have it

@@ -19,7 +19,7 @@
 //! A place is given back when it is dropped, so it cannot be given back
 //! twice or forgotten.
 
-use crate::log_limit::Kind;
+use crate::log_limit::{Kind, LogLines};
 use crate::metrics::{self, TurnedAway};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,9 +67,10 @@ pub enum Asker {
     Directory,
 }
 
-static REFUSED_SOCKETS: Kind = Kind::warn("refused new sockets");
-static REFUSED_CLIENTS: Kind = Kind::warn("clients turned away at the cap");
-static REFUSED_FILES: Kind = Kind::warn("refused opened files");
+static REFUSED_SOCKETS: Kind = Kind::warn(LogLines::SocketRefused, "refused new sockets");
+static REFUSED_CLIENTS: Kind =
+    Kind::warn(LogLines::TurnedAwayAtCap, "clients turned away at the cap");
+static REFUSED_FILES: Kind = Kind::warn(LogLines::FileRefused, "refused opened files");
 
 impl Cap {
     /// The socket cap: `max` sockets (`--max-connections`).

@@ -16,7 +16,7 @@
 use super::cap::Place;
 use super::tenant::Client;
 use crate::ledger::MAX_CHUNK;
-use crate::log_limit::Kind;
+use crate::log_limit::{Kind, LogLines};
 use crate::metrics::{self, Closed, METRICS};
 use bytes::Bytes;
 use socket2::SockRef;
@@ -238,7 +238,7 @@ impl Connection {
     /// The peer did not take what was left in time: reset the connection
     /// (it closes with the task's hold on it, the last one).
     fn give_up(&self) -> std::io::Error {
-        static GAVE_UP: Kind = Kind::warn("sends given up");
+        static GAVE_UP: Kind = Kind::warn(LogLines::SendGivenUp, "sends given up");
         let error = self.reset(ErrorKind::TimedOut);
         self.failed();
         metrics::closed(Closed::SendTimeout);
@@ -257,7 +257,7 @@ impl Connection {
     /// Closed for idleness: the guest's reads and writes report `closed`,
     /// the client gets a FIN.
     fn close_idle(&self, timeout: Duration) {
-        static CLOSED_IDLE: Kind = Kind::info("idle clients closed");
+        static CLOSED_IDLE: Kind = Kind::info(LogLines::IdleClientClosed, "idle clients closed");
         metrics::closed(Closed::IdleTimeout);
         self.read_shut.store(true, SeqCst);
         self.write_shut.store(true, SeqCst);

@@ -22,6 +22,7 @@
 //! one. Its listen backlog follows the turn: the backlog the instance
 //! offered clients asked for, or the host's own when none listens.
 
+use super::activation::Handed;
 pub use super::listener::{new_socket, Listener};
 use super::{spare, ErrorCode};
 use anyhow::{bail, Context};
@@ -132,31 +133,27 @@ impl Granted {
 }
 
 impl Listeners {
-    /// The host's listeners: `activated` sockets (handed over by a service
-    /// manager) where their address is granted, and the granted addresses
-    /// that name a port bound now. Must run inside the async runtime.
-    pub fn open(grants: &[SocketAddr], activated: Vec<Socket>) -> anyhow::Result<Arc<Listeners>> {
-        let mut activated = activated
-            .into_iter()
-            .map(|socket| Ok((socket.local_addr()?.as_socket(), socket)))
-            .collect::<std::io::Result<Vec<_>>>()?;
+    /// The host's listeners: `handed` sockets (by a service manager, or
+    /// the host this one upgrades) where their address is granted, and the
+    /// granted addresses that name a port bound now. Must run inside the
+    /// async runtime.
+    pub fn open(grants: &[SocketAddr], mut handed: Vec<Handed>) -> anyhow::Result<Arc<Listeners>> {
         let mut granted = Vec::new();
         for &grant in grants {
-            let handed = activated.iter().position(|(addr, _)| *addr == Some(grant));
-            let socket = match (handed, grant.port()) {
-                (Some(at), _) => Some(activated.swap_remove(at).1),
-                (None, 0) => None,
-                (None, _) => Some(bind_reserved(grant)?),
+            let (socket, outlives) = match (take_handed(&mut handed, grant), grant.port()) {
+                (Some(given), _) => (Some(given.socket), given.outlives_host),
+                (None, 0) => (None, false),
+                (None, _) => (Some(bind_reserved(grant)?), false),
             };
             let kept = socket.map(Listener::new).transpose().context("registering a listener")?;
             let turn = Arc::new(Turn { current: AtomicU64::new(0), waiting: Mutex::default() });
-            let handed = handed.is_some();
+            let handed = outlives;
             granted.push(Mutex::new(Granted { grant, kept, handed, holders: Vec::new(), turn }));
         }
-        if let Some((addr, _)) = activated.first() {
+        if let Some(extra) = handed.first() {
             bail!(
                 "the service manager passed a listening socket on {} that no --listen grants",
-                addr.map_or("an unknown address".to_string(), |a| a.to_string())
+                extra.addr
             );
         }
         spare::reserve();
@@ -266,6 +263,24 @@ impl Listeners {
         }
     }
 
+    /// Copies of the listeners the host keeps, for a new host (an
+    /// upgrade): each, and whether a service manager holds it too.
+    pub fn handover(&self) -> std::io::Result<Vec<(Socket, bool)>> {
+        let mut copies = Vec::new();
+        for place in self.granted.iter().map(lock) {
+            if let Some(kept) = &place.kept {
+                copies.push((kept.socket().try_clone()?, place.handed));
+            }
+        }
+        Ok(copies)
+    }
+
+    /// Offers no client to any guest instance from now on, and leaves the
+    /// listeners open: another host (an upgrade) accepts from them now.
+    pub fn hand_over(&self) {
+        self.retire_through(u64::MAX);
+    }
+
     /// The first granted address no guest instance serves now (no listener
     /// kept there yet, or none with its turn); None when all are served.
     pub fn unserved(&self) -> Option<SocketAddr> {
@@ -284,6 +299,14 @@ impl Listeners {
     pub fn grant(&self, index: usize) -> SocketAddr {
         lock(&self.granted[index]).grant
     }
+}
+
+/// The handed socket for `grant`: on its address, or (a grant of port 0,
+/// "any port") on its IP address.
+pub fn take_handed(handed: &mut Vec<Handed>, grant: SocketAddr) -> Option<Handed> {
+    let matches = |h: &Handed| h.addr == grant || (grant.port() == 0 && h.addr.ip() == grant.ip());
+    let at = handed.iter().position(matches)?;
+    Some(handed.swap_remove(at))
 }
 
 /// A listener in a guest socket's hands: kept by the host (given back when

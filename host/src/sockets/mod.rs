@@ -48,7 +48,7 @@ mod tenant;
 
 pub use cap::{Asker, Cap, Caps, Place};
 pub use connection::{Connection, Owner, Timeouts};
-pub use listeners::{bind_reserved, Listeners};
+pub use listeners::{bind_reserved, take_handed, Listeners};
 pub use stdio::{ClientStdio, TrialStdio};
 pub use tcp::TcpSocket;
 pub use tenant::Tenant;

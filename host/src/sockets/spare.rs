@@ -6,7 +6,7 @@
 //! accepts the client into the freed descriptor, resets it, and takes the
 //! spare again: the libev/nginx way.
 
-use crate::log_limit::Kind;
+use crate::log_limit::{Kind, LogLines};
 use crate::metrics::{self, TurnedAway};
 use socket2::{Domain, Socket, Type};
 use std::net::SocketAddr;
@@ -15,7 +15,8 @@ use std::time::Duration;
 
 /// A UDP socket: it needs no file system (the container image has none).
 static SPARE: Mutex<Option<Socket>> = Mutex::new(None);
-static TURNED_AWAY: Kind = Kind::warn("clients turned away for want of descriptors");
+static TURNED_AWAY: Kind =
+    Kind::warn(LogLines::TurnedAwayNoDescriptor, "clients turned away for want of descriptors");
 
 /// Whether an accept failed for want of descriptors: EMFILE or ENFILE on
 /// Unix; WSAEMFILE or WSAENOBUFS (out of memory for sockets) on Windows.

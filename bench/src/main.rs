@@ -8,8 +8,11 @@
 //! cargo build --release -p host -p bench && target/release/bench
 //! ```
 
+mod charts;
 mod load;
+mod open_loop;
 mod per_client;
+mod pin;
 mod servers;
 
 use anyhow::{bail, Context, Result};
@@ -44,7 +47,31 @@ struct Args {
     /// builds, compared in a "host / baseline" column.
     #[arg(long, value_name = "PATH")]
     baseline_host: Option<std::path::PathBuf>,
+    /// How long each open-loop measure runs (its first half second is
+    /// left out: warming up).
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    open_loop: Duration,
+    /// Leave out the open-loop latencies.
+    #[arg(long)]
+    no_open_loop: bool,
+    /// Leave the servers and the load generator to the scheduler, instead
+    /// of a core for each (`pin.rs`).
+    #[arg(long)]
+    no_pin: bool,
+    /// Only drive the open loop against a server already running at ADDR
+    /// (CONNS connections, RATE messages a second in all), and print its
+    /// figures: for looking at a server with perf meanwhile.
+    #[arg(long, num_args = 3, value_names = ["ADDR", "CONNS", "RATE"])]
+    probe: Option<Vec<String>>,
+    /// Where the charts go (SVG).
+    #[arg(long, value_name = "DIR", default_value = "target/bench-charts")]
+    charts: std::path::PathBuf,
 }
+
+/// The offered loads of the open loop, in percent of native tokio's
+/// saturation throughput (its closed-loop round trips a second) at the
+/// same number of connections.
+const OFFERED: [f64; 4] = [25.0, 50.0, 75.0, 90.0];
 
 const SCENARIOS: [Scenario; 4] = [
     Scenario { name: "1 conn x 64 B", conns: 1, size: 64, round_trips_per_conn: 20_000 },
@@ -76,10 +103,23 @@ impl Results {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // Not for --per-client: its `--threads 2` needs both cores.
+    let pinned = !args.no_pin && !args.per_client && pin::enable();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let raised = raise_fd_limit()?;
     let bin_dir = std::env::current_exe()?.parent().context("no exe dir")?.to_path_buf();
+    if let Some(probe) = &args.probe {
+        let addr: std::net::SocketAddr = probe[0].parse().context("ADDR")?;
+        let (conns, rate): (usize, f64) = (probe[1].parse()?, probe[2].parse()?);
+        let o = open_loop::run(addr, conns, rate, args.open_loop)?;
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        println!(
+            "{conns} conns, {rate}/s: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, sender late p99 {:.1} us, {:.0} echoes/s",
+            us(o.p50), us(o.p99), us(o.p999), us(o.late_p99), o.echoed_per_s
+        );
+        return Ok(());
+    }
     if args.per_client {
         return per_client::run(&runtime, &bin_dir, args.rounds);
     }
@@ -100,7 +140,14 @@ fn main() -> Result<()> {
     for server in &servers {
         server.check()?;
     }
-    println!("# echo benchmark: {} rounds, file-descriptor limit raised to {raised}", args.rounds);
+    println!(
+        "# echo benchmark: {} rounds, file-descriptor limit raised to {raised}, {}",
+        args.rounds,
+        match pinned {
+            true => "servers on core 0, the load on the last core",
+            false => "not pinned",
+        }
+    );
     let mut results = Results::default();
 
     let scenarios: Vec<Scenario> = match &args.only {
@@ -166,6 +213,10 @@ fn main() -> Result<()> {
         }
     }
 
+    if !args.no_open_loop {
+        open_loop_rounds(&args, &scenarios, &servers, &running, &mut results)?;
+    }
+
     // Memory: a fresh process idle, then holding 1000 idle connections.
     for server in servers.iter().filter(|s| everything_for(s)) {
         // A failure here loses this server's memory figures, not the run.
@@ -214,6 +265,108 @@ fn main() -> Result<()> {
     drop(running);
 
     print_table(&results, &servers);
+    draw(&args.charts, &results, &servers, &scenarios)?;
+    Ok(())
+}
+
+/// The open loop, at each offered load for each connection count the
+/// closed loop measured with 64-byte messages, every server in turn, the
+/// rounds interleaved.
+fn open_loop_rounds(
+    args: &Args,
+    scenarios: &[Scenario],
+    servers: &[Server],
+    running: &[servers::Running],
+    results: &mut Results,
+) -> Result<()> {
+    let saturation: Vec<(usize, f64)> = scenarios
+        .iter()
+        .filter(|s| s.size == 64)
+        .filter_map(|s| {
+            let native = results.median(&format!("{}: round trips/s", s.name), servers::NATIVE)?;
+            Some((s.conns, native))
+        })
+        .collect();
+    for round in 0..args.rounds {
+        eprintln!("open loop, round {}/{}", round + 1, args.rounds);
+        for &(conns, native) in &saturation {
+            for load in OFFERED {
+                let rate = native * load / 100.0;
+                for (server, run) in servers.iter().zip(running) {
+                    if server.name == servers::NATIVE_NAGLE {
+                        continue;
+                    }
+                    let outcome = open_loop::run(run.addr, conns, rate, args.open_loop)
+                        .with_context(|| {
+                            format!("open loop, {conns} conns at {load}% on {}", server.name)
+                        })?;
+                    let measure = |what: &str| open_loop_measure(conns, load, what);
+                    let us = |d: Duration| d.as_secs_f64() * 1e6;
+                    results.add(&measure("p50 (us)"), server.name, us(outcome.p50));
+                    results.add(&measure("p99 (us)"), server.name, us(outcome.p99));
+                    results.add(&measure("p99.9 (us)"), server.name, us(outcome.p999));
+                    results.add(&measure("echoes/s"), server.name, outcome.echoed_per_s);
+                    results.add(
+                        &measure("sender late, p99 (us)"),
+                        server.name,
+                        us(outcome.late_p99),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn open_loop_measure(conns: usize, load: f64, what: &str) -> String {
+    format!("open loop, {conns} conns at {load:.0}%: {what}")
+}
+
+/// The charts, from the medians the table shows.
+fn draw(
+    dir: &std::path::Path,
+    results: &Results,
+    servers: &[Server],
+    scenarios: &[Scenario],
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let shown: Vec<&Server> = servers.iter().filter(|s| s.name != servers::NATIVE_NAGLE).collect();
+    for conns in scenarios.iter().filter(|s| s.size == 64).map(|s| s.conns) {
+        let lines: Vec<charts::Latencies> = shown
+            .iter()
+            .map(|server| charts::Latencies {
+                server: server.name,
+                points: OFFERED
+                    .iter()
+                    .filter_map(|&load| {
+                        let at = |what| {
+                            results.median(&open_loop_measure(conns, load, what), server.name)
+                        };
+                        Some((load, at("p50 (us)")?, at("p99 (us)")?))
+                    })
+                    .collect(),
+            })
+            .filter(|line| !line.points.is_empty())
+            .collect();
+        if !lines.is_empty() {
+            charts::open_loop(&dir.join(format!("open-loop-{conns}.svg")), conns, &lines)?;
+        }
+    }
+    let loads: Vec<&str> = scenarios.iter().map(|s| s.name).collect();
+    let bars: Vec<(&str, Vec<f64>)> = shown
+        .iter()
+        .map(|server| {
+            let values = loads
+                .iter()
+                .map(|load| {
+                    results.median(&format!("{load}: round trips/s"), server.name).unwrap_or(0.0)
+                })
+                .collect();
+            (server.name, values)
+        })
+        .collect();
+    charts::round_trips(&dir.join("round-trips.svg"), &loads, &bars)?;
+    eprintln!("charts in {}", dir.display());
     Ok(())
 }
 

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The native baseline, tokio's echo: every ratio is to it.
+pub const NATIVE: &str = "native tokio";
 /// The native baseline with Nagle on: measured under load only.
 pub const NATIVE_NAGLE: &str = "native, Nagle on";
 /// Another build of the host, for paired runs (`--baseline-host`).
@@ -23,11 +25,7 @@ pub struct Server {
 impl Server {
     /// tokio's echo, built in this workspace.
     pub fn native(bin_dir: &Path) -> Server {
-        Server {
-            name: "native tokio",
-            program: bin_dir.join("native-echo"),
-            args: vec!["{addr}".into()],
-        }
+        Server { name: NATIVE, program: bin_dir.join("native-echo"), args: vec!["{addr}".into()] }
     }
 
     /// The same with Nagle's algorithm left on: the system's default, for
@@ -53,7 +51,7 @@ impl Server {
             program: program.to_path_buf(),
             // Room for the many-connections test: the defaults (1024
             // sockets, 128 MiB) suit a small server, not 10 000 clients.
-            args: ["--max-connections", "20000", "--max-memory", "1GiB", "--listen", "{addr}"]
+            args: ["--max-connections", "16000", "--max-memory", "1GiB", "--listen", "{addr}"]
                 .map(Into::into)
                 .to_vec(),
         }
@@ -128,14 +126,16 @@ impl Server {
 
     fn spawn(&self, extra: &[&str]) -> Result<Running> {
         let addr = free_port()?;
-        let child = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        command
             .args(self.args.iter().map(|a| a.replace("{addr}", &addr.to_string())))
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", self.program.display()))?;
+            .stderr(Stdio::null());
+        crate::pin::server(&mut command);
+        let child =
+            command.spawn().with_context(|| format!("starting {}", self.program.display()))?;
         Ok(Running { child, addr })
     }
 }

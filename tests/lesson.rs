@@ -649,7 +649,7 @@ fn both_lessons_give_the_same_commands_for_linux_macos_and_windows() {
     let english = lesson("docs/lesson.md", "Before you start");
     let korean = lesson("docs/lesson.ko.md", "시작하기 전에");
 
-    assert_eq!(english.rows.len(), 10, "a header, its rule and 8 rows: {:?}", english.rows);
+    assert_eq!(english.rows.len(), 12, "a header, its rule and 10 rows: {:?}", english.rows);
     assert!(
         english.rows.iter().all(|&cells| cells == 4),
         "what, Linux, macOS, Windows: {:?}",
@@ -666,6 +666,13 @@ fn both_lessons_give_the_same_commands_for_linux_macos_and_windows() {
     );
     for expected in [
         "nc -N 127.0.0.1 9000",
+        // macOS's nc sends the FIN by itself; its -N means something else.
+        "nc 127.0.0.1 9000",
+        "invalid tcp adaptive write timeout value",
+        "printf 'hello\\n' | nc -w 1 127.0.0.1 9000",
+        "netstat -Lan -p tcp",
+        "pkill -9 wasi-tcp-host",
+        "taskkill /F /IM wasi-tcp-host.exe",
         "-q 1",
         "ncat 127.0.0.1 9000",
         "ss -tan",
@@ -684,6 +691,10 @@ fn both_lessons_give_the_same_commands_for_linux_macos_and_windows() {
             english.code
         );
     }
+    let text = read("docs/lesson.md");
+    let connect_row = text.lines().find(|l| l.starts_with("| connect a client |")).unwrap();
+    let cells: Vec<&str> = connect_row.split(" | ").collect();
+    assert_eq!(cells[2], "`nc 127.0.0.1 9000`", "macOS's nc has no -N of that meaning");
     for key in ["Ctrl-D", "Ctrl-Z", "Ctrl-C", "Ctrl-\\", "Ctrl-Break"] {
         assert!(english.keys.contains(key), "no {key} in \"Before you start\": {:?}", english.keys);
     }
@@ -722,6 +733,22 @@ fn the_echo_client_runs_as_section_6_shows() {
     let (status, output) = start_args(&host_args(&denied, port)).wait();
     assert!(!status.success(), "{output}");
     assert_lines_shown(&output, &blocks[2].replace("9000", &port.to_string()));
+}
+
+/// Section 6: `SERVER_ADDR` as a name: the client looks it up (with
+/// `--allow-dns`) and tries each address, of either family, until one
+/// connects: the lesson's command, the server on 127.0.0.1 only.
+fn the_echo_client_finds_a_server_by_name_on_either_family() {
+    let blocks = section_blocks("## 6. ");
+    let command = blocks.iter().find(|b| b.contains("SERVER_ADDR=localhost")).unwrap();
+    let reserved = crate::support::reserved_addr();
+    let port = reserved.addr.port();
+    let server = start_args(&host_args("cargo run -p host -- --listen 127.0.0.1:9000", port));
+    server.wait_for("guest listening on");
+    let (status, output) = start_args(&host_args(command, port)).wait();
+    assert!(status.success(), "{output}");
+    assert!(output.contains(&format!("[TCP client] connected to 127.0.0.1:{port}")), "{output}");
+    assert!(output.contains("[TCP client] received 5 bytes: hello"), "{output}");
 }
 
 /// Section 6: the length in front of each message is in network byte
@@ -796,7 +823,7 @@ fn the_echo_client_talks_to_the_step_1_and_step_2_servers() {
 /// client waits while others are served; nothing is lost once it reads.
 fn exercise_1_send_waits_on_a_client_that_does_not_read() {
     let blocks = section_blocks("## 9. ");
-    let host = start_args(&on_loopback(host_args(blocks[1].lines().next().unwrap(), 0)));
+    let host = start_args(&host_args(blocks[1].lines().next().unwrap(), 0));
     let addr = host.listen_addr();
     // The lesson's client: 32 MiB, more than the client's receive buffer
     // and the host's send buffer hold, sent without reading.
@@ -815,12 +842,17 @@ fn exercise_1_send_waits_on_a_client_that_does_not_read() {
 /// when one client resets while it waits in the backlog; the step-1 guest
 /// `continue`s and serves the next.
 fn exercise_2_break_on_a_failed_accept_stops_the_server() {
-    let command = inline_code("**2. ", "cargo run -p host -- ");
-    let host = start_args(&host_args(&command, 0));
+    let blocks = section_blocks("## 9. ");
+    let commands = blocks.iter().find(|b| b.contains("accept-break.wasm")).unwrap();
+    let host = start_args(&host_args(commands.lines().next().unwrap(), 0));
     let addr = host.listen_addr();
     let first = echo_once(addr, b"first");
-    let waiting = connect(addr);
-    reset(waiting);
+    // The lesson's client: connects into the backlog, then resets.
+    let program = blocks.iter().find(|b| b.contains("SO_LINGER")).unwrap();
+    let program = program.split_once("python3 -c \"").unwrap().1;
+    let program = program[..program.rfind('"').unwrap()].replace("9000", &addr.port().to_string());
+    let said = std::process::Command::new("python3").args(["-c", &program]).output().unwrap();
+    assert!(said.status.success(), "{}", String::from_utf8_lossy(&said.stderr));
     drop(first);
     let (status, output) = host.wait();
     assert!(status.success(), "{output}");
@@ -837,17 +869,36 @@ fn exercise_2_break_on_a_failed_accept_stops_the_server() {
 /// Chapter 9, exercise 3: a client that half-closes (shutdown(SD_SEND))
 /// gets every byte back, then the end of the stream, from either server.
 fn exercise_3_a_half_closing_client_gets_every_byte_then_the_end() {
-    let client = test_guest("half-close");
-    let message = "x".repeat(100_000);
+    let blocks = section_blocks("## 9. ");
+    let at = blocks.iter().position(|b| b.contains("half-close.wasm")).unwrap();
     for (_server, addr) in [serve_iterative(&[]), Host::serve(None)] {
-        let (server_env, grant) = (format!("SERVER_ADDR={addr}"), addr.to_string());
-        let args = ["--no-listen", "--allow-connect", &grant, "--env", &server_env];
-        let mut all = args.to_vec();
-        all.extend([client.to_str().unwrap(), "--", &message]);
-        let (status, output) = Host::start(&all).wait();
+        let (status, output) = start_args(&host_args(&blocks[at], addr.port())).wait();
         assert!(status.success(), "{output}");
-        let done = "[half-close] the server closed after echoing 100000 bytes; intact: true";
-        assert!(output.contains(done), "{output}");
+        assert_lines_shown(&output, &blocks[at + 1]);
+    }
+    // Without SERVER_ADDR it says which server it tries, not a panic.
+    let client = test_guest("half-close");
+    let (status, output) = Host::start(&["--no-listen", client.to_str().unwrap()]).wait();
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("[half-close] connect() failed: access-denied"), "{output}");
+    assert!(!output.contains("panicked"), "{output}");
+}
+
+/// Chapter 9, exercise 5: the solution is step 1 with a deadline: it
+/// serves on IPv6 as well as IPv4, closes a silent client, and echoes one
+/// that speaks in time.
+fn exercise_5_the_deadline_serves_ipv6_too() {
+    let guest = test_guest("read-timeout");
+    for listen in ["127.0.0.1:0", "[::1]:0"] {
+        if listen.starts_with('[') && crate::support::need::ipv6().is_err() {
+            continue;
+        }
+        let host = Host::start(&["--listen", listen, guest.to_str().unwrap(), "--", "1"]);
+        let addr = host.listen_addr();
+        assert_echoes(addr, b"in time");
+        let mut silent = connect(addr);
+        assert_eq!(silent.read(&mut [0u8; 16]).unwrap(), 0, "a FIN");
+        host.wait_for("recv() timed out after 1s: closing");
     }
 }
 
@@ -902,7 +953,7 @@ fn one_instance_per_client_serves_two_clients_at_once() {
     let code: Vec<&str> = blocks[0].lines().map(str::trim).collect();
     assert!(source.windows(code.len()).any(|w| w == code.as_slice()), "{code:?}");
 
-    let host = start_args(&on_loopback(host_args(blocks[1].lines().nth(1).unwrap(), 0)));
+    let host = start_args(&host_args(blocks[1].lines().nth(1).unwrap(), 0));
     let addr = host.per_client_addr(1);
     let mut first = connect(addr);
     assert!(crate::support::clients::echo(&mut first, b"one"));
@@ -916,7 +967,7 @@ fn one_instance_per_client_serves_two_clients_at_once() {
         .map(|line| {
             line.strip_prefix("INFO ")
                 .unwrap()
-                .replace("0.0.0.0:9000", &addr.to_string())
+                .replace("127.0.0.1:9000", &addr.to_string())
                 .replace("127.0.0.1:50312", &one.to_string())
                 .replace("127.0.0.1:50318", &two.to_string())
         })
@@ -960,6 +1011,10 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         exercise_1_send_waits_on_a_client_that_does_not_read,
         exercise_2_break_on_a_failed_accept_stops_the_server,
         exercise_3_a_half_closing_client_gets_every_byte_then_the_end,
+        exercise_5_the_deadline_serves_ipv6_too,
+        the_echo_client_finds_a_server_by_name_on_either_family,
+        #[cfg(target_os = "linux")]
+        an_idle_client_closed_by_the_host_leaves_fin_wait_2_and_close_wait,
         exercise_4_the_step_1_guest_serves_ipv6 [needs need::ipv6()],
         tcp_joins_and_splits_what_was_sent,
         one_instance_per_client_serves_two_clients_at_once,
@@ -1050,13 +1105,6 @@ fn host_args(command: &str, port: u16) -> Vec<String> {
         .collect()
 }
 
-/// The arguments of a lesson command that listens where the host does by
-/// default (0.0.0.0:9000), made to listen on a loopback port of the
-/// test's own.
-fn on_loopback(args: Vec<String>) -> Vec<String> {
-    ["--listen", "127.0.0.1:0"].into_iter().map(str::to_string).chain(args).collect()
-}
-
 fn start_args(args: &[String]) -> Host {
     Host::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
@@ -1101,6 +1149,36 @@ fn failure_the_error_codes_have_three_names() {
     ] {
         assert!(english.iter().any(|row| row[0] == promised), "no {promised} in the table");
     }
+    // The table agrees with the sections that speak of the same errors.
+    let text = std::fs::read_to_string(root.join("docs/lesson.md")).unwrap();
+    let table = &text[text.find("### 8.1 ").unwrap()..text.find("### 8.2 ").unwrap()];
+    let row = |code: &str, with: &str| -> &str {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{code}`")) && l.contains(with))
+            .unwrap_or_else(|| panic!("no {code} row with {with:?}"))
+    };
+    // A client that resets before it is accepted: WinSock's accept fails
+    // with WSAECONNRESET (section 2), BSD's with ECONNABORTED; WinSock's
+    // WSAECONNABORTED is its own stack aborting a connection.
+    let aborted = row("connection-aborted", "WSAECONNABORTED");
+    assert!(aborted.contains("UNP 5.11") && aborted.contains("its own stack"), "{aborted}");
+    let reset = row("connection-reset", "before it was accepted");
+    assert!(reset.contains("WSAECONNRESET") && reset.contains("Linux"), "{reset}");
+    let section_2 = &text[text.find("## 2. ").unwrap()..text.find("## 3. ").unwrap()];
+    assert!(section_2.contains("fails with `WSAECONNRESET`"), "section 2 and the table disagree");
+    // Keep-alive's failure is a stream's: not `timeout`.
+    assert!(!row("timeout", "WSAETIMEDOUT").contains("keep-alive"), "8.1's timeout row");
+    let after = &table[table.find("compare names, not numbers").unwrap()..];
+    assert!(after.contains("`last-operation-failed`") && after.contains("`WSAENETRESET`"));
+    let keep_alive = &text[text.find("### 8.5 ").unwrap()..text.find("### 8.6 ").unwrap()];
+    assert!(
+        keep_alive.contains("`WSAENETRESET`") && keep_alive.contains("`last-operation-failed`")
+    );
+    // And `network-error-code`, which section 2 names, is in the WIT, unstable.
+    assert!(wit.contains("@unstable(feature = network-error-code)"));
+    assert!(wit.contains("network-error-code: func(err: borrow<error>) -> option<error-code>;"));
+    assert!(section_2.contains("`network-error-code(error)`"));
 }
 
 /// Section 8.2: the lesson's two commands, the second on a port the first
@@ -1170,6 +1248,26 @@ fn failure_an_idle_client_is_closed() {
     assert_eq!(client.read(&mut [0u8; 16]).unwrap(), 0, "a FIN");
     let said = blocks[1].trim().replace("127.0.0.1:40112", &local.to_string());
     host.wait_for(said.strip_prefix("INFO ").unwrap());
+}
+
+/// Section 8.5: after `--idle-timeout` closes a client that stays open
+/// (as netcat-openbsd does), the server's side is in FIN-WAIT-2 and the
+/// client's in CLOSE-WAIT, as the lesson's `ss` sample shows.
+#[cfg(target_os = "linux")] // reads /proc/net/tcp
+fn an_idle_client_closed_by_the_host_leaves_fin_wait_2_and_close_wait() {
+    const FIN_WAIT_2: u8 = 0x05;
+    let blocks = section_blocks("### 8.5 ");
+    let command = blocks.iter().find(|b| b.starts_with("ss ")).unwrap().trim().to_string();
+    let sample = blocks.iter().find(|b| b.starts_with("State")).unwrap();
+    let host = start_args(&host_args(&blocks[0], 0));
+    let addr = host.listen_addr();
+    let mut client = connect(addr);
+    let local = client.local_addr().unwrap().port();
+    assert_eq!(client.read(&mut [0u8; 16]).unwrap(), 0, "a FIN");
+    wait_for_row(addr.port(), local, FIN_WAIT_2, 0);
+    wait_for_row(local, addr.port(), CLOSE_WAIT, 0);
+    wait_for_ss(&command, addr.port(), sample);
+    drop(client);
 }
 
 /// Section 8.6: the read-timeout guest's excerpt is its own code; a

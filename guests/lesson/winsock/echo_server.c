@@ -38,6 +38,22 @@ static void err_display(const char *msg)
     fprintf(stderr, "[%s] error %d\n", msg, WSAGetLastError());
 }
 
+/* Correction: send() may take less than it is given (a short write: the
+ * send buffer had room for part of it), and the notes drop the rest. This
+ * sends all of it, as UNP's writen() does; the guest's check-write loop
+ * (send_all in its blocking.rs) is the same idea. */
+static int send_all(SOCKET s, const char *buf, int len)
+{
+    int sent = 0;
+    while (sent < len) {
+        int n = send(s, buf + sent, len - sent, 0);
+        if (n == SOCKET_ERROR)
+            return SOCKET_ERROR;
+        sent += n;
+    }
+    return sent;
+}
+
 int main(void)
 {
     int retval;
@@ -60,7 +76,10 @@ int main(void)
     if (listen_sock == INVALID_SOCKET) err_quit("socket()");
 
     /* Correction: no other program may bind this port while the server
-     * holds it (Windows' SO_REUSEADDR would let one take its clients). */
+     * holds it (Windows' SO_REUSEADDR would let one take its clients).
+     * Microsoft asks every server to set it. It does not stop this server
+     * binding again past its own connections in TIME_WAIT; a connection
+     * still open (its client not gone) can hold the port until it ends. */
     BOOL exclusive = TRUE;
     setsockopt(listen_sock, SOL_SOCKET, SO_EXCLUSIVEADDRUSE, (const char *)&exclusive,
                sizeof(exclusive));
@@ -100,7 +119,7 @@ int main(void)
             else if (retval == 0)
                 break;
 
-            retval = send(client_sock, buf, retval, 0);
+            retval = send_all(client_sock, buf, retval);
             if (retval == SOCKET_ERROR) {
                 err_display("send()");
                 break;

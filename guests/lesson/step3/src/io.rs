@@ -4,9 +4,10 @@
 
 use crate::net::{describe, stream_error, to_wasi};
 use crate::wasi::io::streams::{InputStream, OutputStream, StreamError};
-use crate::wasi::sockets::network::{ErrorCode, Network};
+use crate::wasi::sockets::ip_name_lookup::resolve_addresses;
+use crate::wasi::sockets::network::{ErrorCode, IpAddress, Network};
 use crate::wasi::sockets::tcp::TcpSocket;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// A connection's two streams. (Its socket is the caller's, and goes after
 /// them.)
@@ -30,6 +31,65 @@ pub fn connect(
             Ok((input, output)) => return Ok(Connection { input, output }),
             Err(ErrorCode::WouldBlock) => ready.block(),
             Err(e) => return Err(describe(e)),
+        }
+    }
+}
+
+/// getaddrinfo(): `text` as `IP:PORT` (`[IPv6]:PORT`) is that address;
+/// as `NAME:PORT`, the addresses the name resolves to, each with the
+/// port, in the resolver's order (`resolve-addresses`, then
+/// `resolve-next-address` until `none`; would-block: wait).
+pub fn server_addrs(network: &Network, text: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let (name, port) = text
+        .rsplit_once(':')
+        .and_then(|(name, port)| Some((name, port.parse::<u16>().ok()?)))
+        .ok_or_else(|| format!("`{text}` is neither IP:PORT nor NAME:PORT"))?;
+    let stream = resolve_addresses(network, name).map_err(describe)?;
+    let ready = stream.subscribe();
+    let mut addrs = Vec::new();
+    loop {
+        match stream.resolve_next_address() {
+            Ok(Some(ip)) => addrs.push(SocketAddr::new(from_wasi_ip(ip), port)),
+            Ok(None) => break,
+            Err(ErrorCode::WouldBlock) => ready.block(),
+            Err(e) => return Err(format!("{name}: {}", describe(e))),
+        }
+    }
+    drop(ready);
+    match addrs.is_empty() {
+        true => Err(format!("{name} has no address")),
+        false => Ok(addrs),
+    }
+}
+
+/// Each address in turn, as a getaddrinfo() loop does: a socket of its
+/// family, and connect(); the first that connects wins. Fails with the
+/// last address's error.
+pub fn connect_any(
+    network: &Network,
+    addrs: &[SocketAddr],
+) -> Result<(TcpSocket, Connection, SocketAddr), String> {
+    let mut last = String::from("no address to try");
+    for &addr in addrs {
+        let sock = crate::net::socket(addr)?;
+        match connect(&sock, network, addr) {
+            Ok(conn) => return Ok((sock, conn, addr)),
+            // With one address to try, the error alone (as connect() gives it).
+            Err(e) if addrs.len() == 1 => last = e,
+            Err(e) => last = format!("{addr}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+fn from_wasi_ip(ip: IpAddress) -> IpAddr {
+    match ip {
+        IpAddress::Ipv4((a, b, c, d)) => IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
+        IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => {
+            IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h))
         }
     }
 }

@@ -30,7 +30,6 @@ wit_bindgen::generate!({
     generate_all,
 });
 
-use std::net::SocketAddr;
 use wasi::sockets::instance_network::instance_network;
 
 /// The textbook's `SERVERIP` and `SERVERPORT`, used when the host passes
@@ -44,14 +43,13 @@ impl exports::wasi::cli::run::Guest for EchoClient {
         // WSAStartup(): not needed; the host grants the network.
         let network = instance_network();
 
-        // SOCKADDR_IN serveraddr = { AF_INET, inet_pton(SERVERIP), htons(SERVERPORT) }
-        let addr = server_addr().or_else(quit("SERVER_ADDR"))?;
+        // getaddrinfo(SERVERNAME, SERVERPORT): the addresses to try, of
+        // any family (a name needs --allow-dns; an address is itself).
+        let addrs = io::server_addrs(&network, &server_addr()).or_else(quit("getaddrinfo()"))?;
 
-        // socket(AF_INET, SOCK_STREAM, 0)
-        let sock = net::socket(addr).or_else(quit("socket()"))?;
-
-        // connect(sock, &serveraddr, sizeof(serveraddr))
-        let conn = io::connect(&sock, &network, addr).or_else(quit("connect()"))?;
+        // for each address: socket(ai_family, SOCK_STREAM, 0), then
+        // connect(sock, ai_addr, ai_addrlen); the first that connects wins.
+        let (sock, conn, addr) = io::connect_any(&network, &addrs).or_else(quit("connect()"))?;
         println!("[TCP client] connected to {addr}");
 
         // The messages to send: the guest's arguments after its name.
@@ -77,11 +75,11 @@ impl exports::wasi::cli::run::Guest for EchoClient {
     }
 }
 
-/// `SERVER_ADDR` from the environment the host gives (`--env`), or the default.
-fn server_addr() -> Result<SocketAddr, String> {
+/// `SERVER_ADDR` from the environment the host gives (`--env`), or the
+/// default: `IP:PORT`, `[IPv6]:PORT` or `NAME:PORT`.
+fn server_addr() -> String {
     let env = wasi::cli::environment::get_environment();
-    let text = env.iter().find(|(key, _)| key == "SERVER_ADDR").map_or(SERVER_ADDR, |(_, v)| v);
-    text.parse().map_err(|_| format!("`{text}` is not an IP:port address"))
+    env.into_iter().find(|(key, _)| key == "SERVER_ADDR").map_or(SERVER_ADDR.into(), |(_, v)| v)
 }
 
 /// The textbook's `err_quit`: report a fatal error, then stop.

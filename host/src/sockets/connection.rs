@@ -14,6 +14,7 @@
 //! before the connection is reset. The idle watch ends with the connection.
 
 use super::cap::Place;
+use super::read_wake::ReadWake;
 use super::tenant::Client;
 use crate::ledger::MAX_CHUNK;
 use crate::log_limit::{Kind, LogLines};
@@ -60,6 +61,10 @@ pub struct Connection {
     pub peer: Option<SocketAddr>,
     /// shutdown(receive), or closed for idleness: reads report `closed`.
     read_shut: AtomicBool,
+    /// What the last poll learnt about readability, and the waker it left
+    /// with the runtime (`read_wake.rs`).
+    read_wake: Arc<ReadWake>,
+    read_waker: Waker,
     /// shutdown(send), or the output stream dropped: send the FIN once
     /// everything written has gone out.
     write_shut: AtomicBool,
@@ -93,10 +98,13 @@ pub struct Connection {
 impl Connection {
     pub fn new(stream: TcpStream, peer: Option<SocketAddr>, owner: Owner) -> Arc<Connection> {
         let idle = owner.timeouts.idle.filter(|_| owner.client.is_some());
+        let (read_wake, read_waker) = ReadWake::new();
         let conn = Arc::new(Connection {
             stream,
             peer,
             read_shut: AtomicBool::new(false),
+            read_wake,
+            read_waker,
             write_shut: AtomicBool::new(false),
             sending: AtomicBool::new(false),
             when_sent: Mutex::new(None),
@@ -125,6 +133,7 @@ impl Connection {
     pub fn shut_read(&self) {
         self.read_shut.store(true, SeqCst);
         let _ = SockRef::from(&self.stream).shutdown(Shutdown::Read);
+        self.read_wake.wake_task();
     }
 
     /// The FIN goes out now, or after the background send's last byte.
@@ -262,6 +271,7 @@ impl Connection {
         self.read_shut.store(true, SeqCst);
         self.write_shut.store(true, SeqCst);
         let _ = SockRef::from(&self.stream).shutdown(Shutdown::Both);
+        self.read_wake.wake_task();
         self.failed();
         if CLOSED_IDLE.admit() {
             let peer = self.peer.map_or_else(|| "a client".to_string(), |p| p.to_string());
@@ -376,7 +386,29 @@ impl Connection {
         if self.read_shut.load(SeqCst) {
             return Poll::Ready(());
         }
+        // The runtime will hold `cx`'s waker, not the connection's own.
+        self.read_wake.disarm();
         self.stream.poll_read_ready(cx).map(|_| ())
+    }
+
+    /// `poll_readable` for the host's own poll, in its `round`: a
+    /// connection found not readable in this round, with no event since,
+    /// is answered without asking the runtime (`read_wake.rs`).
+    pub fn poll_readable_in(&self, round: u64, cx: &mut Context<'_>) -> Poll<()> {
+        if self.read_shut.load(SeqCst) {
+            return Poll::Ready(());
+        }
+        if self.read_wake.is_armed(round) {
+            return Poll::Pending;
+        }
+        self.read_wake.arm(round, cx.waker());
+        match self.stream.poll_read_ready(&mut Context::from_waker(&self.read_waker)) {
+            Poll::Ready(_) => {
+                self.read_wake.disarm();
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     /// Writable (once a background send, if any, is done).

@@ -39,6 +39,7 @@ mod listener;
 mod listeners;
 mod options;
 mod poll;
+mod read_wake;
 mod send;
 pub mod spare;
 mod stdio;

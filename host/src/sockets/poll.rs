@@ -19,6 +19,7 @@
 //! are dropped: those are the `subscribe` and drop functions replaced here.
 
 use super::connection::Connection;
+use super::read_wake::new_round;
 use super::{HasTcp, SocketsView, TcpSocket};
 use crate::wasi_version::versioned;
 use std::future::{poll_fn, Future};
@@ -46,6 +47,10 @@ pub struct Waits {
     pollables: ByHandle,
     /// Polls answered without waiting, in a row.
     answered_at_once: u32,
+    /// The round the host's own polls are in, and the task polling
+    /// (`read_wake.rs`): a new task, a new round.
+    round: u64,
+    task: Option<Waker>,
 }
 
 /// A guest whose polls are always answered at once (a zero timeout in the
@@ -102,12 +107,33 @@ impl ByHandle {
     }
 }
 
+impl Waits {
+    /// The round for a poll by `task`: the same while the task is.
+    fn round_for(&mut self, task: &Waker) -> u64 {
+        if self.round == 0 || !self.task.as_ref().is_some_and(|t| t.will_wake(task)) {
+            self.round = new_round();
+            self.task = Some(task.clone());
+        }
+        self.round
+    }
+}
+
 impl SocketsView<'_> {
     /// Whether the host's own `pollable` is ready, registering `cx` to be
     /// woken when it may be; None for a pollable that is not the host's.
-    fn poll_own(&mut self, pollable: u32, cx: &mut Context<'_>) -> wasmtime::Result<Option<bool>> {
+    /// In a `round`, a connection not readable since the last look is
+    /// answered at once (`read_wake.rs`).
+    fn poll_own(
+        &mut self,
+        pollable: u32,
+        round: Option<u64>,
+        cx: &mut Context<'_>,
+    ) -> wasmtime::Result<Option<bool>> {
         let ready = match self.ctx.waits.pollables.get(pollable) {
-            Some(WaitFor::Readable(conn)) => conn.poll_readable(cx),
+            Some(WaitFor::Readable(conn)) => match round {
+                Some(round) => conn.poll_readable_in(round, cx),
+                None => conn.poll_readable(cx),
+            },
             Some(WaitFor::Writable(conn)) => conn.poll_writable(cx),
             Some(WaitFor::Socket(socket)) => {
                 let socket = Resource::<TcpSocket>::new_borrow(*socket);
@@ -176,7 +202,7 @@ async fn poll_mixed(
 ) -> wasmtime::Result<Vec<u32>> {
     let mut ready = Vec::new();
     for (index, pollable) in pollables.iter().enumerate() {
-        let own = view.poll_own(pollable.rep(), &mut Context::from_waker(Waker::noop()))?;
+        let own = view.poll_own(pollable.rep(), None, &mut Context::from_waker(Waker::noop()))?;
         let now = match own {
             Some(now) => now,
             None => HostPollable::ready(view.table, Resource::new_borrow(pollable.rep())).await?,
@@ -197,9 +223,10 @@ fn wait_own(
     pollables: &[Resource<DynPollable>],
     cx: &mut Context<'_>,
 ) -> Poll<wasmtime::Result<Vec<u32>>> {
+    let round = view.ctx.waits.round_for(cx.waker());
     let mut ready = Vec::new();
     for (index, pollable) in pollables.iter().enumerate() {
-        match view.poll_own(pollable.rep(), cx) {
+        match view.poll_own(pollable.rep(), Some(round), cx) {
             Ok(Some(true)) => ready.push(index as u32),
             Ok(_) => {}
             Err(e) => return Poll::Ready(Err(e)),

@@ -5,7 +5,7 @@
 use crate::support::clients::{served_more, stream_of_clients, Tally};
 use crate::support::guests::test_guest;
 use crate::support::{connect, Host};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -127,6 +127,25 @@ fn a_guest_that_never_waits_still_sees_data_arrive() {
     assert!(output.contains("busy poll: every round saw its data"), "{output}");
 }
 
+/// A client's input, polled with the host's own pollables (and found not
+/// readable), then with a timer (a list the host answers the ordinary
+/// way), then alone again: data sent now still wakes the guest. The host
+/// answers "not readable" from memory only while its own waker is the one
+/// the runtime holds (`host/src/sockets/read_wake.rs`).
+fn a_poll_after_a_mixed_poll_still_wakes_for_data() {
+    let guest = test_guest("poll-mixed-then-own");
+    let host = Host::start(&["--listen", "127.0.0.1:0", guest.to_str().unwrap()]);
+    let mut first = connect(host.listen_addr());
+    host.wait_for("[mixed] step 1: the first client and the listener");
+    let _second = connect(host.listen_addr());
+    host.wait_for("[mixed] step 3: the first client alone");
+    first.write_all(b"still heard\n").unwrap();
+    let mut echo = [0u8; 12];
+    first.read_exact(&mut echo).expect("the echo, not a poll that never wakes");
+    assert_eq!(&echo, b"still heard\n");
+    host.wait_for("[mixed] echoed");
+}
+
 /// The host's own `write` (for its sockets' streams) leaves every other
 /// stream's to wasmtime-wasi: a guest's `write` to stdout still arrives.
 fn a_write_to_stdout_reaches_stdout() {
@@ -230,6 +249,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         blocking_write_and_flush_of_more_than_4096_bytes_traps [needs need::ipv6()],
         poll_of_an_empty_list_traps [needs need::ipv6()],
         a_guest_that_never_waits_still_sees_data_arrive [needs need::ipv6()],
+        a_poll_after_a_mixed_poll_still_wakes_for_data,
         a_write_to_stdout_reaches_stdout [needs need::ipv6()],
         a_reset_ends_the_input_stream_with_last_operation_failed,
         after_a_failed_write_the_output_stream_is_closed,

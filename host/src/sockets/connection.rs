@@ -395,11 +395,12 @@ impl Connection {
     /// connection found not readable in this round, with no event since,
     /// is answered without asking the runtime (`read_wake.rs`).
     pub fn poll_readable_in(&self, round: u64, cx: &mut Context<'_>) -> Poll<()> {
-        if self.read_shut.load(SeqCst) {
-            return Poll::Ready(());
-        }
+        // Armed first: shutting the reading side disarms (`shut_read`).
         if self.read_wake.is_armed(round) {
             return Poll::Pending;
+        }
+        if self.read_shut.load(SeqCst) {
+            return Poll::Ready(());
         }
         self.read_wake.arm(round, cx.waker());
         match self.stream.poll_read_ready(&mut Context::from_waker(&self.read_waker)) {

@@ -174,11 +174,13 @@ async fn answer(
     view: &mut SocketsView<'_>,
     pollables: &[Resource<DynPollable>],
 ) -> wasmtime::Result<Vec<u32>> {
-    match pollables.iter().all(|p| view.ctx.waits.pollables.get(p.rep()).is_some()) {
-        // Every pollable is the host's: one pass asks each, leaving the
-        // task's waker with those not ready, and answers at once if any is.
-        true => poll_fn(|cx| wait_own(view, pollables, cx)).await,
-        false => poll_mixed(view, pollables).await,
+    // When every pollable is the host's (the default guest's always are),
+    // one pass asks each, leaving the task's waker with those not ready,
+    // and answers at once if any is. The first that is not the host's
+    // sends the whole list the ordinary way.
+    match poll_fn(|cx| wait_own(view, pollables, cx)).await? {
+        Some(ready) => Ok(ready),
+        None => poll_mixed(view, pollables).await,
     }
 }
 
@@ -218,23 +220,26 @@ async fn poll_mixed(
     PollHost::poll(view.table, borrowed).await
 }
 
+/// The ready ones among the host's own pollables, or a wait until there
+/// are; None at the first pollable that is not the host's.
 fn wait_own(
     view: &mut SocketsView<'_>,
     pollables: &[Resource<DynPollable>],
     cx: &mut Context<'_>,
-) -> Poll<wasmtime::Result<Vec<u32>>> {
+) -> Poll<wasmtime::Result<Option<Vec<u32>>>> {
     let round = view.ctx.waits.round_for(cx.waker());
     let mut ready = Vec::new();
     for (index, pollable) in pollables.iter().enumerate() {
         match view.poll_own(pollable.rep(), Some(round), cx) {
             Ok(Some(true)) => ready.push(index as u32),
-            Ok(_) => {}
+            Ok(Some(false)) => {}
+            Ok(None) => return Poll::Ready(Ok(None)),
             Err(e) => return Poll::Ready(Err(e)),
         }
     }
     match ready.is_empty() {
         true => Poll::Pending,
-        false => Poll::Ready(Ok(ready)),
+        false => Poll::Ready(Ok(Some(ready))),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use crate::support::clients::echo;
 use crate::support::{connect, http_get, prepare, reserved_addr, Host, PATIENCE};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -195,12 +195,19 @@ fn scrape_through_the_events() -> Vec<Option<Scrape>> {
     // Their places free again (one client at a time from now on fits).
     until("wasi_tcp_host_connections_open", 0.0);
 
-    // Each client makes the guest print two lines to its stdout.
+    // Each client makes the guest print two lines to its stdout. Each
+    // waits for the guest to close its end before the next connects, so
+    // that at most one client is ever held beside the next and none is
+    // turned away here (at the cap of three, with the listener).
     let deadline = Instant::now() + PATIENCE;
     while scrape().get("wasi_tcp_host_log_lines_dropped_total") == Some(&0.0) {
         assert!(Instant::now() < deadline, "no line was dropped");
         for _ in 0..200 {
-            assert!(echo(&mut connect(addr), b"x"));
+            let mut client = connect(addr);
+            assert!(echo(&mut client, b"x"));
+            client.shutdown(std::net::Shutdown::Write).unwrap();
+            let end = client.read(&mut [0u8; 1]);
+            assert!(matches!(end, Ok(0)), "the guest closes after the client: {end:?}");
         }
     }
     // Once every client has gone, the guest has printed its last line.
@@ -223,7 +230,10 @@ fn scrape_through_the_events() -> Vec<Option<Scrape>> {
     status.recv_timeout(PATIENCE).expect("the status line");
     phases.push(Some(scrape()));
 
+    // Accepted by the guest (not only queued) before the stop, so that
+    // the stop has a client to wait for and the host stays to be scraped.
     let _staying = connect(addr);
+    until("wasi_tcp_host_connections_open", 1.0);
     host.signal(libc::SIGTERM);
     phases.push(Some(until("wasi_tcp_host_ready", 0.0)));
     host.signal(libc::SIGTERM);

@@ -51,6 +51,8 @@ pub fn open_loop(path: &Path, conns: usize, lines: &[Latencies<'_>]) -> Result<(
         .configure_mesh()
         .x_desc("offered load, % of native tokio's saturation (closed loop)")
         .y_desc("latency (µs; p99 solid, p50 dashed)")
+        .x_label_formatter(&|x| format!("{x:.0}%"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
         .map_err(failed)?;
     for (line, colour) in lines.iter().zip(COLOURS.iter().cycle()) {
@@ -70,7 +72,10 @@ pub fn open_loop(path: &Path, conns: usize, lines: &[Latencies<'_>]) -> Result<(
             .map_err(failed)?
             .label(format!("{} p50", line.server))
             .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(1))
+                // Dashed, as the line: two short strokes.
+                EmptyElement::at((x, y))
+                    + PathElement::new(vec![(0, 0), (8, 0)], colour.stroke_width(1))
+                    + PathElement::new(vec![(12, 0), (20, 0)], colour.stroke_width(1))
             });
     }
     chart
@@ -111,6 +116,7 @@ pub fn round_trips(path: &Path, loads: &[&str], servers: &[(&str, Vec<f64>)]) ->
             }
         })
         .y_desc("round trips / s")
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
         .map_err(failed)?;
     let width = 0.8 / servers.len().max(1) as f64;

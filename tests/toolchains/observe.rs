@@ -210,13 +210,36 @@ fn scrape_through_the_events() -> Vec<Option<Scrape>> {
             assert!(matches!(end, Ok(0)), "the guest closes after the client: {end:?}");
         }
     }
-    // Once every client has gone, the guest has printed its last line.
-    // Then the pipes are read, and once the log's reader has seen a status
-    // line asked for now (SIGUSR1: written after every line before it),
-    // the queues have room again: nothing more is dropped, and the count
-    // is final.
-    until("wasi_tcp_host_connections_open", 0.0);
-    std::thread::spawn(move || std::io::copy(&mut { unread_out }, &mut std::io::sink()));
+    // The pipes are read from now on. The guest prints a client's last
+    // line after letting it go, so the count is final only once a line
+    // printed after all of the flood's has come through stdout: a marker
+    // client's "disconnected" (one printed while the queue was still full
+    // is dropped like the others: then another marker). Then, once the
+    // log's reader has seen a status line asked for now (SIGUSR1: written
+    // after every line before it), the log's queue has room too.
+    let (said_out, out_lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(unread_out).lines().map_while(Result::ok) {
+            let _ = said_out.send(line);
+        }
+    });
+    let deadline = Instant::now() + PATIENCE;
+    'marked: loop {
+        assert!(Instant::now() < deadline, "no marker client's last line came through stdout");
+        let mut marker = connect(addr);
+        assert!(echo(&mut marker, b"marker"));
+        let name = format!("client disconnected: {}", marker.local_addr().unwrap());
+        marker.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(matches!(marker.read(&mut [0u8; 1]), Ok(0)), "the guest closes after the marker");
+        // Its line, or (dropped) the lines of whatever came after it.
+        let wait = std::time::Duration::from_secs(2);
+        while let Ok(line) = out_lines.recv_timeout(wait) {
+            if line.contains(&name) {
+                break 'marked;
+            }
+        }
+    }
     let (said, status) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;

@@ -5,7 +5,9 @@
 
 use crate::support::clients::echo;
 use crate::support::guests::{default_guest, installed, test_guest, Control};
-use crate::support::{connect, http_get, prepare, sample, with_timeouts, Host, HOST_BIN, PATIENCE};
+use crate::support::{
+    ask_host, connect, http_get, prepare, sample, with_timeouts, Host, HOST_BIN, PATIENCE,
+};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
@@ -340,16 +342,7 @@ fn reload_waits_for_the_swap_and_fails_when_it_does() {
     ]);
     let host = Host::start_command(&mut cmd);
     host.listen_addr();
-    let reload = || {
-        let out = Command::new(HOST_BIN)
-            .env("RUNTIME_DIRECTORY", runtime.path())
-            .args(["reload", &host.pid().to_string()])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), text)
-    };
+    let reload = || ask_host("reload", runtime.path(), &host);
     let (ok, text) = reload();
     assert!(ok && text.contains("the new guest serves"), "{text}\n{}", host.report());
     std::fs::write(&file, b"not a component").unwrap();
@@ -359,6 +352,57 @@ fn reload_waits_for_the_swap_and_fails_when_it_does() {
         text.contains("swap failed: ") && text.contains("is not a WebAssembly component"),
         "{text}"
     );
+}
+
+/// `reload` waits for the outcome only while the host lives: a host that
+/// ends before it writes one (killed, here, while its SIGHUP was pending;
+/// not reaped yet, as a service manager may not have) is one line at once,
+/// never a wait of ten minutes.
+#[cfg(target_os = "linux")] // reads /proc
+fn reload_says_so_when_the_host_ends_before_the_swap() {
+    let runtime = tempfile::tempdir().unwrap();
+    let mut cmd = crate::support::host_command();
+    cmd.env("RUNTIME_DIRECTORY", runtime.path());
+    let host = Host::start_command(cmd.args(["--listen", "127.0.0.1:0"]));
+    host.listen_addr();
+    host.signal(libc::SIGSTOP);
+    let mut reload = Command::new(HOST_BIN)
+        .env("RUNTIME_DIRECTORY", runtime.path())
+        .args(["reload", &host.pid().to_string()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_pending(&host, libc::SIGHUP);
+    host.signal(libc::SIGKILL);
+    let deadline = Instant::now() + PATIENCE;
+    while reload.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = reload.kill();
+            panic!("`reload` still waits {PATIENCE:?} after the host ended");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = reload.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    let ended = format!("the host (process {}) ended before finishing the swap", host.pid());
+    assert!(text.contains(&ended), "{text}");
+}
+
+/// Waits until `signal` is pending for the (stopped) host.
+#[cfg(target_os = "linux")]
+fn wait_for_pending(host: &Host, signal: libc::c_int) {
+    crate::support::harness::waiting_for(|| format!("signal {signal} pending for the host"));
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", host.pid())).unwrap();
+        let pending = status.lines().find_map(|l| l.strip_prefix("ShdPnd:")).unwrap().trim();
+        if u64::from_str_radix(pending, 16).unwrap() & (1 << (signal - 1)) != 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "signal {signal} never pending: {status}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// The swap outcome `reload` waits for, in a RUNTIME_DIRECTORY others may
@@ -378,16 +422,7 @@ fn a_reload_outcome_cannot_be_redirected_or_forged() {
     cmd.env("RUNTIME_DIRECTORY", runtime.path());
     let host = Host::start_command(cmd.args(["--listen", "127.0.0.1:0", file.to_str().unwrap()]));
     host.listen_addr();
-    let reload = || {
-        let out = Command::new(HOST_BIN)
-            .env("RUNTIME_DIRECTORY", runtime.path())
-            .args(["reload", &host.pid().to_string()])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), text)
-    };
+    let reload = || ask_host("reload", runtime.path(), &host);
     let (ok, text) = reload();
     assert!(ok && text.contains("the new guest serves"), "{text}\n{}", host.report());
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
@@ -675,6 +710,8 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         the_metrics_address_is_the_hosts_alone,
         systemd_hears_ready_reloading_and_stopping,
         reload_waits_for_the_swap_and_fails_when_it_does,
+        #[cfg(target_os = "linux")]
+        reload_says_so_when_the_host_ends_before_the_swap,
         sighup_applies_a_changed_policy_and_refuses_what_needs_a_restart,
         under_the_journal_each_line_carries_its_priority,
         a_log_nobody_reads_never_stalls_serving,

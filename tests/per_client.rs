@@ -387,15 +387,13 @@ fn a_per_client_swap_to_a_guest_that_fails_its_trial_keeps_the_old_guest() {
     cmd.args(["--per-client", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]);
     let host = Host::start_command(cmd.arg(&file));
     let (addr, metrics) = (host.per_client_addr(1), host.metrics_addr());
+    // The host listens before it loads the guest: the file is replaced
+    // only once the first guest runs, or the host would load the trap
+    // guest at start and exit (CI's run once hung here, in `reload`).
+    host.wait_for("one instance per client (");
     install(&test_guest("trap"), &file);
-    let reload = std::process::Command::new(crate::support::HOST_BIN)
-        .env("RUNTIME_DIRECTORY", runtime.path())
-        .args(["reload", &host.pid().to_string()])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&reload.stdout).to_string()
-        + &String::from_utf8_lossy(&reload.stderr);
-    assert!(!reload.status.success(), "{said}\n{}", host.report());
+    let (ok, said) = crate::support::ask_host("reload", runtime.path(), &host);
+    assert!(!ok, "{said}\n{}", host.report());
     assert!(said.contains("the new guest cannot serve: its trial instance"), "{said}");
     host.wait_for("swap failed: the new guest cannot serve: its trial instance, with no client");
     let mut client = connect(addr);

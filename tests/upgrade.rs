@@ -52,15 +52,7 @@ impl Installed {
 
     /// `wasi-tcp-host upgrade PID`: whether it succeeded, and what it said.
     fn upgrade(&self, host: &Host) -> (bool, String) {
-        harness::waiting_for(|| "wasi-tcp-host upgrade".to_string());
-        let out = Command::new(HOST_BIN)
-            .env("RUNTIME_DIRECTORY", &self.runtime)
-            .args(["upgrade", &host.pid().to_string()])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), text)
+        crate::support::ask_host("upgrade", &self.runtime, host)
     }
 }
 

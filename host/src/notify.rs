@@ -284,11 +284,28 @@ fn ask(
                 None => bail!("the host wrote an outcome that cannot be read: {line:?}"),
             };
         }
+        if ended(pid) {
+            bail!("the host (process {pid}) ended before finishing {what}");
+        }
         if Instant::now() > deadline {
             bail!("the host did not finish {what} within {within:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Whether process `pid` is gone, or has exited and waits to be reaped
+/// (a zombie, on Linux): its outcome will never come.
+#[cfg(unix)]
+fn ended(pid: u32) -> bool {
+    let Ok(id) = libc::pid_t::try_from(pid) else { return true };
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    if unsafe { libc::kill(id, 0) } != 0 {
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    }
+    // /proc/PID/stat: "PID (name) STATE ...", the name in parentheses.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'))
 }
 
 /// The user a process runs as (Linux: its /proc directory's owner); None

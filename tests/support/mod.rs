@@ -554,6 +554,21 @@ impl Host {
     }
 }
 
+/// `wasi-tcp-host VERB PID` (`reload` or `upgrade`), told the host's
+/// RUNTIME_DIRECTORY: whether it succeeded, and what it said.
+#[cfg(unix)]
+pub fn ask_host(verb: &str, runtime: &Path, host: &Host) -> (bool, String) {
+    harness::waiting_for(|| format!("wasi-tcp-host {verb}"));
+    let out = Command::new(HOST_BIN)
+        .env("RUNTIME_DIRECTORY", runtime)
+        .args([verb, &host.pid().to_string()])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
 /// A client connected from `ip` (another loopback address, say).
 pub fn connect_from(ip: &str, addr: SocketAddr) -> TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();

@@ -25,7 +25,7 @@ use crate::signals::{Received, Signals, SwapAsked};
 use crate::sockets::{Caps, Listeners};
 use crate::supervise::{self, split_first_line, stopped, swap_failed, watched, Linked};
 use crate::swap::{self, Drained, Swap, SwapStep};
-use crate::upgrade::{self, Given, Upgrade};
+use crate::upgrade::{Given, Upgrading};
 use anyhow::Result;
 use std::collections::VecDeque;
 use std::process::ExitCode;
@@ -103,7 +103,7 @@ struct Supervisor {
     /// The metrics endpoint, which an upgrade hands to the new host.
     metrics: Option<observe::Served>,
     /// A new host executable, started and not serving yet (`upgrade.rs`).
-    upgrade: Option<Upgrade>,
+    upgrade: Upgrading,
 }
 
 /// The instance offered new clients, or why there is none. (One value per
@@ -162,7 +162,7 @@ impl Supervisor {
     fn new(guest: Linked, metrics: Option<observe::Served>) -> Self {
         Supervisor {
             metrics,
-            upgrade: None,
+            upgrade: Upgrading::default(),
             current: Current::NotStarted,
             guest,
             next_id: 1,
@@ -224,7 +224,7 @@ impl Supervisor {
                 step = swap::step(&mut self.swap) => Event::Swap(step),
                 Some(Ok(drained)) = self.draining.join_next() => Event::Drained(drained),
                 Ok(()) = turns.changed() => Event::Turns,
-                ready = upgrade::ready(&mut self.upgrade) => Event::Upgraded(ready),
+                ready = self.upgrade.ready() => Event::Upgraded(ready),
             };
             if let Some(exit) = self.handle(event, &mut signals).await {
                 return exit;
@@ -245,9 +245,16 @@ impl Supervisor {
             }
             Event::Signal(Received::Swap(asked)) => self.start_loading(&asked),
             Event::Signal(Received::Status) => self.status(),
-            Event::Signal(Received::Upgrade) => self.start_upgrade(),
+            Event::Signal(Received::Upgrade) => {
+                let listeners = &self.guest.shared.sandbox.listeners;
+                self.upgrade.start(
+                    || listeners.handover(),
+                    self.metrics.as_ref(),
+                    &mut self.notifier,
+                )
+            }
             Event::Upgraded(Ok(pid)) => return Some(self.hand_over(pid, signals).await),
-            Event::Upgraded(Err(why)) => self.upgrade_failed(&why),
+            Event::Upgraded(Err(why)) => self.upgrade.failed(&why, &mut self.notifier),
             Event::Ended(outcome) => return self.ended(outcome),
             Event::RestartDue => self.start_current(),
             Event::Swap(SwapStep::Loaded(component, settings)) => {
@@ -337,40 +344,17 @@ impl Supervisor {
 
     /// SIGINT (or SIGTERM during a graceful stop).
     fn stop_now(&mut self, signal: &str) -> ExitCode {
-        upgrade::abandon(&mut self.upgrade);
+        self.upgrade.abandon();
         self.notifier.stopping(&format!("{signal} received: stopping"));
         stopped(signal)
     }
 
     /// SIGUSR2: starts the new host executable with this one's sockets.
-    fn start_upgrade(&mut self) {
-        if self.upgrade.is_some() {
-            return tracing::info!(event = "upgrade", "SIGUSR2 received; already upgrading");
-        }
-        let listeners = &self.guest.shared.sandbox.listeners;
-        let metrics = self.metrics.as_ref().map(observe::Served::handover);
-        match upgrade::start(listeners.handover(), metrics) {
-            Ok(started) => self.upgrade = Some(started),
-            Err(e) => self.upgrade_failed(&e),
-        }
-    }
-
-    fn upgrade_failed(&mut self, why: &anyhow::Error) {
-        upgrade::abandon(&mut self.upgrade);
-        upgrade::failed(why);
-        self.notifier.upgrade_failed(&format!("{why:#}"));
-    }
-
     /// The new host serves: it takes every new client from now on, and
     /// this one serves those it has, then exits (a graceful stop that
     /// leaves the listeners open, and no longer serves metrics).
     async fn hand_over(&mut self, pid: u32, signals: &mut Signals) -> Result<ExitCode> {
-        self.upgrade = None;
-        if let Some(metrics) = self.metrics.take() {
-            metrics.stop();
-        }
-        self.notifier.hand_over(pid);
-        upgrade::handed_over(pid);
+        self.upgrade.handed_over(pid, self.metrics.take(), &mut self.notifier);
         self.guest.shared.sandbox.listeners.hand_over();
         self.drain_and_exit("upgrade", signals).await
     }
@@ -500,7 +484,7 @@ impl Supervisor {
     /// leave or --drain-timeout passes; then the host exits (with the error
     /// it was going to exit with after a swap, if any).
     async fn stop_gracefully(&mut self, signal: &str, signals: &mut Signals) -> Result<ExitCode> {
-        upgrade::abandon(&mut self.upgrade);
+        self.upgrade.abandon();
         tracing::info!(
             event = "stop",
             "{signal} received: taking no new clients (SIGINT, or SIGTERM again, stops at once)"

@@ -22,6 +22,8 @@
 //! accept at most: both hosts accept from the same socket until the old
 //! one stops. None is refused. A Unix protocol: Windows has no SIGUSR2.
 
+use crate::notify::Notifier;
+use crate::observe::Served;
 use crate::sockets::activation::{self, Handed};
 use anyhow::{bail, Context, Result};
 use std::net::TcpListener;
@@ -69,9 +71,9 @@ impl Given {
 
 pub use platform::Upgrade;
 
-/// SIGUSR2: starts the new host with copies of this one's `listeners`
-/// (each with whether a service manager holds it too) and `metrics`.
-pub fn start(
+/// Starts the new host with copies of this one's `listeners` (each with
+/// whether a service manager holds it too) and `metrics`.
+fn start(
     listeners: std::io::Result<Vec<(socket2::Socket, bool)>>,
     metrics: Option<std::io::Result<socket2::Socket>>,
 ) -> Result<Upgrade> {
@@ -94,32 +96,71 @@ pub fn start(
     Ok(upgrade)
 }
 
-/// The new host's process id once it serves, or why it will not; never,
-/// with no upgrade under way.
-pub async fn ready(upgrade: &mut Option<Upgrade>) -> Result<u32> {
-    match upgrade {
-        Some(upgrade) => upgrade.ready().await,
-        None => std::future::pending().await,
+/// An upgrade as either supervisor holds it: none, or a new host started
+/// and not serving yet. Both call it the same way; what differs between
+/// them (where the listeners' copies come from, how they stop accepting
+/// and drain) stays with them.
+#[derive(Default)]
+pub struct Upgrading(Option<Upgrade>);
+
+impl Upgrading {
+    /// SIGUSR2: starts the new host with copies of the `listeners` (each
+    /// with whether a service manager holds it too) and of the metrics
+    /// listener; nothing if one is starting already.
+    pub fn start(
+        &mut self,
+        listeners: impl FnOnce() -> std::io::Result<Vec<(socket2::Socket, bool)>>,
+        metrics: Option<&Served>,
+        notifier: &mut Notifier,
+    ) {
+        if self.0.is_some() {
+            return tracing::info!(event = "upgrade", "SIGUSR2 received; already upgrading");
+        }
+        match start(listeners(), metrics.map(Served::handover)) {
+            Ok(started) => self.0 = Some(started),
+            Err(e) => self.failed(&e, notifier),
+        }
     }
-}
 
-/// Stops the new host of an upgrade under way, if any.
-pub fn abandon(upgrade: &mut Option<Upgrade>) {
-    if let Some(upgrade) = upgrade.take() {
-        upgrade.abandon();
+    /// The new host's process id once it serves, or why it will not;
+    /// never, with no upgrade under way.
+    pub async fn ready(&mut self) -> Result<u32> {
+        match &mut self.0 {
+            Some(upgrade) => upgrade.ready().await,
+            None => std::future::pending().await,
+        }
     }
-}
 
-pub fn failed(why: &anyhow::Error) {
-    tracing::warn!(event = "upgrade", "upgrade failed: {why:#}; this host goes on serving");
-}
+    /// The new host will not serve: it is stopped, and this host goes on.
+    pub fn failed(&mut self, why: &anyhow::Error, notifier: &mut Notifier) {
+        self.abandon();
+        tracing::warn!(event = "upgrade", "upgrade failed: {why:#}; this host goes on serving");
+        notifier.upgrade_failed(&format!("{why:#}"));
+    }
 
-pub fn handed_over(pid: u32) {
-    tracing::info!(
-        event = "upgrade",
-        "upgrade: the new host (process {pid}) serves; this one takes no new clients and \
-         serves those it has"
-    );
+    /// Stops the new host of an upgrade under way, if any (this host is
+    /// stopping).
+    pub fn abandon(&mut self) {
+        if let Some(upgrade) = self.0.take() {
+            upgrade.abandon();
+        }
+    }
+
+    /// The new host (process `pid`) serves: it is the main process and
+    /// answers metrics and health from now on. The caller then stops
+    /// accepting, leaving the listeners open for it, and drains.
+    pub fn handed_over(&mut self, pid: u32, metrics: Option<Served>, notifier: &mut Notifier) {
+        self.0 = None;
+        if let Some(metrics) = metrics {
+            metrics.stop();
+        }
+        notifier.hand_over(pid);
+        tracing::info!(
+            event = "upgrade",
+            "upgrade: the new host (process {pid}) serves; this one takes no new clients and \
+             serves those it has"
+        );
+    }
 }
 
 #[cfg(windows)]

@@ -39,7 +39,7 @@ use crate::settings::Settings;
 use crate::signals::{Received, Signals, SwapAsked};
 use crate::sockets::{Caps, Listeners};
 use crate::supervise::{self, Linked};
-use crate::upgrade::{self, Given, Upgrade};
+use crate::upgrade::{Given, Upgrading};
 use anyhow::{Context, Result};
 use client::Clients;
 use std::process::ExitCode;
@@ -113,7 +113,7 @@ pub async fn run(mut settings: Settings, given: Given) -> Result<ExitCode> {
         stopping,
         handover,
         metrics,
-        upgrade: None,
+        upgrade: Upgrading::default(),
     };
     server.serve(signals).await
 }
@@ -156,7 +156,7 @@ struct Server {
     handover: Vec<(socket2::Socket, bool)>,
     metrics: Option<observe::Served>,
     /// A new host executable, started and not serving yet (`upgrade.rs`).
-    upgrade: Option<Upgrade>,
+    upgrade: Upgrading,
 }
 
 /// SIGHUP: the guest and the policy, loading.
@@ -195,12 +195,12 @@ impl Server {
             let event = tokio::select! {
                 received = signals.next() => Event::Signal(received),
                 event = loaded(&mut loading) => event,
-                ready = upgrade::ready(&mut self.upgrade) => Event::Upgraded(ready),
+                ready = self.upgrade.ready() => Event::Upgraded(ready),
                 _ = trim.tick() => Event::Trim,
             };
             match event {
                 Event::Signal(Received::Stop(signal)) => {
-                    upgrade::abandon(&mut self.upgrade);
+                    self.upgrade.abandon();
                     notifier.stopping(&format!("{signal} received: stopping"));
                     return Ok(supervise::stopped(signal));
                 }
@@ -219,11 +219,15 @@ impl Server {
                 Event::Signal(Received::Status) => {
                     supervise::status(self.clients.open(), &self.clients.caps())
                 }
-                Event::Signal(Received::Upgrade) => self.start_upgrade(&mut notifier),
+                Event::Signal(Received::Upgrade) => {
+                    let handover = &self.handover;
+                    let copies = || handover.iter().map(|(l, held)| Ok((l.try_clone()?, *held)));
+                    self.upgrade.start(|| copies().collect(), self.metrics.as_ref(), &mut notifier)
+                }
                 Event::Upgraded(Ok(pid)) => {
                     return Ok(self.hand_over(pid, &mut notifier, &mut signals).await)
                 }
-                Event::Upgraded(Err(why)) => self.upgrade_failed(&why, &mut notifier),
+                Event::Upgraded(Err(why)) => self.upgrade.failed(&why, &mut notifier),
                 Event::Trim if loading.is_none() => self.trim(),
                 Event::Trim => {}
                 Event::Loaded(Ok((guest, settings))) => {
@@ -283,7 +287,7 @@ impl Server {
     /// SIGTERM or SIGQUIT (Ctrl-Break): no new clients (the listeners close), and
     /// those connected are served until they leave or `--drain-timeout`.
     async fn stop_gracefully(&mut self, signal: &str, signals: &mut Signals) -> ExitCode {
-        upgrade::abandon(&mut self.upgrade);
+        self.upgrade.abandon();
         signals.stopping_gracefully();
         self.stop_accepting().await;
         let (open, timeout) = (self.clients.open(), self.settings.drain_timeout);
@@ -296,25 +300,6 @@ impl Server {
         self.drain(signals).await
     }
 
-    /// SIGUSR2: starts the new host executable with this one's sockets.
-    fn start_upgrade(&mut self, notifier: &mut Notifier) {
-        if self.upgrade.is_some() {
-            return tracing::info!(event = "upgrade", "SIGUSR2 received; already upgrading");
-        }
-        let listeners = self.handover.iter().map(|(l, outlives)| Ok((l.try_clone()?, *outlives)));
-        let metrics = self.metrics.as_ref().map(observe::Served::handover);
-        match upgrade::start(listeners.collect(), metrics) {
-            Ok(started) => self.upgrade = Some(started),
-            Err(e) => self.upgrade_failed(&e, notifier),
-        }
-    }
-
-    fn upgrade_failed(&mut self, why: &anyhow::Error, notifier: &mut Notifier) {
-        upgrade::abandon(&mut self.upgrade);
-        upgrade::failed(why);
-        notifier.upgrade_failed(&format!("{why:#}"));
-    }
-
     /// The new host serves: it accepts every new client from now on (the
     /// listeners stay open in it); this one serves those it has, then exits.
     async fn hand_over(
@@ -323,12 +308,7 @@ impl Server {
         notifier: &mut Notifier,
         signals: &mut Signals,
     ) -> ExitCode {
-        self.upgrade = None;
-        if let Some(metrics) = self.metrics.take() {
-            metrics.stop();
-        }
-        notifier.hand_over(pid);
-        upgrade::handed_over(pid);
+        self.upgrade.handed_over(pid, self.metrics.take(), notifier);
         self.stop_accepting().await;
         self.drain(signals).await
     }

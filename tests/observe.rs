@@ -366,13 +366,20 @@ fn reload_says_so_when_the_host_ends_before_the_swap() {
     let host = Host::start_command(cmd.args(["--listen", "127.0.0.1:0"]));
     host.listen_addr();
     host.signal(libc::SIGSTOP);
+    // Stopped before `reload` signals: else the host may still run (a
+    // busy machine) and take the SIGHUP before the SIGSTOP.
+    wait_for_proc_status(&host, "stopped", |status| status.contains("State:\tT"));
     let mut reload = Command::new(HOST_BIN)
         .env("RUNTIME_DIRECTORY", runtime.path())
         .args(["reload", &host.pid().to_string()])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for_pending(&host, libc::SIGHUP);
+    let hup = 1 << (libc::SIGHUP - 1);
+    wait_for_proc_status(&host, "SIGHUP pending", |status| {
+        let pending = status.lines().find_map(|l| l.strip_prefix("ShdPnd:")).unwrap().trim();
+        u64::from_str_radix(pending, 16).unwrap() & hup != 0
+    });
     host.signal(libc::SIGKILL);
     let deadline = Instant::now() + PATIENCE;
     while reload.try_wait().unwrap().is_none() {
@@ -389,18 +396,17 @@ fn reload_says_so_when_the_host_ends_before_the_swap() {
     assert!(text.contains(&ended), "{text}");
 }
 
-/// Waits until `signal` is pending for the (stopped) host.
+/// Waits until the host's /proc/PID/status shows it is `what`.
 #[cfg(target_os = "linux")]
-fn wait_for_pending(host: &Host, signal: libc::c_int) {
-    crate::support::harness::waiting_for(|| format!("signal {signal} pending for the host"));
+fn wait_for_proc_status(host: &Host, what: &str, shows: impl Fn(&str) -> bool) {
+    crate::support::harness::waiting_for(|| format!("the host {what}"));
     let deadline = Instant::now() + PATIENCE;
     loop {
         let status = std::fs::read_to_string(format!("/proc/{}/status", host.pid())).unwrap();
-        let pending = status.lines().find_map(|l| l.strip_prefix("ShdPnd:")).unwrap().trim();
-        if u64::from_str_radix(pending, 16).unwrap() & (1 << (signal - 1)) != 0 {
+        if shows(&status) {
             return;
         }
-        assert!(Instant::now() < deadline, "signal {signal} never pending: {status}");
+        assert!(Instant::now() < deadline, "the host never {what}: {status}");
         std::thread::sleep(Duration::from_millis(5));
     }
 }

@@ -130,6 +130,9 @@ fn rerun_if_sources_change(artifact: &Path) -> Result<()> {
     }
     files.insert("../guest/Cargo.toml".into());
     files.insert("../Cargo.lock".into());
+    // The workspace's manifest holds the profiles the guest is built with:
+    // a change there rebuilds the guest, and the host must embed that one.
+    files.insert("../Cargo.toml".into());
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -66,6 +66,5 @@ pub fn all() -> Vec<libtest_mimic::Trial> {
 }
 
 fn main() {
-    let args = libtest_mimic::Arguments::from_args();
-    libtest_mimic::run(&args, all()).exit();
+    libtest_mimic::run(&support::harness::arguments(), all()).exit();
 }

@@ -21,7 +21,7 @@ mod elsewhere;
 mod observe;
 mod windows;
 
-use libtest_mimic::{Arguments, Trial};
+use libtest_mimic::Trial;
 use std::path::PathBuf;
 use support::guests::find_tool;
 use support::{harness, need};
@@ -197,7 +197,7 @@ fn main() {
         [wine, host, gcc, port_9000],
         |[w, h, g, _]| windows::the_study_notes_server_in_c_compiles_and_echoes((&w, &h, &g)),
     ));
-    libtest_mimic::run(&Arguments::from_args(), trials).exit();
+    libtest_mimic::run(&harness::arguments(), trials).exit();
 }
 
 /// A test that runs with what it needs (each found at a path), under the

@@ -245,14 +245,11 @@ impl Supervisor {
             }
             Event::Signal(Received::Swap(asked)) => self.start_loading(&asked),
             Event::Signal(Received::Status) => self.status(),
-            Event::Signal(Received::Upgrade) => {
-                let listeners = &self.guest.shared.sandbox.listeners;
-                self.upgrade.start(
-                    || listeners.handover(),
-                    self.metrics.as_ref(),
-                    &mut self.notifier,
-                )
-            }
+            Event::Signal(Received::Upgrade) => self.upgrade.start(
+                || self.guest.shared.sandbox.listeners.handover(),
+                self.metrics.as_ref(),
+                &mut self.notifier,
+            ),
             Event::Upgraded(Ok(pid)) => return Some(self.hand_over(pid, signals).await),
             Event::Upgraded(Err(why)) => self.upgrade.failed(&why, &mut self.notifier),
             Event::Ended(outcome) => return self.ended(outcome),

@@ -219,11 +219,11 @@ impl Server {
                 Event::Signal(Received::Status) => {
                     supervise::status(self.clients.open(), &self.clients.caps())
                 }
-                Event::Signal(Received::Upgrade) => {
-                    let handover = &self.handover;
-                    let copies = || handover.iter().map(|(l, held)| Ok((l.try_clone()?, *held)));
-                    self.upgrade.start(|| copies().collect(), self.metrics.as_ref(), &mut notifier)
-                }
+                Event::Signal(Received::Upgrade) => self.upgrade.start(
+                    || self.handover.iter().map(|(l, held)| Ok((l.try_clone()?, *held))).collect(),
+                    self.metrics.as_ref(),
+                    &mut notifier,
+                ),
                 Event::Upgraded(Ok(pid)) => {
                     return Ok(self.hand_over(pid, &mut notifier, &mut signals).await)
                 }

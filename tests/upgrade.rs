@@ -28,7 +28,7 @@ impl Installed {
     fn new() -> Installed {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wasi-tcp-host");
-        std::fs::copy(HOST_BIN, &path).unwrap();
+        copy_in_a_child(HOST_BIN.as_ref(), &path);
         let runtime = dir.path().join("run");
         std::fs::create_dir(&runtime).unwrap();
         Installed { _dir: dir, path, runtime }
@@ -38,8 +38,9 @@ impl Installed {
     /// renamed over the old one (the running host keeps the old inode).
     fn install(&self, contents: &[u8]) {
         use std::os::unix::fs::PermissionsExt;
-        let next = self.path.with_extension("next");
-        std::fs::write(&next, contents).unwrap();
+        let (staged, next) = (self.path.with_extension("staged"), self.path.with_extension("next"));
+        std::fs::write(&staged, contents).unwrap();
+        copy_in_a_child(&staged, &next);
         std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::rename(&next, &self.path).unwrap();
     }
@@ -54,6 +55,15 @@ impl Installed {
     fn upgrade(&self, host: &Host) -> (bool, String) {
         crate::support::ask_host("upgrade", &self.runtime, host)
     }
+}
+
+/// Copies `from` to `to` in a child process (`cp`), never in this one:
+/// while this process holds a file open for writing, a child another test
+/// forks at that moment holds it too until it executes, and running the
+/// file then fails with ETXTBSY ("Text file busy").
+fn copy_in_a_child(from: &std::path::Path, to: &std::path::Path) {
+    let status = Command::new("cp").arg(from).arg(to).status().unwrap();
+    assert!(status.success(), "cp {} {}: {status}", from.display(), to.display());
 }
 
 /// The new host an upgrade started: not the test's child, so the test
@@ -166,6 +176,9 @@ fn upgrade_under_load(installed: &Installed, host: Host, addr: SocketAddr) -> (N
     let (stop_short, stop_long) = (AtomicBool::new(false), AtomicBool::new(false));
     let seen = Mutex::new(Seen::default());
     let (new, output) = std::thread::scope(|scope| {
+        // Should this thread fail, the clients stop, so that it fails at
+        // once, saying why, rather than waiting for them without end.
+        let _stop_on_failure = StopWhenDropped([&stop_short, &stop_long]);
         for _ in 0..4 {
             scope.spawn(|| long_client(addr, &stop_long, &seen));
         }
@@ -212,6 +225,17 @@ fn upgrade_under_load(installed: &Installed, host: Host, addr: SocketAddr) -> (N
         seen.short, seen.slowest_connect
     );
     (new, output)
+}
+
+/// Sets its flags when dropped.
+struct StopWhenDropped<'a>([&'a AtomicBool; 2]);
+
+impl Drop for StopWhenDropped<'_> {
+    fn drop(&mut self) {
+        for flag in self.0 {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 fn wait_for_short_clients(seen: &Mutex<Seen>, n: usize) {

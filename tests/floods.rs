@@ -124,7 +124,7 @@ fn clients_beyond_the_descriptors_left_are_turned_away_and_the_rest_served() {
             turned_away += 1;
             continue;
         };
-        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        client.set_read_timeout(Some(PATIENCE)).unwrap();
         let message = format!("client {i:03}");
         let mut back = [0u8; 10];
         // The reset may come before the write (which then fails) or after.
@@ -161,8 +161,9 @@ fn with_idle_timeout_a_silent_client_is_closed_and_a_talking_one_stays() {
     let host = Host::start(&["--listen", "127.0.0.1:0", "--idle-timeout", "1s"]);
     let addr = host.listen_addr();
     let mut silent = connect(addr);
-    assert!(crate::support::clients::echo(&mut silent, b"then silence"));
+    // Before the echo: the host's last word to it comes after this.
     let silent_since = Instant::now();
+    assert!(crate::support::clients::echo(&mut silent, b"then silence"));
     let mut reader = silent.try_clone().unwrap();
     // When the silent client's connection ends, as it happens.
     let closed = std::thread::spawn(move || {

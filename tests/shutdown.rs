@@ -3,10 +3,9 @@
 //! stops it gracefully: `operate.rs`.)
 
 use crate::support::guests::test_guest;
-use crate::support::{assert_echoes, connect, Host};
+use crate::support::{assert_echoes, connect, Host, PATIENCE};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::time::Duration;
 
 /// Stops `host` at once with `signal`: SIGINT; or SIGTERM, sent twice
 /// (the first drains, the second stops).
@@ -63,7 +62,7 @@ fn a_second_sigterm_while_a_client_is_connected() {
     client.read_exact(&mut buf).unwrap();
     assert_stops_cleanly(host, libc::SIGTERM, "SIGTERM");
     // The client sees its connection end: a FIN (nothing was left unread).
-    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    client.set_read_timeout(Some(PATIENCE)).unwrap();
     assert!(matches!(client.read(&mut buf), Ok(0)), "the connection did not end");
     // The closed connection may linger in TIME_WAIT; binding again works anyway.
     assert_port_free(addr);

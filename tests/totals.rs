@@ -4,10 +4,9 @@
 
 use crate::support::clients::assert_reset;
 use crate::support::guests::{component_from_wat, run_export, test_guest};
-use crate::support::{connect, connect_unless_reset, Host};
+use crate::support::{connect, connect_unless_reset, Host, PATIENCE};
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
-use std::time::Duration;
 
 fn guest(name: &str) -> String {
     test_guest(name).display().to_string()
@@ -238,7 +237,7 @@ fn memories_in_one_module(memories: usize) -> String {
 
 /// Reads what was sent, until the reset that ends it.
 fn assert_reset_after_data(client: &mut TcpStream) {
-    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    client.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         match client.read(&mut buf) {

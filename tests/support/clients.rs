@@ -67,7 +67,7 @@ pub fn served_more(tally: &Tally, more: usize, host: &Host) {
 
 /// The host closed `client` with a reset (before or after the guest saw it).
 pub fn assert_reset(client: &mut TcpStream) {
-    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    client.set_read_timeout(Some(PATIENCE)).unwrap();
     match client.read(&mut [0u8; 1]) {
         Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
         other => panic!("expected a reset, got {other:?}"),

@@ -329,6 +329,54 @@ fn systemd_hears_ready_reloading_and_stopping() {
     assert!(next().starts_with("STOPPING=1"));
 }
 
+/// A service manager that falls behind reading its notifications stalls
+/// nothing and loses none of them: with the notify socket's queue full
+/// (filled here; the watchdog's pings go there too), a swap happens and
+/// clients are served; once the queue is read, RELOADING=1 and READY=1
+/// come, in order.
+#[cfg(target_os = "linux")]
+fn a_service_manager_that_reads_nothing_stalls_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    // The next notification from the host (its pings aside).
+    let next = || {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            assert!(Instant::now() < deadline, "no notification but pings");
+            let mut buf = [0u8; 4096];
+            let n = socket.recv(&mut buf).expect("a notification");
+            if !matches!(&buf[..n], b"WATCHDOG=1" | b"FILLER") {
+                return String::from_utf8_lossy(&buf[..n]).to_string();
+            }
+        }
+    };
+    let (_guest_dir, file) = installed(&default_guest());
+    let mut cmd = crate::support::host_command();
+    // Pings every 10 ms.
+    cmd.env("NOTIFY_SOCKET", &path).env("WATCHDOG_USEC", "20000");
+    let host = Host::start_command(cmd.args(["--listen", "127.0.0.1:0", file.to_str().unwrap()]));
+    let addr = host.listen_addr();
+    assert!(next().starts_with("READY=1"));
+    let filler = UnixDatagram::unbound().unwrap();
+    filler.set_nonblocking(true).unwrap();
+    loop {
+        match filler.send_to(b"FILLER", &path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("filling the notify socket's queue: {e}"),
+        }
+    }
+    host.signal(libc::SIGHUP);
+    host.wait_for("swap: the new guest instance #2 listens on 127.0.0.1:");
+    for i in 0..20 {
+        assert!(echo(&mut connect(addr), format!("client {i}").as_bytes()), "{}", host.report());
+    }
+    assert!(next().starts_with("RELOADING=1\nMONOTONIC_USEC="));
+    assert_eq!(next(), "READY=1\nSTATUS=the new guest serves");
+}
+
 /// `wasi-tcp-host reload PID` (the unit's ExecReload=): exit status 0 when
 /// the new guest serves, 1 and why when the swap fails.
 fn reload_waits_for_the_swap_and_fails_when_it_does() {
@@ -715,6 +763,8 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         a_restarted_guest_is_ready_only_once_it_listens_again,
         the_metrics_address_is_the_hosts_alone,
         systemd_hears_ready_reloading_and_stopping,
+        #[cfg(target_os = "linux")]
+        a_service_manager_that_reads_nothing_stalls_nothing,
         reload_waits_for_the_swap_and_fails_when_it_does,
         #[cfg(target_os = "linux")]
         reload_says_so_when_the_host_ends_before_the_swap,

@@ -213,9 +213,10 @@ pub const HOST_FOOTPRINT: u64 = 32 << 20;
 /// pressure it shrinks them (`tcp_mem`) rather than fail.
 pub const SOCKET_BUFFERS: u64 = 64 << 10;
 /// Threads besides the blocking ones and the guests': the main one, the
-/// two output writers, the epoch ticker, the file watch, and the
+/// two output writers, the epoch ticker, the file watch, the courier of
+/// notifications systemd had no room for (`notify/courier.rs`), and the
 /// compiler's (RAYON_NUM_THREADS=4 in the units).
-pub const OTHER_THREADS: usize = 5 + COMPILE_THREADS;
+pub const OTHER_THREADS: usize = 6 + COMPILE_THREADS;
 /// The compiler's threads the units allow (RAYON_NUM_THREADS).
 pub const COMPILE_THREADS: usize = 4;
 

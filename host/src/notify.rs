@@ -34,8 +34,19 @@ type NotifySocket = (std::os::unix::net::UnixDatagram, std::os::unix::net::Socke
 #[cfg(windows)]
 type NotifySocket = std::convert::Infallible;
 
+#[cfg(unix)]
+mod courier;
+
+/// What the watchdog is told: a ping that cannot go now says nothing
+/// later (the next one goes), so it never waits in the courier.
+const WATCHDOG: &str = "WATCHDOG=1";
+
 pub struct Notifier {
     socket: Option<NotifySocket>,
+    /// What the service manager had no room for, on its way (started the
+    /// first time).
+    #[cfg(unix)]
+    courier: std::sync::OnceLock<courier::Courier>,
     /// Where swaps' and upgrades' outcomes go, and how many there were.
     swaps: Outcomes,
     upgrades: Outcomes,
@@ -107,6 +118,8 @@ impl Notifier {
             std::env::var_os("NOTIFY_SOCKET").and_then(|path| notify_socket(path.to_str()?));
         Notifier {
             socket,
+            #[cfg(unix)]
+            courier: std::sync::OnceLock::new(),
             swaps: Outcomes::in_runtime_directory("reload"),
             upgrades: Outcomes::in_runtime_directory("upgrade"),
             ready: false,
@@ -119,7 +132,17 @@ impl Notifier {
         }
         #[cfg(unix)]
         if let Some((socket, addr)) = &self.socket {
-            let _ = socket.send_to_addr(state.as_bytes(), addr);
+            // The socket never waits (see courier.rs); behind what waits
+            // already, or when there is no room, the courier sends it.
+            if !self.courier.get().is_some_and(courier::Courier::behind) {
+                match socket.send_to_addr(state.as_bytes(), addr) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    _ => return,
+                }
+            }
+            if state != WATCHDOG {
+                self.courier.get_or_init(|| courier::Courier::start(addr.clone())).post(state);
+            }
         }
         #[cfg(windows)]
         let _ = (&self.socket, state);
@@ -203,7 +226,9 @@ fn notify_socket(path: &str) -> Option<NotifySocket> {
         Some(_) => return None,
         None => SocketAddr::from_pathname(path).ok()?,
     };
-    Some((UnixDatagram::unbound().ok()?, addr))
+    let socket = UnixDatagram::unbound().ok()?;
+    socket.set_nonblocking(true).ok()?;
+    Some((socket, addr))
 }
 
 #[cfg(windows)]
@@ -365,8 +390,10 @@ pub fn watchdog_interval() -> Option<Duration> {
 pub async fn feed_the_watchdog(interval: Duration) {
     let notifier = Notifier::from_env();
     let mut ticks = tokio::time::interval(interval);
+    // After a stall, one ping, not one for each tick missed.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        notifier.send("WATCHDOG=1");
+        notifier.send(WATCHDOG);
     }
 }

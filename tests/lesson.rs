@@ -315,6 +315,21 @@ fn a_client_that_resets() {
     assert!(!output.contains("backtrace") && !output.contains(".rs:"), "{output}");
 }
 
+/// A loopback address reserved for the test (`support::reserved_addr`)
+/// whose port no connection uses, not even one an earlier test's host on
+/// the same port left in TIME_WAIT: the lesson's `ss` samples show every
+/// connection on the port, so one left over would not match them.
+#[cfg(target_os = "linux")]
+fn quiet_addr() -> crate::support::Reserved {
+    loop {
+        let reserved = crate::support::reserved_addr();
+        let port = reserved.addr.port();
+        if !tcp_table().iter().any(|&(local, remote, _)| local == port || remote == port) {
+            return reserved;
+        }
+    }
+}
+
 /// `/proc/net/tcp`: (local port, remote port, state) of each IPv4 socket.
 #[cfg(target_os = "linux")]
 fn tcp_table() -> Vec<(u16, u16, u8)> {
@@ -416,7 +431,10 @@ const CLOSE_WAIT: u8 = 0x08;
 fn the_backlog_shows_as_recv_q_and_a_client_that_gives_up_there_as_close_wait() {
     let (backlog, listen_sample) = ss_sample("### 5.6 ");
     let (close_wait, close_wait_sample) = ss_sample("### 5.7 ");
-    let (host, addr) = serve_iterative(&[]);
+    let quiet = quiet_addr();
+    let addr = quiet.addr;
+    let host = Host::start(&["--listen", &addr.to_string(), &iterative()]);
+    host.wait_for(&format!("guest listening on {addr}"));
     let first = echo_once(addr, b"first\n");
     let waiting = connect(addr);
     wait_for_row(addr.port(), 0, LISTEN, 1);
@@ -465,7 +483,10 @@ fn time_wait_after_a_client_closes_and_the_server_binds_again_at_once() {
         }
     }
     let (states, samples) = ss_sample("### LISTEN, ESTABLISHED, TIME_WAIT");
-    let (host, addr) = Host::serve(None);
+    let quiet = quiet_addr();
+    let addr = quiet.addr;
+    let host = Host::start(&["--listen", &addr.to_string()]);
+    host.wait_for(&format!("guest listening on {addr}"));
     // Section 3: a client connected, as `ss` shows it...
     let client = echo_once(addr, b"bye");
     wait_for_ss(&states, addr.port(), &samples[0]);
@@ -1259,7 +1280,8 @@ fn an_idle_client_closed_by_the_host_leaves_fin_wait_2_and_close_wait() {
     let blocks = section_blocks("### 8.5 ");
     let command = blocks.iter().find(|b| b.starts_with("ss ")).unwrap().trim().to_string();
     let sample = blocks.iter().find(|b| b.starts_with("State")).unwrap();
-    let host = start_args(&host_args(&blocks[0], 0));
+    let quiet = quiet_addr();
+    let host = start_args(&host_args(&blocks[0], quiet.addr.port()));
     let addr = host.listen_addr();
     let mut client = connect(addr);
     let local = client.local_addr().unwrap().port();

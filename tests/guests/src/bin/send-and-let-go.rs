@@ -8,6 +8,14 @@
 #[path = "../raw.rs"]
 mod raw;
 
+use wasi::clocks::monotonic_clock::subscribe_duration;
+use wasi::io::poll::poll;
+
+/// A background send that makes no progress for this long is stuck: the
+/// system took what it could (on a busy machine it may take some of its
+/// queue later, and the rest of a short last write with it).
+const STUCK_AFTER_NS: u64 = 500_000_000;
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let clients: usize = args.next().and_then(|n| n.parse().ok()).expect("a number of clients");
@@ -23,8 +31,15 @@ fn main() {
                 // the connection is writable: wait until it is.
                 0 if written == 0 => output.subscribe().block(),
                 // After writes, 0 means the host is sending the rest of
-                // the last one in the background.
-                0 => break,
+                // the last one in the background: let go once it is stuck
+                // (writable again means it finished: write more).
+                0 => {
+                    let (writable, waited) =
+                        (output.subscribe(), subscribe_duration(STUCK_AFTER_NS));
+                    if !poll(&[&writable, &waited]).contains(&0) {
+                        break;
+                    }
+                }
                 n => {
                     let n = (n as usize).min(chunk.len());
                     output.write(&chunk[..n]).expect("write");

@@ -16,6 +16,9 @@
 //!   it serves; the old one then names it the main process (MAINPID=) and
 //!   says nothing more.
 //!
+//! None of it ever makes the serving thread wait for the service manager:
+//! what finds its queue full goes later, in order (`notify/courier.rs`).
+//!
 //! All are Unix (the notify protocol is systemd's, on Linux); on Windows
 //! there is no service manager to tell, and no SIGHUP to send (`--watch`
 //! swaps there).

@@ -296,21 +296,56 @@ fn reading_the_policy_again_never_stalls_serving() {
     host.wait_for("swap: the new guest instance #2 listens on 127.0.0.1:");
 }
 
+/// A datagram socket of the test's own, given to the host as
+/// NOTIFY_SOCKET, the way systemd gives the host its own.
+struct NotifySocket {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    socket: UnixDatagram,
+}
+
+impl NotifySocket {
+    fn new() -> NotifySocket {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        NotifySocket { _dir: dir, path, socket }
+    }
+
+    /// The next notification, watchdog pings (and the test's own
+    /// `FILLER`s) aside.
+    fn next(&self) -> String {
+        self.next_where(|message| !matches!(message, "WATCHDOG=1" | "FILLER"))
+    }
+
+    /// The next datagram that `wanted` takes, within PATIENCE.
+    fn next_where(&self, wanted: impl Fn(&str) -> bool) -> String {
+        self.socket.set_read_timeout(Some(PATIENCE)).unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            assert!(Instant::now() < deadline, "no notification wanted came");
+            let mut buf = [0u8; 4096];
+            let n = self.socket.recv(&mut buf).expect("a notification");
+            let message = String::from_utf8_lossy(&buf[..n]);
+            if wanted(&message) {
+                return message.to_string();
+            }
+        }
+    }
+}
+
 /// `Type=notify`: READY=1 once the guest listens, RELOADING=1 then READY=1
 /// (with the outcome) for each swap, STOPPING=1 at the end.
 fn systemd_hears_ready_reloading_and_stopping() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("notify");
-    let socket = UnixDatagram::bind(&path).unwrap();
-    socket.set_read_timeout(Some(PATIENCE)).unwrap();
-    let next = || {
-        let mut buf = [0u8; 4096];
-        let n = socket.recv(&mut buf).expect("a notification");
-        String::from_utf8_lossy(&buf[..n]).to_string()
-    };
+    let notify = NotifySocket::new();
+    let next = || notify.next();
     let (_guest_dir, file) = installed(&default_guest());
     let mut cmd = crate::support::host_command();
-    cmd.env("NOTIFY_SOCKET", &path).args(["--listen", "127.0.0.1:0", file.to_str().unwrap()]);
+    cmd.env("NOTIFY_SOCKET", &notify.path).args([
+        "--listen",
+        "127.0.0.1:0",
+        file.to_str().unwrap(),
+    ]);
     let host = Host::start_command(&mut cmd);
     let ready = next();
     assert!(
@@ -336,33 +371,19 @@ fn systemd_hears_ready_reloading_and_stopping() {
 /// come, in order.
 #[cfg(target_os = "linux")]
 fn a_service_manager_that_reads_nothing_stalls_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("notify");
-    let socket = UnixDatagram::bind(&path).unwrap();
-    socket.set_read_timeout(Some(PATIENCE)).unwrap();
-    // The next notification from the host (its pings aside).
-    let next = || {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            assert!(Instant::now() < deadline, "no notification but pings");
-            let mut buf = [0u8; 4096];
-            let n = socket.recv(&mut buf).expect("a notification");
-            if !matches!(&buf[..n], b"WATCHDOG=1" | b"FILLER") {
-                return String::from_utf8_lossy(&buf[..n]).to_string();
-            }
-        }
-    };
+    let notify = NotifySocket::new();
+    let next = || notify.next();
     let (_guest_dir, file) = installed(&default_guest());
     let mut cmd = crate::support::host_command();
     // Pings every 10 ms.
-    cmd.env("NOTIFY_SOCKET", &path).env("WATCHDOG_USEC", "20000");
+    cmd.env("NOTIFY_SOCKET", &notify.path).env("WATCHDOG_USEC", "20000");
     let host = Host::start_command(cmd.args(["--listen", "127.0.0.1:0", file.to_str().unwrap()]));
     let addr = host.listen_addr();
     assert!(next().starts_with("READY=1"));
     let filler = UnixDatagram::unbound().unwrap();
     filler.set_nonblocking(true).unwrap();
     loop {
-        match filler.send_to(b"FILLER", &path) {
+        match filler.send_to(b"FILLER", &notify.path) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(e) => panic!("filling the notify socket's queue: {e}"),
@@ -656,22 +677,12 @@ fn the_guest_info_follows_swaps_and_not_failed_ones() {
 /// told; once it runs again, they come again.
 #[cfg(target_os = "linux")]
 fn the_watchdog_hears_only_from_the_serving_thread() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("notify");
-    let socket = UnixDatagram::bind(&path).unwrap();
-    let wait_for_watchdog = || {
-        socket.set_read_timeout(Some(PATIENCE)).unwrap();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = socket.recv(&mut buf).expect("WATCHDOG=1");
-            if &buf[..n] == b"WATCHDOG=1" {
-                return;
-            }
-        }
-    };
+    let notify = NotifySocket::new();
+    let wait_for_watchdog = || notify.next_where(|message| message == "WATCHDOG=1");
+    let socket = &notify.socket;
     let mut cmd = crate::support::host_command();
     // Every 50 ms (half the 100 ms systemd would be told).
-    cmd.env("NOTIFY_SOCKET", &path).env("WATCHDOG_USEC", "100000");
+    cmd.env("NOTIFY_SOCKET", &notify.path).env("WATCHDOG_USEC", "100000");
     let host = Host::start_command(cmd.args(["--listen", "127.0.0.1:0"]));
     host.listen_addr();
     wait_for_watchdog();

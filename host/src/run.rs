@@ -346,7 +346,6 @@ impl Supervisor {
         stopped(signal)
     }
 
-    /// SIGUSR2: starts the new host executable with this one's sockets.
     /// The new host serves: it takes every new client from now on, and
     /// this one serves those it has, then exits (a graceful stop that
     /// leaves the listeners open, and no longer serves metrics).

@@ -44,7 +44,8 @@ struct Args {
     per_client: bool,
     /// Another build of the host (an earlier commit's, say), run as
     /// "host (baseline)" in the same interleaved rounds: paired runs of two
-    /// builds, compared in a "host / baseline" column.
+    /// builds, compared in a "host / baseline" column (with `--per-client`,
+    /// "host --per-client (baseline)").
     #[arg(long, value_name = "PATH")]
     baseline_host: Option<std::path::PathBuf>,
     /// How long each open-loop measure runs (its first half second is
@@ -121,7 +122,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     if args.per_client {
-        return per_client::run(&runtime, &bin_dir, args.rounds);
+        return per_client::run(&runtime, &bin_dir, args.rounds, args.baseline_host.as_deref());
     }
     let guest = bin_dir.join("../guests/wasm32-wasip2/release/guest.wasm");
 

@@ -21,6 +21,7 @@ use tokio::runtime::Runtime;
 const NATIVE: &str = "native tokio";
 const HOST: &str = "host --per-client";
 const INETD: &str = "process per connection";
+const BASELINE: &str = "host --per-client (baseline)";
 
 /// Clients connecting at once in the short-connection load.
 const CLIENTS: usize = 50;
@@ -29,7 +30,14 @@ const SHORT_FOR: Duration = Duration::from_secs(3);
 /// The computing guest's work per message (thousands of multiply-adds).
 const WORK: &str = "work=800";
 
-pub fn run(runtime: &Runtime, bin_dir: &Path, rounds: usize) -> Result<()> {
+/// `baseline`: another build of the host, run as [`BASELINE`] in the same
+/// rounds (`bench --per-client --baseline-host PATH`).
+pub fn run(
+    runtime: &Runtime,
+    bin_dir: &Path,
+    rounds: usize,
+    baseline: Option<&Path>,
+) -> Result<()> {
     let guests = bin_dir.join("../guests/wasm32-wasip2/release");
     let (echo, tricks) = (guests.join("echo-stdio.wasm"), guests.join("stdio-tricks.wasm"));
     if !echo.exists() || !tricks.exists() {
@@ -40,14 +48,18 @@ pub fn run(runtime: &Runtime, bin_dir: &Path, rounds: usize) -> Result<()> {
         );
     }
     let host = bin_dir.join("wasi-tcp-host");
-    let per_client = |name, guest: &Path, extra: &[&str]| {
+    let per_client_at = |host: &Path, name, guest: &Path, extra: &[&str]| {
         let mut args = vec!["--per-client", "--max-connections", "2000", "--listen", "{addr}"];
         args.extend_from_slice(extra);
         let mut args: Vec<String> = args.into_iter().map(Into::into).collect();
         args.push(guest.display().to_string());
-        Server::custom(name, &host, args)
+        Server::custom(name, host, args)
     };
+    let per_client = |name, guest: &Path, extra: &[&str]| per_client_at(&host, name, guest, extra);
     let mut servers = vec![Server::native(bin_dir), per_client(HOST, &echo, &[])];
+    if let Some(baseline) = baseline {
+        servers.push(per_client_at(baseline, BASELINE, &echo, &[]));
+    }
     match Server::inetd_cat(INETD) {
         Some(inetd) => servers.push(inetd),
         None => eprintln!(
@@ -119,9 +131,13 @@ fn print(results: &Results, names: &[&'static str], base: &str) {
     let mut header: Vec<String> = vec!["measure".into()];
     header.extend(names.iter().map(|n| n.to_string()));
     header.extend(others.iter().map(|n| format!("{n} / {base}")));
-    if names.contains(&HOST) && names.contains(&INETD) {
-        header.push(format!("{HOST} / {INETD}"));
-    }
+    // The comparisons that matter beside the base: with a process per
+    // connection, and with another build of the host.
+    let pairs: Vec<(&str, &str)> = [(HOST, INETD), (HOST, BASELINE)]
+        .into_iter()
+        .filter(|(a, b)| names.contains(a) && names.contains(b))
+        .collect();
+    header.extend(pairs.iter().map(|(a, b)| format!("{a} / {b}")));
     println!("\n| {} |", header.join(" | "));
     println!("|{}", " --- |".repeat(header.len()));
     for measure in results.measures() {
@@ -129,9 +145,7 @@ fn print(results: &Results, names: &[&'static str], base: &str) {
         let mut row = vec![measure.clone()];
         row.extend(names.iter().map(|n| value(n).map_or("-".into(), crate::format_value)));
         row.extend(others.iter().map(|n| crate::ratio(value(n), value(base))));
-        if names.contains(&HOST) && names.contains(&INETD) {
-            row.push(crate::ratio(value(HOST), value(INETD)));
-        }
+        row.extend(pairs.iter().map(|(a, b)| crate::ratio(value(a), value(b))));
         println!("| {} |", row.join(" | "));
     }
 }

@@ -146,6 +146,24 @@ fn a_poll_after_a_mixed_poll_still_wakes_for_data() {
     host.wait_for("[mixed] echoed");
 }
 
+/// The benchmark's floor guest (`bench --floor`, `tests/guests/src/bin/
+/// call-floor.rs`) on the host: each `poll` over up to 1 000 pollables,
+/// all but one of them the same silent client's input (armed after the
+/// first look, `read_wake.rs`), answers exactly the one that is ready (the
+/// guest traps otherwise), and the guest gets through every measure.
+fn a_poll_of_many_pollables_answers_only_the_ready_one() {
+    let guest = test_guest("call-floor");
+    let host = Host::start(&["--listen", "127.0.0.1:0", guest.to_str().unwrap()]);
+    host.wait_for("floor listening");
+    let _silent = connect(host.listen_addr());
+    let (status, output) = host.wait();
+    assert!(status.success(), "{output}");
+    for measure in ["now", "check-write", "poll-1", "poll-10", "poll-100", "poll-1000"] {
+        assert!(output.contains(&format!("floor {measure} ")), "no {measure}: {output}");
+    }
+    assert!(output.contains("floor done"), "{output}");
+}
+
 /// The host's own `write` (for its sockets' streams) leaves every other
 /// stream's to wasmtime-wasi: a guest's `write` to stdout still arrives.
 fn a_write_to_stdout_reaches_stdout() {
@@ -250,6 +268,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         poll_of_an_empty_list_traps [needs need::ipv6()],
         a_guest_that_never_waits_still_sees_data_arrive [needs need::ipv6()],
         a_poll_after_a_mixed_poll_still_wakes_for_data,
+        a_poll_of_many_pollables_answers_only_the_ready_one,
         a_write_to_stdout_reaches_stdout [needs need::ipv6()],
         a_reset_ends_the_input_stream_with_last_operation_failed,
         after_a_failed_write_the_output_stream_is_closed,

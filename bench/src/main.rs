@@ -9,6 +9,7 @@
 //! ```
 
 mod charts;
+mod floor;
 mod load;
 mod open_loop;
 mod per_client;
@@ -64,6 +65,11 @@ struct Args {
     /// figures: for looking at a server with perf meanwhile.
     #[arg(long, num_args = 3, value_names = ["ADDR", "CONNS", "RATE"])]
     probe: Option<Vec<String>>,
+    /// Only measure the floor (`floor.rs`): what a guest's calls into its
+    /// host cost, per call and per pollable, timed by a guest on the host
+    /// and on the wasmtime CLI (the least of `--rounds` runs).
+    #[arg(long)]
+    floor: bool,
     /// Where the charts go (SVG).
     #[arg(long, value_name = "DIR", default_value = "target/bench-charts")]
     charts: std::path::PathBuf,
@@ -120,6 +126,9 @@ fn main() -> Result<()> {
             us(o.p50), us(o.p99), us(o.p999), us(o.late_p99), o.echoed_per_s
         );
         return Ok(());
+    }
+    if args.floor {
+        return floor::run(&bin_dir, args.rounds, !args.no_cli);
     }
     if args.per_client {
         return per_client::run(&runtime, &bin_dir, args.rounds, args.baseline_host.as_deref());

@@ -125,13 +125,24 @@ impl Server {
     }
 
     fn spawn(&self, extra: &[&str]) -> Result<Running> {
+        self.spawn_with_stdout(extra, Stdio::null())
+    }
+
+    /// Starts it on a free loopback port with its standard output piped to
+    /// the caller (`Running::stdout`), without waiting for anything: for a
+    /// guest that is no echo server (`floor.rs`).
+    pub fn spawn_piped(&self, extra: &[&str]) -> Result<Running> {
+        self.spawn_with_stdout(extra, Stdio::piped())
+    }
+
+    fn spawn_with_stdout(&self, extra: &[&str], stdout: Stdio) -> Result<Running> {
         let addr = free_port()?;
         let mut command = Command::new(&self.program);
         command
             .args(self.args.iter().map(|a| a.replace("{addr}", &addr.to_string())))
             .args(extra)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::null());
         crate::pin::server(&mut command);
         let child =
@@ -147,6 +158,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// Its standard output, once, if it was started with `spawn_piped`.
+    pub fn stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
     /// Resident memory of the server process, in bytes.
     pub fn rss(&self) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;

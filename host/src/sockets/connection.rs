@@ -14,7 +14,7 @@
 //! before the connection is reset. The idle watch ends with the connection.
 
 use super::cap::Place;
-use super::read_wake::ReadWake;
+use super::read_wake::{InList, ReadWake, Woken};
 use super::tenant::Client;
 use crate::ledger::MAX_CHUNK;
 use crate::log_limit::{Kind, LogLines};
@@ -393,8 +393,14 @@ impl Connection {
 
     /// `poll_readable` for the host's own poll, in its `round`: a
     /// connection found not readable in this round, with no event since,
-    /// is answered without asking the runtime (`read_wake.rs`).
-    pub fn poll_readable_in(&self, round: u64, cx: &mut Context<'_>) -> Poll<()> {
+    /// is answered without asking the runtime, and a wake-up tells
+    /// `woken` its place (`read_wake.rs`; stamped first, `stamp_read`).
+    pub fn poll_readable_in(
+        &self,
+        round: u64,
+        woken: &Arc<Woken>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
         // Armed first: shutting the reading side disarms (`shut_read`).
         if self.read_wake.is_armed(round) {
             return Poll::Pending;
@@ -402,7 +408,7 @@ impl Connection {
         if self.read_shut.load(SeqCst) {
             return Poll::Ready(());
         }
-        self.read_wake.arm(round, cx.waker());
+        self.read_wake.arm(round, cx.waker(), woken);
         match self.stream.poll_read_ready(&mut Context::from_waker(&self.read_waker)) {
             Poll::Ready(_) => {
                 self.read_wake.disarm();
@@ -410,6 +416,12 @@ impl Connection {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+
+    /// Notes this connection's place in a poll's list before the poll
+    /// asks `poll_readable_in`; the place it had before.
+    pub fn stamp_read(&self, place: InList) -> InList {
+        self.read_wake.stamp(place)
     }
 
     /// Writable (once a background send, if any, is done).

@@ -8,7 +8,11 @@
 //! for (a connection readable or writable, a socket's connect or accept),
 //! so when every pollable in the list is its own it asks each directly, in
 //! one pass that leaves the task's waker with those not ready: no future,
-//! no allocation, and the answer at once if any is ready. A list with
+//! no allocation, and the answer at once if any is ready. Woken while it
+//! waits, it looks again only at the clients that woke and at what cannot
+//! say it woke (a writer, a listener), not at the whole list
+//! (`read_wake.rs`): at a thousand clients that second look was on the
+//! path of every message that woke the guest. A list with
 //! others in it (a timer, stdin) is asked the same way for the host's and
 //! the ordinary way for the rest, so a timer is never starved, and if none
 //! is ready it waits the ordinary way, in wasmtime-wasi-io. An empty list
@@ -19,7 +23,7 @@
 //! are dropped: those are the `subscribe` and drop functions replaced here.
 
 use super::connection::Connection;
-use super::read_wake::new_round;
+use super::read_wake::{new_round, InList, Woken};
 use super::{HasTcp, SocketsView, TcpSocket};
 use crate::wasi_version::versioned;
 use std::future::{poll_fn, Future};
@@ -51,6 +55,36 @@ pub struct Waits {
     /// (`read_wake.rs`): a new task, a new round.
     round: u64,
     task: Option<Waker>,
+    /// The call of `poll` under way (each takes the next number), and
+    /// what its first look learnt, for its looks after a wake-up.
+    call: u32,
+    looked: Looked,
+    /// Where the connections that woke say they sit in the call's list,
+    /// and a list to look again at (kept, to allocate it once).
+    woken: Arc<Woken>,
+    again: Vec<u32>,
+}
+
+/// What a call of `poll` learnt in its first look at the whole list.
+#[derive(Default)]
+struct Looked {
+    /// The round it looked in: a new round means nothing is armed.
+    round: u64,
+    /// The pollables that cannot say when they wake (a writer, a
+    /// listener): looked at again every time.
+    unarmed: Vec<u32>,
+    /// A connection twice in the list: a wake-up names one place only,
+    /// so every look is at the whole list.
+    whole: bool,
+}
+
+/// How one of the host's pollables answered a look.
+struct Answer {
+    ready: bool,
+    /// Found not ready and armed: its wake-up will name its place.
+    armed: bool,
+    /// Already stamped with a place in this call: in the list twice.
+    twice: bool,
 }
 
 /// A guest whose polls are always answered at once (a zero timeout in the
@@ -121,27 +155,44 @@ impl Waits {
 impl SocketsView<'_> {
     /// Whether the host's own `pollable` is ready, registering `cx` to be
     /// woken when it may be; None for a pollable that is not the host's.
-    /// In a `round`, a connection not readable since the last look is
-    /// answered at once (`read_wake.rs`).
-    fn poll_own(
-        &mut self,
-        pollable: u32,
-        round: Option<u64>,
-        cx: &mut Context<'_>,
-    ) -> wasmtime::Result<Option<bool>> {
+    fn poll_own(&mut self, pollable: u32, cx: &mut Context<'_>) -> wasmtime::Result<Option<bool>> {
         let ready = match self.ctx.waits.pollables.get(pollable) {
-            Some(WaitFor::Readable(conn)) => match round {
-                Some(round) => conn.poll_readable_in(round, cx),
-                None => conn.poll_readable(cx),
-            },
+            Some(WaitFor::Readable(conn)) => conn.poll_readable(cx),
             Some(WaitFor::Writable(conn)) => conn.poll_writable(cx),
             Some(WaitFor::Socket(socket)) => {
-                let socket = Resource::<TcpSocket>::new_borrow(*socket);
-                self.table.get_mut(&socket)?.poll_ready(cx)
+                self.table.get_mut(&Resource::<TcpSocket>::new_borrow(*socket))?.poll_ready(cx)
             }
             None => return Ok(None),
         };
         Ok(Some(ready.is_ready()))
+    }
+
+    /// The same for the host's own poll, in its `round`, the pollable at
+    /// `place` in the call's list: a connection found not readable in
+    /// this round, with no event since, is answered without asking the
+    /// runtime, and its wake-up will name its place (`read_wake.rs`).
+    fn look(
+        &mut self,
+        pollable: u32,
+        round: u64,
+        place: InList,
+        cx: &mut Context<'_>,
+    ) -> wasmtime::Result<Option<Answer>> {
+        let waits = &self.ctx.waits;
+        let (ready, armed, twice) = match waits.pollables.get(pollable) {
+            Some(WaitFor::Readable(conn)) => {
+                let twice = conn.stamp_read(place).call() == place.call();
+                let ready = conn.poll_readable_in(round, &waits.woken, cx).is_ready();
+                (ready, !ready, twice)
+            }
+            Some(WaitFor::Writable(conn)) => (conn.poll_writable(cx).is_ready(), false, false),
+            Some(WaitFor::Socket(socket)) => {
+                let socket = self.table.get_mut(&Resource::<TcpSocket>::new_borrow(*socket))?;
+                (socket.poll_ready(cx).is_ready(), false, false)
+            }
+            None => return Ok(None),
+        };
+        Ok(Some(Answer { ready, armed, twice }))
     }
 }
 
@@ -178,7 +229,8 @@ async fn answer(
     // one pass asks each, leaving the task's waker with those not ready,
     // and answers at once if any is. The first that is not the host's
     // sends the whole list the ordinary way.
-    match poll_fn(|cx| wait_own(view, pollables, cx)).await? {
+    let mut first = true;
+    match poll_fn(|cx| wait_own(view, pollables, std::mem::take(&mut first), cx)).await? {
         Some(ready) => Ok(ready),
         None => poll_mixed(view, pollables).await,
     }
@@ -204,7 +256,7 @@ async fn poll_mixed(
 ) -> wasmtime::Result<Vec<u32>> {
     let mut ready = Vec::new();
     for (index, pollable) in pollables.iter().enumerate() {
-        let own = view.poll_own(pollable.rep(), None, &mut Context::from_waker(Waker::noop()))?;
+        let own = view.poll_own(pollable.rep(), &mut Context::from_waker(Waker::noop()))?;
         let now = match own {
             Some(now) => now,
             None => HostPollable::ready(view.table, Resource::new_borrow(pollable.rep())).await?,
@@ -221,26 +273,90 @@ async fn poll_mixed(
 }
 
 /// The ready ones among the host's own pollables, or a wait until there
-/// are; None at the first pollable that is not the host's.
+/// are; None at the first pollable that is not the host's. The `first`
+/// look of a call is at the whole list; after a wake-up, in the same
+/// round, only at the connections that woke and at what cannot say when
+/// it wakes (`read_wake.rs`).
 fn wait_own(
     view: &mut SocketsView<'_>,
     pollables: &[Resource<DynPollable>],
+    first: bool,
     cx: &mut Context<'_>,
 ) -> Poll<wasmtime::Result<Option<Vec<u32>>>> {
     let round = view.ctx.waits.round_for(cx.waker());
-    let mut ready = Vec::new();
+    let waits = &view.ctx.waits;
+    let again = !first && waits.looked.round == round && !waits.looked.whole;
+    let answer = match again {
+        true => look_again(view, pollables, round, cx),
+        false => look_at_all(view, pollables, round, cx),
+    };
+    match answer {
+        Ok(Some(ready)) if ready.is_empty() => Poll::Pending,
+        other => Poll::Ready(other),
+    }
+}
+
+/// Every pollable in the list, in a call of its own.
+fn look_at_all(
+    view: &mut SocketsView<'_>,
+    pollables: &[Resource<DynPollable>],
+    round: u64,
+    cx: &mut Context<'_>,
+) -> wasmtime::Result<Option<Vec<u32>>> {
+    let waits = &mut view.ctx.waits;
+    waits.call = waits.call.wrapping_add(1);
+    let call = waits.call;
+    waits.woken.clear();
+    let mut unarmed = std::mem::take(&mut waits.looked.unarmed);
+    unarmed.clear();
+    let (mut ready, mut whole) = (Vec::new(), false);
     for (index, pollable) in pollables.iter().enumerate() {
-        match view.poll_own(pollable.rep(), Some(round), cx) {
-            Ok(Some(true)) => ready.push(index as u32),
-            Ok(Some(false)) => {}
-            Ok(None) => return Poll::Ready(Ok(None)),
-            Err(e) => return Poll::Ready(Err(e)),
+        let index = u32::try_from(index)?;
+        let Some(answer) = view.look(pollable.rep(), round, InList::new(call, index), cx)? else {
+            return Ok(None);
+        };
+        if answer.ready {
+            ready.push(index);
+        } else if !answer.armed {
+            unarmed.push(index);
+        }
+        whole |= answer.twice;
+    }
+    view.ctx.waits.looked = Looked { round, unarmed, whole };
+    Ok(Some(ready))
+}
+
+/// After a wake-up: the connections that woke, and the pollables that
+/// cannot say when they wake, in the call's first look's order.
+fn look_again(
+    view: &mut SocketsView<'_>,
+    pollables: &[Resource<DynPollable>],
+    round: u64,
+    cx: &mut Context<'_>,
+) -> wasmtime::Result<Option<Vec<u32>>> {
+    let waits = &mut view.ctx.waits;
+    let call = waits.call;
+    let mut again = std::mem::take(&mut waits.again);
+    again.clear();
+    if !waits.woken.take(call, &mut again) {
+        return look_at_all(view, pollables, round, cx);
+    }
+    again.extend_from_slice(&waits.looked.unarmed);
+    again.sort_unstable();
+    again.dedup();
+    let mut ready = Vec::new();
+    for &index in &again {
+        // Always in the list: the places are this call's own.
+        let Some(pollable) = pollables.get(index as usize) else { continue };
+        let Some(answer) = view.look(pollable.rep(), round, InList::new(call, index), cx)? else {
+            return Ok(None);
+        };
+        if answer.ready {
+            ready.push(index);
         }
     }
-    match ready.is_empty() {
-        true => Poll::Pending,
-        false => Poll::Ready(Ok(Some(ready))),
-    }
+    view.ctx.waits.again = again;
+    Ok(Some(ready))
 }
 
 pub fn add_to_linker<T: HasTcp>(linker: &mut Linker<T>) -> anyhow::Result<()> {

@@ -327,7 +327,7 @@ fn look_at_all(
 }
 
 /// After a wake-up: the connections that woke, and the pollables that
-/// cannot say when they wake, in the call's first look's order.
+/// cannot say when they wake, in the list's order.
 fn look_again(
     view: &mut SocketsView<'_>,
     pollables: &[Resource<DynPollable>],

@@ -179,20 +179,14 @@ impl SocketsView<'_> {
         cx: &mut Context<'_>,
     ) -> wasmtime::Result<Option<Answer>> {
         let waits = &self.ctx.waits;
-        let (ready, armed, twice) = match waits.pollables.get(pollable) {
-            Some(WaitFor::Readable(conn)) => {
-                let twice = conn.stamp_read(place).call() == place.call();
-                let ready = conn.poll_readable_in(round, &waits.woken, cx).is_ready();
-                (ready, !ready, twice)
-            }
-            Some(WaitFor::Writable(conn)) => (conn.poll_writable(cx).is_ready(), false, false),
-            Some(WaitFor::Socket(socket)) => {
-                let socket = self.table.get_mut(&Resource::<TcpSocket>::new_borrow(*socket))?;
-                (socket.poll_ready(cx).is_ready(), false, false)
-            }
-            None => return Ok(None),
+        let Some(WaitFor::Readable(conn)) = waits.pollables.get(pollable) else {
+            // A writer or a socket: asked the ordinary way, every look.
+            let ready = self.poll_own(pollable, cx)?;
+            return Ok(ready.map(|ready| Answer { ready, armed: false, twice: false }));
         };
-        Ok(Some(Answer { ready, armed, twice }))
+        let twice = conn.stamp_read(place).call() == place.call();
+        let ready = conn.poll_readable_in(round, &waits.woken, cx).is_ready();
+        Ok(Some(Answer { ready, armed: !ready, twice }))
     }
 }
 
